@@ -1,0 +1,174 @@
+"""GlareLoss: global, regional and local self-distillation in one module."""
+
+from __future__ import annotations
+
+from lightly.loss import DINOLoss
+from torch import Tensor, nn
+
+from lightly_glare.loss.glare_output import (
+    ALL_TERMS,
+    GLOBAL,
+    LOCAL_DISTORTION,
+    LOCAL_MATCHING,
+    REGIONAL,
+    GlareOutput,
+)
+from lightly_glare.loss.self_distillation_loss import SelfDistillationLoss
+
+
+class GlareLoss(nn.Module):
+    """GLARE's total loss ``lg L_glob + lr L_reg + l1 L_loc1 + l2 L_loc2``.
+
+    - [0]: GLARE, Ebouky et al., "Enhancing Semantic Segmentation with Continual
+      Self-Supervised Pre-training", https://arxiv.org/abs/2509.17816
+
+    Every term is DINO-style self-distillation (teacher probabilities from a
+    centred, sharpened softmax; student log-probabilities; cross-entropy) with its
+    own center:
+
+    - global: lightly's :class:`~lightly.loss.DINOLoss` on the [CLS] projections
+      of the two views, across views (view 0's teacher against view 1's student
+      and vice versa);
+    - regional: region representations of one view against the same regions
+      in the other view;
+    - local distortion (L_loc1): distorted student patches against the teacher's
+      clean patches at the same position;
+    - local matching (L_loc2): student patches against the teacher's tokens of
+      the other view at the geometrically matching position.
+
+    A term with weight 0 is neither required from the model nor computed (see
+    :attr:`active_terms`, which :class:`~lightly_glare.models.GLARE` accepts as
+    ``terms``). The forward returns the total; the detached parts are kept in
+    :attr:`last_terms` for logging.
+
+    Attributes:
+        weights: Weight per term name. Defaults to 1 for every term (ours).
+        last_terms: Detached value per computed term from the last forward.
+
+    Examples:
+        >>> criterion = GlareLoss(output_dim=8192)
+        >>> model = GLARE(vit, terms=criterion.active_terms)
+        >>> output = model(views, geometry)
+        >>> loss = criterion(output, epoch=epoch)
+        >>> criterion.last_terms  # {"global": ..., "regional": ..., ...}
+    """
+
+    def __init__(
+        self,
+        output_dim: int = 8192,
+        patch_output_dim: int | None = None,
+        global_weight: float = 1.0,
+        regional_weight: float = 1.0,
+        local_distortion_weight: float = 1.0,
+        local_matching_weight: float = 1.0,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: int = 0,
+        center_momentum: float = 0.9,
+    ) -> None:
+        """Creates the loss.
+
+        Args:
+            output_dim: Output dimension of the [CLS]/region head. Defaults to
+                8192 (ours; DINO's 65536 is oversized for small target sets).
+            patch_output_dim: Output dimension of the patch head; None means
+                ``output_dim``.
+            global_weight: Weight of the global term.
+            regional_weight: Weight of the regional term.
+            local_distortion_weight: Weight of L_loc1.
+            local_matching_weight: Weight of L_loc2.
+            student_temp: Student temperature (DINO: 0.1).
+            teacher_temp: Teacher temperature after warm-up (DINO: 0.04; 0.07 is
+                the usual upper value).
+            warmup_teacher_temp: Teacher temperature at epoch 0.
+            warmup_teacher_temp_epochs: Epochs of linear teacher-temperature
+                warm-up; 0 disables it.
+            center_momentum: Momentum of every term's center (DINO: 0.9).
+        """
+        super().__init__()
+        self.weights = {
+            GLOBAL: global_weight,
+            REGIONAL: regional_weight,
+            LOCAL_DISTORTION: local_distortion_weight,
+            LOCAL_MATCHING: local_matching_weight,
+        }
+        if any(weight < 0 for weight in self.weights.values()):
+            raise ValueError(f"Loss weights must be >= 0, got {self.weights}.")
+        if not self.active_terms:
+            raise ValueError("At least one loss weight must be positive.")
+        patch_output_dim = output_dim if patch_output_dim is None else patch_output_dim
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.global_loss = DINOLoss(
+            output_dim=output_dim,
+            warmup_teacher_temp=teacher_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp_epochs=0,
+            student_temp=student_temp,
+            center_momentum=center_momentum,
+        )
+        self.pair_losses = nn.ModuleDict(
+            {
+                REGIONAL: SelfDistillationLoss(
+                    output_dim, student_temp, teacher_temp, center_momentum
+                ),
+                LOCAL_DISTORTION: SelfDistillationLoss(
+                    patch_output_dim, student_temp, teacher_temp, center_momentum
+                ),
+                LOCAL_MATCHING: SelfDistillationLoss(
+                    patch_output_dim, student_temp, teacher_temp, center_momentum
+                ),
+            }
+        )
+        self.last_terms: dict[str, Tensor] = {}
+
+    @property
+    def active_terms(self) -> tuple[str, ...]:
+        """Names of the terms with a positive weight, in :data:`ALL_TERMS` order."""
+        return tuple(term for term in ALL_TERMS if self.weights[term] > 0)
+
+    def teacher_temperature(self, epoch: float | None) -> float:
+        """Teacher temperature at ``epoch`` (linear warm-up, then constant)."""
+        if epoch is None or epoch >= self.warmup_teacher_temp_epochs:
+            return self.teacher_temp
+        progress = epoch / self.warmup_teacher_temp_epochs
+        return self.warmup_teacher_temp + progress * (
+            self.teacher_temp - self.warmup_teacher_temp
+        )
+
+    def forward(self, output: GlareOutput, epoch: float | None = None) -> Tensor:
+        """Computes the weighted total of the active terms.
+
+        Args:
+            output: The model's :class:`GlareOutput` for one batch.
+            epoch: Current (possibly fractional) epoch, for the teacher
+                temperature warm-up.
+
+        Returns:
+            The scalar total loss.
+        """
+        temp = self.teacher_temperature(epoch)
+        terms: dict[str, Tensor] = {}
+        for term in self.active_terms:
+            if term == GLOBAL:
+                terms[term] = self.global_loss(
+                    output.teacher_global, output.student_global, teacher_temp=temp
+                )
+                continue
+            if term not in output.pairs:
+                raise ValueError(
+                    f"The loss term '{term}' has weight {self.weights[term]} but the "
+                    "model output does not contain it. Build the model with "
+                    "`terms=criterion.active_terms`."
+                )
+            pair = output.pairs[term]
+            terms[term] = self.pair_losses[term](
+                pair.student, pair.teacher, teacher_temp=temp
+            )
+        self.last_terms = {name: value.detach() for name, value in terms.items()}
+        return sum(
+            (self.weights[name] * value for name, value in terms.items()),
+            start=next(iter(terms.values())).new_zeros(()),
+        )

@@ -1,0 +1,50 @@
+"""The projections a GLARE model hands to :class:`~lightly_glare.loss.GlareLoss`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+GLOBAL = "global"
+REGIONAL = "regional"
+LOCAL_DISTORTION = "local_distortion"
+LOCAL_MATCHING = "local_matching"
+#: The four GLARE consistency terms, in the order they are reported.
+ALL_TERMS: tuple[str, ...] = (GLOBAL, REGIONAL, LOCAL_DISTORTION, LOCAL_MATCHING)
+
+
+@dataclass
+class MatchedPair:
+    """Student and teacher projections of M matched items (patches or regions).
+
+    Attributes:
+        student: Student head outputs, shape (M, K); carries gradients.
+        teacher: Teacher head outputs for the same items, shape (M, K).
+    """
+
+    student: Tensor
+    teacher: Tensor
+
+
+@dataclass
+class GlareOutput:
+    """Everything :class:`~lightly_glare.loss.GlareLoss` needs from one step.
+
+    Attributes:
+        student_global: Student [CLS] projections, one (B, K) tensor per view.
+        teacher_global: Teacher [CLS] projections, one (B, K) tensor per view.
+        pairs: Matched student/teacher projections per non-global term
+            (``"regional"``, ``"local_distortion"``, ``"local_matching"``); a term
+            that was not computed is absent.
+        patch_masks: Which patches the patch augmentation distorted, shape
+            (V, B, N) (bool), or None when no patch augmentation ran.
+        region_masks: Regions sampled on each view, shape (V, B, R, N) (bool),
+            or None when the regional term was not computed.
+    """
+
+    student_global: list[Tensor]
+    teacher_global: list[Tensor]
+    pairs: dict[str, MatchedPair] = field(default_factory=dict)
+    patch_masks: Tensor | None = None
+    region_masks: Tensor | None = None

@@ -1,0 +1,104 @@
+"""DINO-style self-distillation between aligned student/teacher outputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SelfDistillationLoss(nn.Module):
+    """Cross-entropy between centred, sharpened teacher and student distributions.
+
+    For M aligned pairs (patches or regions) of projection-head outputs:
+    ``P_t = softmax((t - c) / tau_t)`` (no gradient), ``P_s = softmax(s / tau_s)``,
+    loss ``= mean_m -sum_k P_t log P_s``. The center c is an exponential moving
+    average of the teacher outputs, ``c <- mu c + (1 - mu) mean(t)``, computed
+    from sums and counts all-reduced across ranks so that a rank with no pair
+    (e.g. no region survived) neither deadlocks nor divides by zero. Follows
+    DINO's ``DINOLoss`` and iBOT's patch loss (``lightly.loss.IBOTPatchLoss``), for
+    pairs that are already matched.
+
+    - [0]: DINO, Caron et al., ICCV 2021, https://arxiv.org/abs/2104.14294
+    - [1]: iBOT, Zhou et al., ICLR 2022, https://arxiv.org/abs/2111.07832
+
+    Attributes:
+        output_dim: Dimension K of the projection-head outputs.
+        student_temp: Student temperature. Defaults to 0.1.
+        teacher_temp: Teacher temperature when none is passed to ``forward``.
+            Defaults to 0.04.
+        center_momentum: Momentum mu of the center. Defaults to 0.9.
+
+    Examples:
+        >>> loss_fn = SelfDistillationLoss(output_dim=8192)
+        >>> student, teacher = torch.randn(50, 8192), torch.randn(50, 8192)
+        >>> loss = loss_fn(student, teacher)
+    """
+
+    def __init__(
+        self,
+        output_dim: int,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        if student_temp <= 0 or teacher_temp <= 0:
+            raise ValueError(
+                "Temperatures must be positive, got "
+                f"student_temp={student_temp}, teacher_temp={teacher_temp}."
+            )
+        self.output_dim = output_dim
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.center_momentum = center_momentum
+        self.center: Tensor
+        self.register_buffer("center", torch.zeros(1, output_dim))
+
+    def forward(
+        self, student: Tensor, teacher: Tensor, teacher_temp: float | None = None
+    ) -> Tensor:
+        """Computes the loss and updates the center.
+
+        Args:
+            student: Student head outputs, shape (M, K).
+            teacher: Teacher head outputs for the same M items, shape (M, K).
+            teacher_temp: Overrides the teacher temperature (for warm-up).
+
+        Returns:
+            The mean cross-entropy over the M pairs (0 when M is 0, still
+            connected to the student graph).
+        """
+        if student.shape != teacher.shape or student.ndim != 2:
+            raise ValueError(
+                "Expected student and teacher outputs of equal shape (M, K), got "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}."
+            )
+        if student.shape[1] != self.output_dim:
+            raise ValueError(
+                f"Expected output dimension {self.output_dim}, got {student.shape[1]}."
+            )
+        temp = self.teacher_temp if teacher_temp is None else teacher_temp
+        teacher = teacher.detach().float()
+        teacher_probs = F.softmax((teacher - self.center) / temp, dim=-1)  # (M, K)
+        student_log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)
+        per_item = -(teacher_probs * student_log_probs).sum(dim=-1)  # (M,)
+        loss = per_item.sum() / max(student.shape[0], 1)
+        self.update_center(teacher)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher: Tensor) -> None:
+        """Moves the center towards the mean of ``teacher`` (M, K), across ranks."""
+        stats = torch.cat(
+            [teacher.sum(dim=0), teacher.new_full((1,), float(teacher.shape[0]))]
+        )  # (K + 1,): sum of outputs and count
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)
+        total, count = stats[:-1], stats[-1]
+        batch_center = (total / count.clamp_min(1.0))[None]  # (1, K)
+        updated = self.center * self.center_momentum + batch_center * (
+            1 - self.center_momentum
+        )
+        self.center.copy_(torch.where(count > 0, updated, self.center))

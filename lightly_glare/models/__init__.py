@@ -1,0 +1,42 @@
+"""GLARE's models (pure PyTorch + timm + lightly; no OpenMMLab import)."""
+
+from lightly_glare.models.adapted_vit import (
+    BackboneOutput,
+    TrainableReport,
+    UniAdapterViT,
+    attention_with_cls_map,
+)
+from lightly_glare.models.export import (
+    CheckpointMismatchError,
+    check_state_dict,
+    export_adapted_backbone,
+    load_adapted_backbone,
+    load_exported_checkpoint,
+    save_atomic,
+)
+from lightly_glare.models.glare import GLARE
+from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
+from lightly_glare.models.region_sampler import (
+    AttentionRegionSampler,
+    attention_mass_masks,
+)
+from lightly_glare.models.uniadapter import UniAdapter, count_adapter_parameters
+
+__all__ = [
+    "GLARE",
+    "AttentionRegionSampler",
+    "BackboneOutput",
+    "CheckpointMismatchError",
+    "CrossAttentionRegionPooling",
+    "TrainableReport",
+    "UniAdapter",
+    "UniAdapterViT",
+    "attention_mass_masks",
+    "attention_with_cls_map",
+    "check_state_dict",
+    "export_adapted_backbone",
+    "load_adapted_backbone",
+    "load_exported_checkpoint",
+    "save_atomic",
+    "count_adapter_parameters",
+]

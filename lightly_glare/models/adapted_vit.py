@@ -1,0 +1,274 @@
+"""A frozen timm ViT with one trainable UniAdapter per block."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from lightly_glare.models.uniadapter import UniAdapter, count_adapter_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BackboneOutput:
+    """What :meth:`UniAdapterViT.forward_features` returns.
+
+    Attributes:
+        tokens: All tokens after the final norm, shape (B, P + N, D) with P prefix
+            (class + register) tokens and N patch tokens in row-major grid order.
+        cls_attention: Last-block attention of the first class token to the patch
+            tokens, per head, renormalised over patches: shape (B, heads, N), or
+            None when not requested.
+        intermediates: Token outputs (before the final norm) of the requested
+            blocks, each (B, P + N, D), in the order requested.
+    """
+
+    tokens: Tensor
+    cls_attention: Tensor | None = None
+    intermediates: list[Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """Parameter counts of an adapted backbone.
+
+    Attributes:
+        backbone: Parameters of the frozen backbone.
+        adapters: Parameters of the adapters (all trainable).
+    """
+
+    backbone: int
+    adapters: int
+
+    @property
+    def percent(self) -> float:
+        """Adapter parameters as a percentage of the backbone's."""
+        return 100.0 * self.adapters / self.backbone
+
+    def __str__(self) -> str:
+        return (
+            f"trainable adapter parameters: {self.adapters:,} "
+            f"({self.percent:.2f} % of the {self.backbone:,} frozen backbone "
+            "parameters)"
+        )
+
+
+def _check_supported(vit: VisionTransformer) -> None:
+    if not isinstance(vit, VisionTransformer):
+        raise TypeError(
+            "UniAdapterViT expects a timm VisionTransformer, got "
+            f"{type(vit).__name__}."
+        )
+    for index, block in enumerate(vit.blocks):
+        if type(block) is not Block or not isinstance(block.attn, Attention):
+            raise TypeError(
+                f"Block {index} is a {type(block).__name__} with "
+                f"{type(block.attn).__name__} attention; UniAdapterViT supports "
+                "timm's standard `Block` with `Attention` (ViT, DeiT, DINO, "
+                "DINOv2 with LayerScale and registers)."
+            )
+
+
+def attention_with_cls_map(
+    attn: Attention, x: Tensor, num_prefix_tokens: int
+) -> tuple[Tensor, Tensor]:
+    """Runs a timm ``Attention`` and also returns the class token's attention map.
+
+    The block output uses fused SDPA exactly like timm's own forward. The first
+    class token's attention row is computed explicitly from the same q and k
+    (``softmax(q_cls k^T / sqrt(d_h))``, one (1 x T) row per head), which costs
+    a small fraction of the attention itself.
+
+    Args:
+        attn: The attention module of a timm block.
+        x: Normalised input tokens, shape (B, T, D).
+        num_prefix_tokens: Number P of class/register tokens at the start.
+
+    Returns:
+        The attention output with shape (B, T, D) and the class token's attention
+        to the N = T - P patch tokens, renormalised over patches, shape
+        (B, heads, N).
+    """
+    batch, tokens, _ = x.shape
+    gate = attn.gate(x).sigmoid() if attn.gate is not None else None
+    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, d_h)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(
+        q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0
+    )  # (B, heads, T, d_h)
+    cls_logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
+    cls_row = cls_logits.float().softmax(dim=-1)[:, :, 0]  # (B, heads, T)
+    patch_row = cls_row[:, :, num_prefix_tokens:]  # (B, heads, N)
+    patch_row = patch_row / patch_row.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    out = out.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)  # (B, T, D)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    out = attn.proj_drop(attn.proj(out))
+    return out, patch_row
+
+
+class UniAdapterViT(nn.Module):
+    """A frozen timm ``VisionTransformer`` with a trainable UniAdapter per block.
+
+    Each block computes (UniAdapter's vision-branch placement, parallel to the MLP)::
+
+        h = x + ls1(attn(norm1(x)))
+        x = h + ls2(mlp(norm2(h))) + adapter(h)
+
+    With LayerScale backbones (DINOv2) the adapter output is not multiplied by the
+    MLP's LayerScale (ours). All backbone parameters get ``requires_grad=False``;
+    only the adapters train.
+
+    The adapters are held in a separate ``nn.ModuleList`` and every forward method
+    accepts an ``adapters`` argument: a GLARE teacher passes its EMA adapters and
+    thereby shares this single copy of the frozen backbone weights with the
+    student.
+
+    Fused attention (SDPA) is kept in every block; when the last block's class
+    attention map is requested it is computed explicitly from that block's own
+    q and k (see :func:`attention_with_cls_map`).
+
+    Attributes:
+        vit: The frozen timm backbone.
+        adapters: One :class:`UniAdapter` per block (the student's).
+        report: Parameter counts (also logged at construction).
+
+    Examples:
+        >>> import timm
+        >>> vit = timm.create_model("vit_small_patch16_224", num_classes=0)
+        >>> backbone = UniAdapterViT(vit, bottleneck=64)
+        >>> tokens = backbone(torch.randn(2, 3, 224, 224))  # (2, 197, 384)
+    """
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.0,
+        zero_init: bool = True,
+    ) -> None:
+        """Wraps ``vit``, freezes it and inserts one adapter per block.
+
+        Args:
+            vit: A timm ``VisionTransformer`` (any size, patch 14 or 16,
+                LayerScale, register tokens).
+            bottleneck: Adapter bottleneck size. Defaults to 64 (ours).
+            scale: Adapter output scale. Defaults to 0.1 (UniAdapter).
+            dropout: Adapter dropout. Defaults to 0.
+            zero_init: Zero-initialise the up-projections so the adapted model
+                starts as an exact copy of ``vit``. Defaults to True.
+        """
+        super().__init__()
+        _check_supported(vit)
+        self.vit = vit
+        self.vit.requires_grad_(False)
+        dim = int(vit.embed_dim)
+        self.adapters = nn.ModuleList(
+            UniAdapter(dim, bottleneck, scale, dropout, zero_init) for _ in vit.blocks
+        )
+        self.report = TrainableReport(
+            backbone=sum(p.numel() for p in vit.parameters()),
+            adapters=len(vit.blocks) * count_adapter_parameters(dim, bottleneck),
+        )
+        logger.info("UniAdapterViT: %s", self.report)
+
+    @property
+    def embed_dim(self) -> int:
+        """Token dimension D."""
+        return int(self.vit.embed_dim)
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads of the last block."""
+        return int(self.vit.blocks[-1].attn.num_heads)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of transformer blocks."""
+        return len(self.vit.blocks)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Number P of class and register tokens before the patch tokens."""
+        return int(self.vit.num_prefix_tokens)
+
+    @property
+    def patch_size(self) -> int:
+        """Patch size in pixels (square patches)."""
+        size = self.vit.patch_embed.patch_size
+        return int(size[0])
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (h, w) of an input image of the given size."""
+        return height // self.patch_size, width // self.patch_size
+
+    def forward_features(
+        self,
+        images: Tensor,
+        adapters: nn.ModuleList | None = None,
+        return_cls_attention: bool = False,
+        intermediate_indices: Sequence[int] = (),
+    ) -> BackboneOutput:
+        """Runs the adapted backbone.
+
+        Args:
+            images: Input images with shape (B, 3, H, W).
+            adapters: Adapters to use instead of ``self.adapters`` (e.g. a
+                teacher's EMA copy). Must have one adapter per block.
+            return_cls_attention: Also return the last block's class-token
+                attention to the patches, per head.
+            intermediate_indices: Blocks whose outputs (before the final norm)
+                to return, e.g. ``(3, 5, 7, 11)`` for UperNet.
+
+        Returns:
+            A :class:`BackboneOutput`.
+        """
+        adapters = self.adapters if adapters is None else adapters
+        if len(adapters) != self.num_blocks:
+            raise ValueError(
+                f"Expected {self.num_blocks} adapters (one per block), got "
+                f"{len(adapters)}."
+            )
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"Expected images of shape (B, 3, H, W), got {tuple(images.shape)}."
+            )
+        wanted = [index % self.num_blocks for index in intermediate_indices]
+        collected: dict[int, Tensor] = {}
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        cls_attention = None
+        last = self.num_blocks - 1
+        for index, (block, adapter) in enumerate(
+            zip(vit.blocks, adapters, strict=True)
+        ):
+            normed = block.norm1(x)
+            if return_cls_attention and index == last:
+                attn_out, cls_attention = attention_with_cls_map(
+                    block.attn, normed, self.num_prefix_tokens
+                )
+            else:
+                attn_out = block.attn(normed)
+            h = x + block.drop_path1(block.ls1(attn_out))
+            x = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h)))) + adapter(h)
+            if index in wanted:
+                collected[index] = x
+        return BackboneOutput(
+            tokens=vit.norm(x),
+            cls_attention=cls_attention,
+            intermediates=[collected[index] for index in wanted] if wanted else None,
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Returns all tokens after the final norm, shape (B, P + N, D)."""
+        return self.forward_features(images).tokens

@@ -1,0 +1,411 @@
+"""GLARE: student/teacher continual pre-training of a frozen ViT with UniAdapters."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import update_momentum
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from lightly_glare.loss.glare_output import (
+    ALL_TERMS,
+    GLOBAL,
+    LOCAL_DISTORTION,
+    LOCAL_MATCHING,
+    REGIONAL,
+    GlareOutput,
+    MatchedPair,
+)
+from lightly_glare.models.adapted_vit import BackboneOutput, UniAdapterViT
+from lightly_glare.models.export import export_adapted_backbone
+from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
+from lightly_glare.models.region_sampler import AttentionRegionSampler
+from lightly_glare.transforms.geometry import (
+    bilinear_gather,
+    map_patch_centers,
+    transfer_masks,
+)
+from lightly_glare.transforms.patch_augmentations import PatchAugmentation, PatchBlur
+
+RegionMatch = Literal["geometry", "attention"]
+LocalPatches = Literal["distorted", "all"]
+
+
+class GLARE(nn.Module):
+    """GLARE student/teacher model (Global, Local And Regional Enforcement).
+
+    - [0]: GLARE, Ebouky et al., https://arxiv.org/abs/2509.17816
+
+    The backbone is frozen; the student trains one UniAdapter per block plus the
+    projection heads (and the region pooling's projections when learnable). The
+    teacher is an exponential moving average of those trainable modules only:
+    it reuses the student's single copy of the frozen backbone weights, passing
+    its own adapters (see :class:`UniAdapterViT`). The teacher runs under
+    ``torch.no_grad`` once per view (both views in one batched call) on the clean
+    views; the student runs on the views distorted by a patch-level augmentation.
+
+    One call computes the projections of the terms in ``terms`` and returns a
+    :class:`~lightly_glare.loss.GlareOutput` for :class:`~lightly_glare.loss.GlareLoss`:
+
+    - global: [CLS] projections of both views;
+    - regional: regions drawn from the teacher's last-block [CLS] attention heads
+      on view a, mapped into view b through the crop geometry, pooled by
+      cross-attention; student on a against teacher on b, both directions;
+    - local distortion: the student's distorted patches against the teacher's
+      clean patches at the same positions;
+    - local matching: each student patch of view a whose centre lies inside view
+      b against the teacher's view-b tokens bilinearly interpolated there.
+
+    Heads (ours; the paper lists only adapters as trainable, but the checkpoints
+    one can get carry no DINO heads): trainable and EMA-tracked by default;
+    ``freeze_heads=True`` freezes the randomly initialised or loaded heads.
+
+    Attributes:
+        backbone: The adapted backbone holding the frozen ViT and the student's
+            adapters.
+        student_head: [CLS] and region projection head.
+        student_patch_head: Patch projection head (the [CLS] head itself when
+            ``share_patch_head``).
+        region_pooling: The student's cross-attention region pooling.
+        teacher: EMA copies: ``adapters``, ``head``, ``patch_head``,
+            ``region_pooling``.
+        region_sampler: The attention-guided region sampler.
+        patch_augmentation: The student's patch-level augmentation (None: the
+            student sees the clean views and L_loc1 is unavailable).
+        terms: The terms computed by :meth:`forward`.
+
+    Examples:
+        >>> vit = timm.create_model("vit_small_patch16_224", num_classes=0)
+        >>> criterion = GlareLoss()
+        >>> model = GLARE(vit, terms=criterion.active_terms)
+        >>> (view0, view1), geometry = batch  # from GlareTransform
+        >>> model.update_teacher(momentum=0.996)
+        >>> loss = criterion(model([view0, view1], geometry), epoch=0)
+    """
+
+    def __init__(
+        self,
+        backbone: VisionTransformer | UniAdapterViT,
+        terms: Collection[str] = ALL_TERMS,
+        adapter_bottleneck: int = 64,
+        adapter_scale: float = 0.1,
+        output_dim: int = 8192,
+        patch_output_dim: int | None = None,
+        hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        share_patch_head: bool = False,
+        freeze_heads: bool = False,
+        patch_augmentation: PatchAugmentation | None = None,
+        region_sampler: AttentionRegionSampler | None = None,
+        region_pooling: CrossAttentionRegionPooling | None = None,
+        region_match: RegionMatch = "geometry",
+        min_region_patches: int = 2,
+        local_distortion_patches: LocalPatches = "distorted",
+    ) -> None:
+        """Builds student and teacher.
+
+        Args:
+            backbone: A timm ``VisionTransformer`` (adapters are inserted and the
+                backbone frozen) or an existing :class:`UniAdapterViT`.
+            terms: Terms to compute; pass ``GlareLoss.active_terms`` so that
+                switched-off terms cost nothing.
+            adapter_bottleneck: Adapter bottleneck when wrapping a plain ViT.
+                Defaults to 64 (ours).
+            adapter_scale: Adapter output scale when wrapping a plain ViT.
+                Defaults to 0.1 (UniAdapter).
+            output_dim: Output dimension of the [CLS]/region head. Defaults to
+                8192 (ours).
+            patch_output_dim: Output dimension of the patch head; None means
+                ``output_dim``.
+            hidden_dim: Hidden size of the 3-layer heads (DINO: 2048).
+            head_bottleneck_dim: Bottleneck before the weight-normalised last
+                layer (DINO: 256).
+            share_patch_head: Use the [CLS] head for patches too (iBOT's tied
+                variant). Defaults to False (untied).
+            freeze_heads: Freeze the heads (the paper's literal reading: only
+                adapters train); load head weights before training then.
+            patch_augmentation: Distortion applied to the student's views.
+                Defaults to :class:`PatchBlur` on 30 % of the patches (ours).
+            region_sampler: Defaults to :class:`AttentionRegionSampler` with
+                ``min(heads, 6)`` regions, mass 0.6.
+            region_pooling: Defaults to a parameter-free
+                :class:`CrossAttentionRegionPooling`.
+            region_match: ``"geometry"`` maps each region into the other view
+                through the crop boxes (default); ``"attention"`` lets the region
+                representation from view a attend over all patches of view b.
+            min_region_patches: A region with fewer patches than this in either
+                view is skipped. Defaults to 2 (ours).
+            local_distortion_patches: ``"distorted"`` (default) compares only the
+                distorted patches in L_loc1; ``"all"`` compares every patch.
+        """
+        super().__init__()
+        unknown = set(terms) - set(ALL_TERMS)
+        if unknown or not terms:
+            raise ValueError(
+                f"terms must be a non-empty subset of {ALL_TERMS}, got {tuple(terms)}."
+            )
+        if region_match not in ("geometry", "attention"):
+            raise ValueError(
+                f"region_match must be 'geometry' or 'attention', got {region_match!r}."
+            )
+        if local_distortion_patches not in ("distorted", "all"):
+            raise ValueError(
+                "local_distortion_patches must be 'distorted' or 'all', got "
+                f"{local_distortion_patches!r}."
+            )
+        if patch_augmentation is None:
+            patch_augmentation = PatchBlur()
+        self.terms = tuple(term for term in ALL_TERMS if term in terms)
+        if isinstance(backbone, UniAdapterViT):
+            self.backbone = backbone
+        else:
+            self.backbone = UniAdapterViT(
+                backbone, bottleneck=adapter_bottleneck, scale=adapter_scale
+            )
+        dim = self.backbone.embed_dim
+        self.student_head = DINOProjectionHead(
+            dim, hidden_dim, head_bottleneck_dim, output_dim
+        )
+        self.student_patch_head = (
+            self.student_head
+            if share_patch_head
+            else DINOProjectionHead(
+                dim,
+                hidden_dim,
+                head_bottleneck_dim,
+                output_dim if patch_output_dim is None else patch_output_dim,
+            )
+        )
+        if freeze_heads:
+            self.student_head.requires_grad_(False)
+            self.student_patch_head.requires_grad_(False)
+        self.region_pooling = region_pooling or CrossAttentionRegionPooling(dim)
+        self.region_sampler = region_sampler or AttentionRegionSampler()
+        self.patch_augmentation = patch_augmentation
+        self.region_match = region_match
+        self.min_region_patches = min_region_patches
+        self.local_distortion_patches = local_distortion_patches
+        self.teacher = copy.deepcopy(self._student_modules())
+        self.teacher.requires_grad_(False)
+
+    def _student_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                "adapters": self.backbone.adapters,
+                "head": self.student_head,
+                "patch_head": self.student_patch_head,
+                "region_pooling": self.region_pooling,
+            }
+        )
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA update ``teacher <- m * teacher + (1 - m) * student``.
+
+        Args:
+            momentum: The momentum m in [0, 1] (use
+                :func:`lightly.utils.scheduler.cosine_schedule` from 0.996 to 1).
+        """
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}.")
+        update_momentum(self._student_modules(), self.teacher, m=momentum)
+
+    def export_backbone(
+        self,
+        path: str | Path,
+        which: Literal["teacher", "student"] = "teacher",
+        extra_meta: dict[str, Any] | None = None,
+    ) -> Path:
+        """Writes the adapted backbone (frozen ViT + adapters) for downstream use.
+
+        Args:
+            path: Destination file (written atomically).
+            which: Export the teacher's EMA adapters (default, as DINO evaluates
+                its teacher) or the student's.
+            extra_meta: Information stored with the weights (e.g. timm name).
+
+        Returns:
+            The destination path.
+        """
+        adapters = self.teacher["adapters"] if which == "teacher" else None
+        return export_adapted_backbone(
+            self.backbone, path, adapters=adapters, extra_meta=extra_meta
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer should update (adapters, heads, pooling)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(
+        self,
+        views: Sequence[Tensor],
+        geometry: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> GlareOutput:
+        """Runs teacher and student on two views and projects every active term.
+
+        Args:
+            views: Two augmented views of the same images, each (B, 3, H, W),
+                normalised as the backbone expects.
+            geometry: Crop geometry of the views, shape (B, 2, 5), as produced
+                by :class:`~lightly_glare.transforms.GlareTransform`.
+            generator: Optional generator for the patch augmentation and the
+                region sampler (reproducibility).
+
+        Returns:
+            The :class:`~lightly_glare.loss.GlareOutput` for ``GlareLoss``.
+        """
+        if len(views) != 2 or views[0].shape != views[1].shape:
+            raise ValueError(
+                "GLARE expects two views of equal shape, got "
+                f"{[tuple(view.shape) for view in views]}."
+            )
+        batch = views[0].shape[0]
+        if geometry.shape != (batch, 2, 5):
+            raise ValueError(
+                f"Expected geometry of shape ({batch}, 2, 5), got "
+                f"{tuple(geometry.shape)}."
+            )
+        clean = torch.cat(list(views))  # (2B, 3, H, W): both views in one pass
+        grid = self.backbone.grid_size(clean.shape[2], clean.shape[3])
+        with torch.no_grad():
+            teacher = self.backbone.forward_features(
+                clean,
+                adapters=self.teacher["adapters"],
+                return_cls_attention=REGIONAL in self.terms,
+            )
+        needs_distortion = LOCAL_DISTORTION in self.terms
+        patch_masks = None
+        student_input = clean
+        if self.patch_augmentation is not None:
+            student_input, patch_masks = self.patch_augmentation(
+                clean, self.backbone.patch_size, generator=generator
+            )
+        elif needs_distortion:
+            raise ValueError("The local distortion term needs a patch augmentation.")
+        student = self.backbone.forward_features(student_input)
+        output = self._global_output(student, teacher)
+        output.patch_masks = (
+            None if patch_masks is None else patch_masks.unflatten(0, (2, batch))
+        )
+        if needs_distortion and patch_masks is not None:
+            output.pairs[LOCAL_DISTORTION] = self._local_distortion(
+                student, teacher, patch_masks
+            )
+        if LOCAL_MATCHING in self.terms:
+            output.pairs[LOCAL_MATCHING] = self._local_matching(
+                student, teacher, geometry, grid
+            )
+        if REGIONAL in self.terms:
+            output.pairs[REGIONAL], output.region_masks = self._regional(
+                student, teacher, geometry, grid, generator
+            )
+        return output
+
+    def _patch_tokens(self, out: BackboneOutput) -> Tensor:
+        return out.tokens[:, self.backbone.num_prefix_tokens :]  # (2B, N, D)
+
+    def _global_output(
+        self, student: BackboneOutput, teacher: BackboneOutput
+    ) -> GlareOutput:
+        if GLOBAL not in self.terms:
+            return GlareOutput(student_global=[], teacher_global=[])
+        student_cls = self.student_head(student.tokens[:, 0])  # (2B, K)
+        with torch.no_grad():
+            teacher_cls = self.teacher["head"](teacher.tokens[:, 0])  # (2B, K)
+        return GlareOutput(
+            student_global=list(student_cls.chunk(2)),
+            teacher_global=list(teacher_cls.chunk(2)),
+        )
+
+    def _project_pair(
+        self, student_tokens: Tensor, teacher_tokens: Tensor, head: str
+    ) -> MatchedPair:
+        student_head = self.student_head if head == "head" else self.student_patch_head
+        with torch.no_grad():
+            teacher = self.teacher[head](teacher_tokens)  # (M, K)
+        return MatchedPair(student=student_head(student_tokens), teacher=teacher)
+
+    def _local_distortion(
+        self, student: BackboneOutput, teacher: BackboneOutput, patch_masks: Tensor
+    ) -> MatchedPair:
+        selected = (
+            patch_masks
+            if self.local_distortion_patches == "distorted"
+            else torch.ones_like(patch_masks)
+        )  # (2B, N)
+        return self._project_pair(
+            self._patch_tokens(student)[selected],  # (M, D)
+            self._patch_tokens(teacher)[selected],  # (M, D)
+            head="patch_head",
+        )
+
+    def _local_matching(
+        self,
+        student: BackboneOutput,
+        teacher: BackboneOutput,
+        geometry: Tensor,
+        grid: tuple[int, int],
+    ) -> MatchedPair:
+        student_patches = self._patch_tokens(student).chunk(2)  # 2 x (B, N, D)
+        teacher_patches = self._patch_tokens(teacher).chunk(2)
+        student_selected, teacher_selected = [], []
+        for a, b in ((0, 1), (1, 0)):
+            coords, inside = map_patch_centers(
+                geometry[:, a], geometry[:, b], grid, grid
+            )  # (B, N, 2), (B, N)
+            targets = bilinear_gather(teacher_patches[b], coords, grid)  # (B, N, D)
+            student_selected.append(student_patches[a][inside])  # (M_a, D)
+            teacher_selected.append(targets[inside])  # (M_a, D)
+        return self._project_pair(
+            torch.cat(student_selected), torch.cat(teacher_selected), "patch_head"
+        )
+
+    def _regional(
+        self,
+        student: BackboneOutput,
+        teacher: BackboneOutput,
+        geometry: Tensor,
+        grid: tuple[int, int],
+        generator: torch.Generator | None,
+    ) -> tuple[MatchedPair, Tensor]:
+        assert teacher.cls_attention is not None  # requested in forward
+        masks, valid = self.region_sampler(teacher.cls_attention, generator)
+        masks, valid = masks.chunk(2), valid.chunk(2)  # 2 x (B, R, N), 2 x (B, R)
+        student_cls = student.tokens[:, 0].chunk(2)  # 2 x (B, D)
+        teacher_cls = teacher.tokens[:, 0].chunk(2)
+        student_patches = self._patch_tokens(student).chunk(2)  # 2 x (B, N, D)
+        teacher_patches = self._patch_tokens(teacher).chunk(2)
+        student_regions, teacher_regions = [], []
+        for a, b in ((0, 1), (1, 0)):
+            keep = valid[a] & (masks[a].sum(dim=-1) >= self.min_region_patches)
+            with torch.no_grad():
+                if self.region_match == "geometry":
+                    masks_b = transfer_masks(
+                        masks[a], geometry[:, a], geometry[:, b], grid, grid
+                    )  # (B, R, N)
+                    keep &= masks_b.sum(dim=-1) >= self.min_region_patches
+                    query: Tensor = teacher_cls[b]  # (B, D)
+                else:
+                    masks_b = torch.ones_like(masks[a])  # attend over all of b
+                    query = self.teacher["region_pooling"](
+                        teacher_cls[a], teacher_patches[a], masks[a]
+                    )  # (B, R, D): the region's representation on view a
+                target = self.teacher["region_pooling"](
+                    query, teacher_patches[b], masks_b
+                )  # (B, R, D)
+            pooled = self.region_pooling(
+                student_cls[a], student_patches[a], masks[a]
+            )  # (B, R, D)
+            student_regions.append(pooled[keep])  # (M_a, D)
+            teacher_regions.append(target[keep])
+        pair = self._project_pair(
+            torch.cat(student_regions), torch.cat(teacher_regions), head="head"
+        )
+        return pair, torch.stack(masks)  # (2, B, R, N)

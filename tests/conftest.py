@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny timm ViTs that exercise the real code paths quickly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
+
+#: Tiny ViT variants with a 4 x 4 patch grid: plain (DINO-like) and
+#: LayerScale + register tokens + patch 7 (DINOv2-like).
+VIT_VARIANTS: dict[str, dict[str, object]] = {
+    "plain": {"img_size": 32, "patch_size": 8},
+    "dinov2_like": {
+        "img_size": 28,
+        "patch_size": 7,
+        "init_values": 0.1,
+        "reg_tokens": 2,
+    },
+}
+
+
+def make_vit(variant: str = "plain", **overrides: object) -> VisionTransformer:
+    """A small, randomly initialised timm ViT (the same classes as ViT-S/B)."""
+    kwargs: dict[str, object] = {
+        "embed_dim": 48,
+        "depth": 3,
+        "num_heads": 3,
+        "num_classes": 0,
+        **VIT_VARIANTS[variant],
+        **overrides,
+    }
+    vit = VisionTransformer(**kwargs)  # type: ignore[arg-type]
+    with torch.no_grad():  # non-trivial norms: equivalence tests must not be easy
+        for name, param in vit.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.normal_(1.0, 0.1)
+    return vit.eval()
+
+
+def image_size(vit: VisionTransformer) -> int:
+    return int(vit.patch_embed.img_size[0])
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def real_photo() -> Image.Image:
+    """A real photograph shipped with matplotlib (Grace Hopper, 512 x 600 px)."""
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    with Image.open(path) as image:
+        return image.convert("RGB")

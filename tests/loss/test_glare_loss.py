@@ -1,0 +1,104 @@
+import pytest
+import torch
+from lightly.loss import DINOLoss
+
+from lightly_glare.loss import (
+    ALL_TERMS,
+    GlareLoss,
+    GlareOutput,
+    MatchedPair,
+    SelfDistillationLoss,
+)
+
+
+def make_output(batch: int = 4, dim: int = 32) -> GlareOutput:
+    pairs = {
+        term: MatchedPair(torch.randn(5 + i, dim), torch.randn(5 + i, dim))
+        for i, term in enumerate(ALL_TERMS[1:])
+    }
+    return GlareOutput(
+        student_global=[torch.randn(batch, dim) for _ in range(2)],
+        teacher_global=[torch.randn(batch, dim) for _ in range(2)],
+        pairs=pairs,
+    )
+
+
+@pytest.mark.parametrize("teacher_temp", [0.04, 0.07])
+def test_global_term_equals_lightly_dino_loss(teacher_temp: float) -> None:
+    output = make_output()
+    criterion = GlareLoss(
+        output_dim=32,
+        teacher_temp=teacher_temp,
+        regional_weight=0,
+        local_distortion_weight=0,
+        local_matching_weight=0,
+    )
+    reference = DINOLoss(output_dim=32, teacher_temp=teacher_temp,
+                         warmup_teacher_temp=teacher_temp)
+    expected = reference(output.teacher_global, output.student_global)
+    torch.testing.assert_close(criterion(output), expected)
+    # Same center update as the reference.
+    torch.testing.assert_close(criterion.global_loss.center, reference.center)
+    assert criterion.active_terms == ("global",)
+
+
+def test_global_term_is_symmetric_cross_view_formula() -> None:
+    output = make_output(dim=16)
+    criterion = GlareLoss(output_dim=16, regional_weight=0, local_distortion_weight=0,
+                          local_matching_weight=0)
+
+    def h(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        p_t = torch.softmax(t / 0.04, -1)
+        return -(p_t * torch.log_softmax(s / 0.1, -1)).sum(-1).mean()
+
+    (s0, s1), (t0, t1) = output.student_global, output.teacher_global
+    torch.testing.assert_close(criterion(output), 0.5 * (h(t1, s0) + h(t0, s1)))
+
+
+def test_total_is_weighted_sum_of_terms() -> None:
+    output = make_output()
+    weights = {"global_weight": 0.5, "regional_weight": 2.0,
+               "local_distortion_weight": 1.5, "local_matching_weight": 0.25}
+    criterion = GlareLoss(output_dim=32, **weights)
+    total = criterion(output)
+    parts = criterion.last_terms
+    assert set(parts) == set(ALL_TERMS)
+    expected = sum(w * parts[t] for w, t in zip(weights.values(), ALL_TERMS, strict=True))
+    torch.testing.assert_close(total, expected)
+    # Each pair term matches a standalone SelfDistillationLoss.
+    pair = output.pairs["regional"]
+    torch.testing.assert_close(
+        parts["regional"], SelfDistillationLoss(32)(pair.student, pair.teacher)
+    )
+
+
+def test_missing_term_is_a_clear_error() -> None:
+    output = make_output()
+    del output.pairs["regional"]
+    with pytest.raises(ValueError, match="'regional'.*active_terms"):
+        GlareLoss(output_dim=32)(output)
+
+
+def test_switched_off_term_is_not_required() -> None:
+    output = make_output()
+    del output.pairs["regional"]
+    criterion = GlareLoss(output_dim=32, regional_weight=0)
+    assert torch.isfinite(criterion(output))
+    assert "regional" not in criterion.last_terms
+
+
+def test_teacher_temperature_warmup() -> None:
+    criterion = GlareLoss(warmup_teacher_temp=0.04, teacher_temp=0.07,
+                          warmup_teacher_temp_epochs=10)
+    assert criterion.teacher_temperature(0) == pytest.approx(0.04)
+    assert criterion.teacher_temperature(5) == pytest.approx(0.055)
+    assert criterion.teacher_temperature(10) == pytest.approx(0.07)
+    assert criterion.teacher_temperature(None) == pytest.approx(0.07)
+
+
+def test_invalid_weights() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        GlareLoss(global_weight=0, regional_weight=0, local_distortion_weight=0,
+                  local_matching_weight=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        GlareLoss(global_weight=-1)

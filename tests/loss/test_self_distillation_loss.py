@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from lightly_glare.loss import SelfDistillationLoss
+
+
+def reference_loss(
+    student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, ts: float, tt: float
+) -> torch.Tensor:
+    total = torch.zeros(())
+    for s_row, t_row in zip(student, teacher, strict=True):
+        p_t = torch.exp((t_row - center[0]) / tt)
+        p_t = p_t / p_t.sum()
+        log_p_s = s_row / ts - torch.logsumexp(s_row / ts, dim=0)
+        total = total - (p_t * log_p_s).sum()
+    return total / len(student)
+
+
+@pytest.mark.parametrize("teacher_temp", [0.04, 0.07])
+@pytest.mark.parametrize("m", [1, 7])
+def test_matches_reference_and_updates_center(teacher_temp: float, m: int) -> None:
+    loss_fn = SelfDistillationLoss(output_dim=16, student_temp=0.1, center_momentum=0.9)
+    loss_fn.center.normal_()
+    center_before = loss_fn.center.clone()
+    student, teacher = torch.randn(m, 16), torch.randn(m, 16)
+    loss = loss_fn(student, teacher, teacher_temp=teacher_temp)
+    expected = reference_loss(student, teacher, center_before, 0.1, teacher_temp)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(
+        loss_fn.center, 0.9 * center_before + 0.1 * teacher.mean(0, keepdim=True)
+    )
+
+
+def test_gradient_only_through_student() -> None:
+    loss_fn = SelfDistillationLoss(output_dim=8)
+    student = torch.randn(4, 8, requires_grad=True)
+    teacher = torch.randn(4, 8, requires_grad=True)
+    loss_fn(student, teacher).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+def test_empty_pairs_give_zero_and_keep_center() -> None:
+    loss_fn = SelfDistillationLoss(output_dim=8)
+    loss_fn.center.fill_(0.5)
+    student = torch.zeros(0, 8, requires_grad=True)
+    loss = loss_fn(student, torch.zeros(0, 8))
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.equal(loss_fn.center, torch.full((1, 8), 0.5))
+
+
+def test_rejects_mismatched_shapes() -> None:
+    loss_fn = SelfDistillationLoss(output_dim=8)
+    with pytest.raises(ValueError, match=r"\(3, 8\) and \(4, 8\)"):
+        loss_fn(torch.randn(3, 8), torch.randn(4, 8))
+    with pytest.raises(ValueError, match="output dimension 8"):
+        loss_fn(torch.randn(3, 9), torch.randn(3, 9))

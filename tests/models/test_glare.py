@@ -1,0 +1,192 @@
+import math
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from lightly_glare.loss import ALL_TERMS, GlareLoss
+from lightly_glare.models import GLARE, CrossAttentionRegionPooling
+from lightly_glare.transforms import GlareTransform, PatchBlur
+from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
+
+DIM = 64  # small head output for fast tests
+
+
+def small_glare(variant: str = "plain", **kwargs: object) -> GLARE:
+    defaults: dict[str, object] = {
+        "output_dim": DIM,
+        "hidden_dim": 32,
+        "head_bottleneck_dim": 16,
+        "adapter_bottleneck": 8,
+    }
+    defaults.update(kwargs)
+    return GLARE(make_vit(variant), **defaults)  # type: ignore[arg-type]
+
+
+def random_batch(model: GLARE, batch: int = 3) -> tuple[list[torch.Tensor], torch.Tensor]:
+    size = image_size(model.backbone.vit)
+    views = [torch.randn(batch, 3, size, size) for _ in range(2)]
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0], [0.25, 0.25, 0.75, 0.75, 1.0]])
+    return views, boxes.expand(batch, 2, 5).clone()
+
+
+def real_batch(size: int, batch: int = 4) -> tuple[list[torch.Tensor], torch.Tensor]:
+    transform = GlareTransform(input_size=size)
+    photo = real_photo()
+    torch.manual_seed(3)
+    views, geometry = default_collate([transform(photo) for _ in range(batch)])
+    return views, geometry
+
+
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_gradients_reach_exactly_the_trainable_parameters(variant: str) -> None:
+    model = small_glare(variant, region_pooling=CrossAttentionRegionPooling(48, learnable=True))
+    # Non-zero adapters so that every adapter parameter receives a gradient.
+    for adapter in model.backbone.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    criterion = GlareLoss(output_dim=DIM)
+    views, geometry = random_batch(model)
+    criterion(model(views, geometry)).backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    with_grad = {
+        name for name, p in model.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
+    assert with_grad == trainable
+    prefixes = ("backbone.adapters.", "student_head.", "student_patch_head.", "region_pooling.")
+    assert trainable and all(name.startswith(prefixes) for name in trainable)
+    assert not any(p.requires_grad for p in model.backbone.vit.parameters())
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert set(map(id, model.trainable_parameters())) == {
+        id(p) for n, p in model.named_parameters() if n in trainable
+    }
+
+
+def test_ema_update_matches_formula() -> None:
+    model = small_glare()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    student = [p.clone() for p in model._student_modules().parameters()]
+    teacher = [p.clone() for p in model.teacher.parameters()]
+    backbone = [p.clone() for p in model.backbone.vit.parameters()]
+    model.update_teacher(momentum=0.9)
+    for s, t, new in zip(student, teacher, model.teacher.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * t + 0.1 * s)
+    for old, new in zip(backbone, model.backbone.vit.parameters(), strict=True):
+        assert torch.equal(old, new)
+    with pytest.raises(ValueError, match="momentum"):
+        model.update_teacher(1.5)
+
+
+def test_backbone_weights_exist_once() -> None:
+    model = small_glare()
+    vit_params = sum(p.numel() for p in model.backbone.vit.parameters())
+    trainable_side = sum(p.numel() for p in model._student_modules().parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert total == vit_params + 2 * trainable_side
+    vit_storage = {p.data_ptr() for p in model.backbone.vit.parameters()}
+    teacher_storage = {p.data_ptr() for p in model.teacher.parameters()}
+    assert not vit_storage & teacher_storage
+
+
+def test_teacher_outputs_carry_no_gradient_and_shapes() -> None:
+    model = small_glare()
+    views, geometry = random_batch(model, batch=3)
+    output = model(views, geometry)
+    assert [t.shape for t in output.student_global] == [(3, DIM)] * 2
+    assert all(not t.requires_grad for t in output.teacher_global)
+    assert set(output.pairs) == set(ALL_TERMS[1:])
+    for pair in output.pairs.values():
+        assert pair.student.shape == pair.teacher.shape
+        assert pair.student.requires_grad and not pair.teacher.requires_grad
+    assert output.patch_masks is not None and output.patch_masks.shape == (2, 3, 16)
+    # L_loc1 pairs one student projection per distorted patch (30 % of 16 -> 5).
+    assert output.pairs["local_distortion"].student.shape[0] == int(output.patch_masks.sum())
+    assert output.region_masks is not None and output.region_masks.shape == (2, 3, 3, 16)
+
+
+def test_identical_views_without_distortion_give_identical_local_targets() -> None:
+    """With identical crops, L_loc2 pairs each student patch with its own token."""
+    model = small_glare(terms=("local_matching",))
+    model.patch_augmentation = None
+    model.teacher.load_state_dict(model._student_modules().state_dict())
+    image = torch.randn(2, 3, 32, 32)
+    identity = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0]).expand(2, 2, 5).clone()
+    pair = model([image, image], identity).pairs["local_matching"]
+    assert pair.student.shape[0] == 2 * 2 * 16
+    torch.testing.assert_close(pair.student, pair.teacher)
+
+
+def test_switched_off_terms_are_not_computed() -> None:
+    criterion = GlareLoss(output_dim=DIM, regional_weight=0, local_matching_weight=0)
+    model = small_glare(terms=criterion.active_terms)
+    views, geometry = random_batch(model)
+    output = model(views, geometry)
+    assert set(output.pairs) == {"local_distortion"} and output.region_masks is None
+    assert torch.isfinite(criterion(output))
+
+
+def test_attention_region_matching() -> None:
+    model = small_glare(region_match="attention", terms=("regional",))
+    views, geometry = random_batch(model)
+    pair = model(views, geometry).pairs["regional"]
+    assert pair.student.shape[0] > 0 and torch.isfinite(pair.student).all()
+
+
+@pytest.mark.parametrize(
+    "case", ["constant_image", "one_region", "all_patches_distorted", "disjoint_views"]
+)
+def test_degenerate_inputs_stay_finite(case: str) -> None:
+    kwargs: dict[str, object] = {}
+    if case == "all_patches_distorted":
+        kwargs["patch_augmentation"] = PatchBlur(patch_ratio=1.0)
+    if case == "one_region":
+        from lightly_glare.models import AttentionRegionSampler
+
+        kwargs["region_sampler"] = AttentionRegionSampler(num_regions=1)
+    model = small_glare(**kwargs)
+    views, geometry = random_batch(model)
+    if case == "constant_image":
+        views = [torch.zeros_like(v) for v in views]
+    if case == "disjoint_views":
+        geometry[:, 0] = torch.tensor([0.0, 0.0, 0.4, 0.4, 0.0])
+        geometry[:, 1] = torch.tensor([0.6, 0.6, 0.4, 0.4, 0.0])
+    criterion = GlareLoss(output_dim=DIM)
+    loss = criterion(model(views, geometry))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(v) for v in criterion.last_terms.values())
+    for p in model.trainable_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def test_overfitting_real_images_decreases_loss() -> None:
+    torch.manual_seed(0)
+    model = small_glare(adapter_bottleneck=16)
+    criterion = GlareLoss(output_dim=DIM)
+    views, geometry = real_batch(size=32, batch=4)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = criterion(model(views, geometry, generator=torch.Generator().manual_seed(0)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.update_teacher(0.9)
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="terms"):
+        small_glare(terms=("global", "typo"))
+    with pytest.raises(ValueError, match="region_match"):
+        small_glare(region_match="nearest")
+    model = small_glare()
+    views, geometry = random_batch(model)
+    with pytest.raises(ValueError, match="geometry"):
+        model(views, geometry[:, :1])
+    with pytest.raises(ValueError, match="two views"):
+        model(views[:1], geometry)
