@@ -67,10 +67,11 @@ def _check_supported(vit: VisionTransformer) -> None:
             f"{type(vit).__name__}."
         )
     for index, block in enumerate(vit.blocks):
-        if type(block) is not Block or not isinstance(block.attn, Attention):
+        attn = getattr(block, "attn", None)
+        if type(block) is not Block or not isinstance(attn, Attention):
             raise TypeError(
                 f"Block {index} is a {type(block).__name__} with "
-                f"{type(block.attn).__name__} attention; UniAdapterViT supports "
+                f"{type(attn).__name__} attention; UniAdapterViT supports "
                 "timm's standard `Block` with `Attention` (ViT, DeiT, DINO, "
                 "DINOv2 with LayerScale and registers)."
             )

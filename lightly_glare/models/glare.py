@@ -169,19 +169,16 @@ class GLARE(nn.Module):
                 backbone, bottleneck=adapter_bottleneck, scale=adapter_scale
             )
         dim = self.backbone.embed_dim
-        self.student_head = DINOProjectionHead(
-            dim, hidden_dim, head_bottleneck_dim, output_dim
-        )
-        self.student_patch_head = (
-            self.student_head
-            if share_patch_head
-            else DINOProjectionHead(
-                dim,
-                hidden_dim,
-                head_bottleneck_dim,
-                output_dim if patch_output_dim is None else patch_output_dim,
-            )
-        )
+        patch_dim = output_dim if patch_output_dim is None else patch_output_dim
+
+        def new_head(out_dim: int) -> DINOProjectionHead:
+            return DINOProjectionHead(dim, hidden_dim, head_bottleneck_dim, out_dim)
+
+        def new_heads() -> tuple[DINOProjectionHead, DINOProjectionHead]:
+            head = new_head(output_dim)
+            return head, head if share_patch_head else new_head(patch_dim)
+
+        self.student_head, self.student_patch_head = new_heads()
         if freeze_heads:
             self.student_head.requires_grad_(False)
             self.student_patch_head.requires_grad_(False)
@@ -191,7 +188,18 @@ class GLARE(nn.Module):
         self.region_match = region_match
         self.min_region_patches = min_region_patches
         self.local_distortion_patches = local_distortion_patches
-        self.teacher = copy.deepcopy(self._student_modules())
+        # lightly's heads use torch.nn.utils.weight_norm, which cannot be
+        # deep-copied: the teacher gets fresh heads loaded with the student's state.
+        teacher_head, teacher_patch_head = new_heads()
+        self.teacher = nn.ModuleDict(
+            {
+                "adapters": copy.deepcopy(self.backbone.adapters),
+                "head": teacher_head,
+                "patch_head": teacher_patch_head,
+                "region_pooling": copy.deepcopy(self.region_pooling),
+            }
+        )
+        self.teacher.load_state_dict(self._student_modules().state_dict())
         self.teacher.requires_grad_(False)
 
     def _student_modules(self) -> nn.ModuleDict:

@@ -68,9 +68,12 @@ def test_backbone_frozen_and_adapters_trainable() -> None:
 
 def test_report_for_vit_small_matches_spec() -> None:
     vit = timm.create_model("vit_small_patch16_224", num_classes=0)
+    backbone_params = sum(p.numel() for p in vit.parameters())
     report = UniAdapterViT(vit).report
     assert report.adapters == 12 * (3 * 384 + 2 * 384 * 64 + 64)  # 604,416
-    assert report.percent == pytest.approx(2.797, abs=1e-3)
+    assert report.backbone == backbone_params
+    assert report.percent == pytest.approx(100 * 604_416 / backbone_params)
+    assert 2.7 < report.percent < 2.9  # spec: 2.8 % for ViT-S/16 at b = 64
     assert "604,416" in str(report)
 
 

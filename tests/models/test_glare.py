@@ -162,21 +162,31 @@ def test_degenerate_inputs_stay_finite(case: str) -> None:
 
 
 def test_overfitting_real_images_decreases_loss() -> None:
+    """The student fits fixed teacher targets on one batch of real crops.
+
+    Teacher (momentum 1) and centers (momentum 1) are held fixed so that the
+    targets do not move: with DINO's moving center the loss first rises towards
+    log K while the center catches up, which says nothing about learning.
+    """
     torch.manual_seed(0)
     model = small_glare(adapter_bottleneck=16)
-    criterion = GlareLoss(output_dim=DIM)
+    criterion = GlareLoss(output_dim=DIM, center_momentum=1.0)
     views, geometry = real_batch(size=32, batch=4)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
     losses = []
-    for _ in range(40):
+    first_terms = {}
+    for _ in range(30):
         loss = criterion(model(views, geometry, generator=torch.Generator().manual_seed(0)))
+        first_terms = first_terms or dict(criterion.last_terms)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.update_teacher(0.9)
+        model.update_teacher(1.0)
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    assert all(criterion.last_terms[t] < first_terms[t] for t in ALL_TERMS), (
+        first_terms, criterion.last_terms)
 
 
 def test_invalid_arguments() -> None:
