@@ -50,9 +50,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (0: torch default)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the backbone"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -63,7 +69,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build(name: str, img_size: int, terms: tuple[str, ...], device: str) -> tuple[GLARE, GlareLoss]:
+def build(
+    name: str, img_size: int, terms: tuple[str, ...], device: str
+) -> tuple[GLARE, GlareLoss]:
     size = img_size - img_size % (14 if "patch14" in name else 16)
     vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=size)
     weights = {term: 1.0 if term in terms else 0.0 for term in ALL_TERMS}
@@ -82,11 +90,18 @@ def synthetic_batches(batch: int, size: int, device: str) -> Iterator[Batch]:
         yield views, geometry
 
 
-def loader_batches(data_dir: Path, batch: int, size: int, workers: int, device: str) -> Iterator[Batch]:
+def loader_batches(
+    data_dir: Path, batch: int, size: int, workers: int, device: str
+) -> Iterator[Batch]:
     dataset = ImageFolderDataset(data_dir, transform=GlareTransform(input_size=size))
     loader = DataLoader(
-        dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-        pin_memory=device == "cuda", persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device == "cuda",
+        persistent_workers=workers > 0,
     )
     while True:
         for (views, geometry), _, _ in loader:
@@ -94,7 +109,10 @@ def loader_batches(data_dir: Path, batch: int, size: int, workers: int, device: 
 
 
 def time_steps(
-    model: GLARE, criterion: GlareLoss, batches: Iterator[Batch], args: argparse.Namespace
+    model: GLARE,
+    criterion: GlareLoss,
+    batches: Iterator[Batch],
+    args: argparse.Namespace,
 ) -> tuple[float, float]:
     """Returns (images/s, peak memory in GiB) of full training steps."""
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
@@ -133,28 +151,40 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"device={args.device} batch={args.batch} img={args.img_size} steps={args.steps}")
+    print(
+        f"device={args.device} batch={args.batch} img={args.img_size} steps={args.steps}"
+    )
     header = f"{'model':28s} {'step':18s} {'img/s':>9s} {'peak GiB':>9s}"
     print(header)
     for name in args.models:
         results = {}
-        for label, terms in (("dino (2 views)", (GLOBAL,)), ("glare (4 terms)", ALL_TERMS)):
+        for label, terms in (
+            ("dino (2 views)", (GLOBAL,)),
+            ("glare (4 terms)", ALL_TERMS),
+        ):
             model, criterion = build(name, args.img_size, terms, args.device)
             if args.compile:
-                model.backbone.vit = torch.compile(model.backbone.vit)  # type: ignore[assignment]
+                compiled = torch.compile(model.backbone.vit)
+                model.backbone.vit = compiled  # type: ignore[assignment]
             size = model.backbone.vit.patch_embed.img_size[0]
             results[label] = time_steps(
                 model, criterion, synthetic_batches(args.batch, size, args.device), args
             )
-            print(f"{name:28s} {label:18s} {results[label][0]:9.1f} {results[label][1]:9.2f}")
+            speed, peak = results[label]
+            print(f"{name:28s} {label:18s} {speed:9.1f} {peak:9.2f}")
             if label.startswith("glare") and args.data_dir is not None:
                 e2e = time_steps(
-                    model, criterion,
-                    loader_batches(args.data_dir, args.batch, size, args.workers, args.device),
+                    model,
+                    criterion,
+                    loader_batches(
+                        args.data_dir, args.batch, size, args.workers, args.device
+                    ),
                     args,
                 )
-                print(f"{name:28s} {'glare + loading':18s} {e2e[0]:9.1f} {e2e[1]:9.2f}"
-                      f"   (x{e2e[0] / results[label][0]:.2f} of compute-only)")
+                print(
+                    f"{name:28s} {'glare + loading':18s} {e2e[0]:9.1f} {e2e[1]:9.2f}"
+                    f"   (x{e2e[0] / results[label][0]:.2f} of compute-only)"
+                )
         ratio = results["glare (4 terms)"][0] / results["dino (2 views)"][0]
         print(f"{name:28s} {'glare / dino':18s} {ratio:9.3f}")
 

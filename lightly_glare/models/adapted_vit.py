@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
@@ -63,8 +64,7 @@ class TrainableReport:
 def _check_supported(vit: VisionTransformer) -> None:
     if not isinstance(vit, VisionTransformer):
         raise TypeError(
-            "UniAdapterViT expects a timm VisionTransformer, got "
-            f"{type(vit).__name__}."
+            f"UniAdapterViT expects a timm VisionTransformer, got {type(vit).__name__}."
         )
     for index, block in enumerate(vit.blocks):
         attn = getattr(block, "attn", None)
@@ -189,9 +189,14 @@ class UniAdapterViT(nn.Module):
         return int(self.vit.embed_dim)
 
     @property
+    def blocks(self) -> list[Block]:
+        """The backbone's transformer blocks."""
+        return cast(list[Block], list(self.vit.blocks))
+
+    @property
     def num_heads(self) -> int:
         """Attention heads of the last block."""
-        return int(self.vit.blocks[-1].attn.num_heads)
+        return int(cast(Attention, self.blocks[-1].attn).num_heads)
 
     @property
     def num_blocks(self) -> int:
@@ -251,12 +256,12 @@ class UniAdapterViT(nn.Module):
         cls_attention = None
         last = self.num_blocks - 1
         for index, (block, adapter) in enumerate(
-            zip(vit.blocks, adapters, strict=True)
+            zip(self.blocks, adapters, strict=True)
         ):
             normed = block.norm1(x)
             if return_cls_attention and index == last:
                 attn_out, cls_attention = attention_with_cls_map(
-                    block.attn, normed, self.num_prefix_tokens
+                    cast(Attention, block.attn), normed, self.num_prefix_tokens
                 )
             else:
                 attn_out = block.attn(normed)

@@ -95,7 +95,9 @@ def export_adapted_backbone(
     return save_atomic({"state_dict": state, "meta": meta}, path)
 
 
-def load_exported_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load_exported_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Reads an exported adapted backbone (weights-only, no pickled code).
 
     Args:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightly.models.modules import DINOProjectionHead
@@ -202,6 +202,11 @@ class GLARE(nn.Module):
         self.teacher.load_state_dict(self._student_modules().state_dict())
         self.teacher.requires_grad_(False)
 
+    @property
+    def teacher_adapters(self) -> nn.ModuleList:
+        """The teacher's EMA adapters (one per block)."""
+        return cast(nn.ModuleList, self.teacher["adapters"])
+
     def _student_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict(
             {
@@ -241,7 +246,7 @@ class GLARE(nn.Module):
         Returns:
             The destination path.
         """
-        adapters = self.teacher["adapters"] if which == "teacher" else None
+        adapters = self.teacher_adapters if which == "teacher" else None
         return export_adapted_backbone(
             self.backbone, path, adapters=adapters, extra_meta=extra_meta
         )
@@ -285,7 +290,7 @@ class GLARE(nn.Module):
         with torch.no_grad():
             teacher = self.backbone.forward_features(
                 clean,
-                adapters=self.teacher["adapters"],
+                adapters=self.teacher_adapters,
                 return_cls_attention=REGIONAL in self.terms,
             )
         needs_distortion = LOCAL_DISTORTION in self.terms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,7 @@ class CrossAttentionRegionPooling(nn.Module):
                 {name: nn.Linear(dim, dim, bias=False) for name in ("q", "k", "v")}
             )
             for linear in self.projections.values():
-                nn.init.eye_(linear.weight)
+                nn.init.eye_(cast(nn.Linear, linear).weight)
 
     def _project(self, name: str, x: Tensor) -> Tensor:
         return x if self.projections is None else self.projections[name](x)

@@ -90,4 +90,3 @@ def count_adapter_parameters(dim: int, bottleneck: int) -> int:
         bottleneck: Bottleneck size b.
     """
     return 3 * dim + 2 * dim * bottleneck + bottleneck
-

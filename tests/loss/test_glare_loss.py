@@ -33,8 +33,9 @@ def test_global_term_equals_lightly_dino_loss(teacher_temp: float) -> None:
         local_distortion_weight=0,
         local_matching_weight=0,
     )
-    reference = DINOLoss(output_dim=32, teacher_temp=teacher_temp,
-                         warmup_teacher_temp=teacher_temp)
+    reference = DINOLoss(
+        output_dim=32, teacher_temp=teacher_temp, warmup_teacher_temp=teacher_temp
+    )
     expected = reference(output.teacher_global, output.student_global)
     torch.testing.assert_close(criterion(output), expected)
     # Same center update as the reference.
@@ -44,8 +45,12 @@ def test_global_term_equals_lightly_dino_loss(teacher_temp: float) -> None:
 
 def test_global_term_is_symmetric_cross_view_formula() -> None:
     output = make_output(dim=16)
-    criterion = GlareLoss(output_dim=16, regional_weight=0, local_distortion_weight=0,
-                          local_matching_weight=0)
+    criterion = GlareLoss(
+        output_dim=16,
+        regional_weight=0,
+        local_distortion_weight=0,
+        local_matching_weight=0,
+    )
 
     def h(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         p_t = torch.softmax(t / 0.04, -1)
@@ -57,13 +62,19 @@ def test_global_term_is_symmetric_cross_view_formula() -> None:
 
 def test_total_is_weighted_sum_of_terms() -> None:
     output = make_output()
-    weights = {"global_weight": 0.5, "regional_weight": 2.0,
-               "local_distortion_weight": 1.5, "local_matching_weight": 0.25}
+    weights = {
+        "global_weight": 0.5,
+        "regional_weight": 2.0,
+        "local_distortion_weight": 1.5,
+        "local_matching_weight": 0.25,
+    }
     criterion = GlareLoss(output_dim=32, **weights)
     total = criterion(output)
     parts = criterion.last_terms
     assert set(parts) == set(ALL_TERMS)
-    expected = sum(w * parts[t] for w, t in zip(weights.values(), ALL_TERMS, strict=True))
+    expected = sum(
+        w * parts[t] for w, t in zip(weights.values(), ALL_TERMS, strict=True)
+    )
     torch.testing.assert_close(total, expected)
     # Each pair term matches a standalone SelfDistillationLoss.
     pair = output.pairs["regional"]
@@ -88,8 +99,9 @@ def test_switched_off_term_is_not_required() -> None:
 
 
 def test_teacher_temperature_warmup() -> None:
-    criterion = GlareLoss(warmup_teacher_temp=0.04, teacher_temp=0.07,
-                          warmup_teacher_temp_epochs=10)
+    criterion = GlareLoss(
+        warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10
+    )
     assert criterion.teacher_temperature(0) == pytest.approx(0.04)
     assert criterion.teacher_temperature(5) == pytest.approx(0.055)
     assert criterion.teacher_temperature(10) == pytest.approx(0.07)
@@ -98,7 +110,11 @@ def test_teacher_temperature_warmup() -> None:
 
 def test_invalid_weights() -> None:
     with pytest.raises(ValueError, match="positive"):
-        GlareLoss(global_weight=0, regional_weight=0, local_distortion_weight=0,
-                  local_matching_weight=0)
+        GlareLoss(
+            global_weight=0,
+            regional_weight=0,
+            local_distortion_weight=0,
+            local_matching_weight=0,
+        )
     with pytest.raises(ValueError, match=">= 0"):
         GlareLoss(global_weight=-1)

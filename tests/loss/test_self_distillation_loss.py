@@ -5,7 +5,11 @@ from lightly_glare.loss import SelfDistillationLoss
 
 
 def reference_loss(
-    student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, ts: float, tt: float
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    center: torch.Tensor,
+    ts: float,
+    tt: float,
 ) -> torch.Tensor:
     total = torch.zeros(())
     for s_row, t_row in zip(student, teacher, strict=True):

@@ -3,7 +3,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from lightly_glare.models import UniAdapterViT, attention_with_cls_map
+from lightly_glare.models import UniAdapterViT
 from tests.conftest import VIT_VARIANTS, image_size, make_vit
 
 
@@ -63,7 +63,9 @@ def test_backbone_frozen_and_adapters_trainable() -> None:
     adapted = UniAdapterViT(make_vit(), bottleneck=4)
     assert not any(p.requires_grad for p in adapted.vit.parameters())
     assert all(p.requires_grad for p in adapted.adapters.parameters())
-    assert adapted.report.adapters == sum(p.numel() for p in adapted.adapters.parameters())
+    assert adapted.report.adapters == sum(
+        p.numel() for p in adapted.adapters.parameters()
+    )
 
 
 def test_report_for_vit_small_matches_spec() -> None:

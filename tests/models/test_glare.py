@@ -23,7 +23,9 @@ def small_glare(variant: str = "plain", **kwargs: object) -> GLARE:
     return GLARE(make_vit(variant), **defaults)  # type: ignore[arg-type]
 
 
-def random_batch(model: GLARE, batch: int = 3) -> tuple[list[torch.Tensor], torch.Tensor]:
+def random_batch(
+    model: GLARE, batch: int = 3
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     size = image_size(model.backbone.vit)
     views = [torch.randn(batch, 3, size, size) for _ in range(2)]
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0], [0.25, 0.25, 0.75, 0.75, 1.0]])
@@ -40,7 +42,9 @@ def real_batch(size: int, batch: int = 4) -> tuple[list[torch.Tensor], torch.Ten
 
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
 def test_gradients_reach_exactly_the_trainable_parameters(variant: str) -> None:
-    model = small_glare(variant, region_pooling=CrossAttentionRegionPooling(48, learnable=True))
+    model = small_glare(
+        variant, region_pooling=CrossAttentionRegionPooling(48, learnable=True)
+    )
     # Non-zero adapters so that every adapter parameter receives a gradient.
     for adapter in model.backbone.adapters:
         torch.nn.init.normal_(adapter.up.weight, std=0.1)
@@ -49,11 +53,17 @@ def test_gradients_reach_exactly_the_trainable_parameters(variant: str) -> None:
     criterion(model(views, geometry)).backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     with_grad = {
-        name for name, p in model.named_parameters()
+        name
+        for name, p in model.named_parameters()
         if p.grad is not None and p.grad.abs().sum() > 0
     }
     assert with_grad == trainable
-    prefixes = ("backbone.adapters.", "student_head.", "student_patch_head.", "region_pooling.")
+    prefixes = (
+        "backbone.adapters.",
+        "student_head.",
+        "student_patch_head.",
+        "region_pooling.",
+    )
     assert trainable and all(name.startswith(prefixes) for name in trainable)
     assert not any(p.requires_grad for p in model.backbone.vit.parameters())
     assert not any(p.requires_grad for p in model.teacher.parameters())
@@ -102,8 +112,15 @@ def test_teacher_outputs_carry_no_gradient_and_shapes() -> None:
         assert pair.student.requires_grad and not pair.teacher.requires_grad
     assert output.patch_masks is not None and output.patch_masks.shape == (2, 3, 16)
     # L_loc1 pairs one student projection per distorted patch (30 % of 16 -> 5).
-    assert output.pairs["local_distortion"].student.shape[0] == int(output.patch_masks.sum())
-    assert output.region_masks is not None and output.region_masks.shape == (2, 3, 3, 16)
+    assert output.pairs["local_distortion"].student.shape[0] == int(
+        output.patch_masks.sum()
+    )
+    assert output.region_masks is not None and output.region_masks.shape == (
+        2,
+        3,
+        3,
+        16,
+    )
 
 
 def test_identical_views_without_distortion_give_identical_local_targets() -> None:
@@ -176,7 +193,9 @@ def test_overfitting_real_images_decreases_loss() -> None:
     losses = []
     first_terms = {}
     for _ in range(30):
-        loss = criterion(model(views, geometry, generator=torch.Generator().manual_seed(0)))
+        loss = criterion(
+            model(views, geometry, generator=torch.Generator().manual_seed(0))
+        )
         first_terms = first_terms or dict(criterion.last_terms)
         optimizer.zero_grad()
         loss.backward()
@@ -186,7 +205,9 @@ def test_overfitting_real_images_decreases_loss() -> None:
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
     assert all(criterion.last_terms[t] < first_terms[t] for t in ALL_TERMS), (
-        first_terms, criterion.last_terms)
+        first_terms,
+        criterion.last_terms,
+    )
 
 
 def test_invalid_arguments() -> None:

@@ -25,7 +25,9 @@ def test_single_patch_region_returns_that_token() -> None:
     tokens = torch.randn(1, 5, 4)
     masks = torch.zeros(1, 1, 5, dtype=torch.bool)
     masks[0, 0, 3] = True
-    torch.testing.assert_close(pooling(torch.randn(1, 4), tokens, masks)[0, 0], tokens[0, 3])
+    torch.testing.assert_close(
+        pooling(torch.randn(1, 4), tokens, masks)[0, 0], tokens[0, 3]
+    )
 
 
 def test_empty_mask_gives_zeros_and_finite_gradients() -> None:
@@ -56,9 +58,13 @@ def test_per_region_queries() -> None:
     masks = torch.ones(1, 2, 6, dtype=torch.bool)
     queries = torch.randn(1, 2, 4)
     out = pooling(queries, tokens, masks)
-    torch.testing.assert_close(out[:, 1], pooling(queries[:, 1], tokens, masks[:, 1:])[:, 0])
+    torch.testing.assert_close(
+        out[:, 1], pooling(queries[:, 1], tokens, masks[:, 1:])[:, 0]
+    )
 
 
 def test_rejects_non_boolean_masks() -> None:
     with pytest.raises(ValueError, match="boolean masks"):
-        CrossAttentionRegionPooling(4)(torch.randn(1, 4), torch.randn(1, 3, 4), torch.ones(1, 1, 3))
+        CrossAttentionRegionPooling(4)(
+            torch.randn(1, 4), torch.randn(1, 3, 4), torch.ones(1, 1, 3)
+        )

@@ -8,7 +8,9 @@ from lightly_glare.models.region_sampler import mask_iou
 def test_mass_mask_is_smallest_set_reaching_mass() -> None:
     attention = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
     assert attention_mass_masks(attention, 0.6).tolist() == [[True, False, True, False]]
-    assert attention_mass_masks(attention, 0.5).tolist() == [[True, False, False, False]]
+    assert attention_mass_masks(attention, 0.5).tolist() == [
+        [True, False, False, False]
+    ]
     assert attention_mass_masks(attention, 1.0).all()
 
 
