@@ -151,9 +151,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"device={args.device} batch={args.batch} img={args.img_size} steps={args.steps}"
-    )
+    print(f"device={args.device} batch={args.batch} image={args.img_size}px")
     header = f"{'model':28s} {'step':18s} {'img/s':>9s} {'peak GiB':>9s}"
     print(header)
     for name in args.models:
