@@ -1,0 +1,23 @@
+"""OpenMMLab (mmengine / mmcv / mmseg) integration of lightly-glare.
+
+The only subpackage that imports OpenMMLab. Importing it first makes the
+installed stack usable, then registers lightly-glare's components:
+
+1. :mod:`~lightly_glare.openmmlab.mmcv_compat` provides a pure-PyTorch
+   ``mmcv.ops`` when mmcv's compiled ops are absent (mmcv-lite), so that
+   ``import mmseg.models`` works. It must run before anything imports mmseg,
+   hence the ``isort: split`` below.
+2. :mod:`~lightly_glare.openmmlab.checkpoint` allows the objects mmengine's
+   resume checkpoints hold in ``torch.load(weights_only=True)``.
+
+OpenMMLab configs load it with
+``custom_imports = dict(imports=["lightly_glare.openmmlab"])``.
+"""
+
+from lightly_glare.openmmlab import mmcv_compat
+
+# isort: split
+
+from lightly_glare.openmmlab import checkpoint
+
+__all__ = ["checkpoint", "mmcv_compat"]
