@@ -1,0 +1,95 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightly_glare.data import ImageFolderDataset
+from lightly_glare.loss import GlareLoss
+from lightly_glare.models import GLARE
+from lightly_glare.training import (
+    NonFiniteLossError,
+    PretrainConfig,
+    learning_rate,
+    parameter_groups,
+    pretrain,
+)
+from lightly_glare.transforms import GlareTransform
+from tests.conftest import make_vit, real_photo
+
+
+@pytest.fixture
+def loader(tmp_path: Path) -> DataLoader:
+    photo = real_photo()
+    for i in range(4):
+        photo.crop((i * 60, i * 40, i * 60 + 300, i * 40 + 300)).save(
+            tmp_path / f"{i}.png"
+        )
+    dataset = ImageFolderDataset(tmp_path, transform=GlareTransform(input_size=32))
+    return DataLoader(dataset, batch_size=2, shuffle=True, drop_last=True)
+
+
+def small_model() -> tuple[GLARE, GlareLoss]:
+    criterion = GlareLoss(output_dim=32)
+    model = GLARE(
+        make_vit(),
+        output_dim=32,
+        hidden_dim=32,
+        head_bottleneck_dim=8,
+        adapter_bottleneck=8,
+    )
+    return model, criterion
+
+
+def test_pretrain_runs_on_real_images_and_reiterates(loader: DataLoader) -> None:
+    model, criterion = small_model()
+    teacher_before = [p.clone() for p in model.teacher.parameters()]
+    lines: list[str] = []
+    history = pretrain(
+        model,
+        criterion,
+        loader,
+        PretrainConfig(steps=5, log_every=2),
+        batch_size=2,
+        log=lines.append,
+    )
+    assert len(history.losses) == 5  # 2 batches per epoch: the loader was re-iterated
+    assert all(math.isfinite(v) for v in history.losses)
+    assert set(history.terms[-1]) == set(criterion.active_terms)
+    assert len(lines) == 3 and "step 5/5" in lines[-1]
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(teacher_before, model.teacher.parameters())
+    )
+
+
+def test_non_finite_loss_stops_before_the_update(loader: DataLoader) -> None:
+    model, criterion = small_model()
+    model.student_head.register_forward_hook(lambda m, i, out: out * float("nan"))
+    adapters = [p.clone() for p in model.backbone.adapters.parameters()]
+    with pytest.raises(NonFiniteLossError, match="step 0"):
+        pretrain(model, criterion, loader, PretrainConfig(steps=3), batch_size=2)
+    for before, after in zip(
+        adapters, model.backbone.adapters.parameters(), strict=True
+    ):
+        assert torch.equal(before, after)
+
+
+def test_learning_rate_schedule() -> None:
+    config = PretrainConfig(steps=100, warmup_fraction=0.1, min_lr=1e-6)
+    assert learning_rate(0, 1.0, config) == pytest.approx(0.1)
+    assert learning_rate(9, 1.0, config) == pytest.approx(1.0)
+    assert learning_rate(10, 1.0, config) == pytest.approx(1.0)
+    assert learning_rate(99, 1.0, config) < 1e-3
+    values = [learning_rate(s, 1.0, config) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_no_weight_decay_on_norms_and_biases() -> None:
+    model, _ = small_model()
+    decay, no_decay = parameter_groups(model, 0.04)
+    assert all(p.ndim >= 2 for p in decay["params"])  # type: ignore[union-attr]
+    assert all(p.ndim <= 1 for p in no_decay["params"])  # type: ignore[union-attr]
+    n = len(decay["params"]) + len(no_decay["params"])  # type: ignore[arg-type]
+    assert n == len(model.trainable_parameters())
