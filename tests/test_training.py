@@ -60,7 +60,7 @@ def test_pretrain_runs_on_real_images_and_reiterates(loader: DataLoader) -> None
     assert len(lines) == 3 and "step 5/5" in lines[-1]
     assert any(
         not torch.equal(a, b)
-        for a, b in zip(teacher_before, model.teacher.parameters())
+        for a, b in zip(teacher_before, model.teacher.parameters(), strict=True)
     )
 
 
@@ -83,7 +83,7 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(10, 1.0, config) == pytest.approx(1.0)
     assert learning_rate(99, 1.0, config) < 1e-3
     values = [learning_rate(s, 1.0, config) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
 def test_no_weight_decay_on_norms_and_biases() -> None:
