@@ -1,0 +1,97 @@
+# GLARE continual pre-training with PyTorch Lightning, in the shape of lightly's
+# examples/pytorch_lightning/dino.py. Copy and adapt.
+#
+#   python examples/pytorch_lightning/glare.py --data my_images/ \
+#       --checkpoint dino_deitsmall16_pretrain.pth --arch vit_small_patch16_224
+import argparse
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.scheduler import cosine_schedule
+from torch.utils.data import DataLoader
+
+from lightly_glare.data import ImageFolderDataset
+from lightly_glare.loss import GlareLoss
+from lightly_glare.models import GLARE
+from lightly_glare.training import PretrainConfig, learning_rate, parameter_groups
+from lightly_glare.transforms import GlareTransform
+from lightly_glare.weights import create_vit
+
+
+class GlareModule(pl.LightningModule):
+    def __init__(self, arch, checkpoint, input_size, output_dim, batch_size):
+        super().__init__()
+        vit = create_vit(arch, checkpoint=checkpoint, img_size=input_size)
+        self.criterion = GlareLoss(output_dim=output_dim)
+        self.model = GLARE(
+            vit, terms=self.criterion.active_terms, output_dim=output_dim
+        )
+        self.peak_lr = 5e-4 * batch_size / 256
+
+    def on_train_batch_start(self, batch, batch_idx):
+        steps = self.trainer.estimated_stepping_batches
+        self.model.update_teacher(cosine_schedule(self.global_step, steps, 0.996, 1.0))
+        schedule = PretrainConfig(steps=steps)
+        for group in self.optimizers().param_groups:
+            group["lr"] = learning_rate(self.global_step, self.peak_lr, schedule)
+
+    def training_step(self, batch, batch_idx):
+        (views, geometry), _, _ = batch
+        loss = self.criterion(self.model(views, geometry), epoch=self.current_epoch)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"Non-finite loss: {self.criterion.last_terms}")
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True)
+        for name, value in self.criterion.last_terms.items():
+            self.log(f"loss/{name}", value, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(parameter_groups(self.model, 0.04), lr=self.peak_lr)
+
+
+def main(argv=None, strategy="auto", devices="auto"):
+    parser = argparse.ArgumentParser(description="GLARE pre-training (Lightning)")
+    parser.add_argument("--data", required=True, help="folder of unlabeled images")
+    parser.add_argument("--checkpoint", help="local SSL checkpoint")
+    parser.add_argument("--arch", default="vit_small_patch16_224")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--output-dim", type=int, default=8192)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--out", default="glare_backbone.pth")
+    args = parser.parse_args(argv)
+
+    module = GlareModule(
+        args.arch, args.checkpoint, args.input_size, args.output_dim, args.batch_size
+    )
+    dataset = ImageFolderDataset(args.data, transform=GlareTransform(args.input_size))
+    dataloader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+    )
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        max_steps=args.max_steps,
+        devices=devices,
+        accelerator=accelerator,
+        strategy=strategy,
+        precision="bf16-mixed" if accelerator == "gpu" else "32-true",
+        gradient_clip_val=3.0,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        logger=pl.loggers.CSVLogger("lightning_logs"),
+    )
+    trainer.fit(model=module, train_dataloaders=dataloader)
+    if trainer.is_global_zero:
+        meta = {"timm_name": args.arch}
+        print("Saved", module.model.export_backbone(args.out, extra_meta=meta))
+
+
+if __name__ == "__main__":
+    main()
