@@ -18,6 +18,11 @@ from lightly_glare.openmmlab import mmcv_compat
 
 # isort: split
 
-from lightly_glare.openmmlab import checkpoint
+from lightly_glare.openmmlab import (  # noqa: F401
+    backbone,
+    checkpoint,
+    datasets,
+    pretrain,
+)
 
 __all__ = ["checkpoint", "mmcv_compat"]

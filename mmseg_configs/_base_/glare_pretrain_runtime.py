@@ -1,0 +1,79 @@
+# Runtime of GLARE continual pre-training with mmengine (tools/train.py): the
+# plain loop of lightly_glare/training.py as mmengine pieces. AdamW (no decay on
+# norms and biases), gradient clipping 3.0, 10 % linear warm-up then cosine to
+# 1e-6, EMA teacher with cosine momentum 0.996 -> 1 (GlareTeacherEMAHook).
+# Entry configs set the model, the data folder and the size-dependent values:
+# optim_wrapper.optimizer.lr (5e-4 * batch / 256), param_scheduler, max_iters.
+default_scope = 'mmseg'
+custom_imports = dict(
+    imports=['lightly_glare.openmmlab'], allow_failed_imports=False)
+
+batch_size = 16
+max_iters = 300
+warmup_iters = max_iters // 10
+
+model = dict(
+    type='GlarePretrainer',
+    arch='vit_small_patch16_224',
+    img_size=224,
+    checkpoint=None,
+    data_preprocessor=dict(type='GlarePretrainDataPreprocessor'))
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=2,
+    persistent_workers=True,
+    drop_last=True,
+    # Yields epoch * len + index: augmentations depend on (seed, epoch, index)
+    # only, so --resume repeats an uninterrupted run.
+    sampler=dict(type='GlareInfiniteSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='GlarePretrainDataset', data_root='data/unlabeled',
+                 input_size=224))
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+test_cfg = None
+test_dataloader = None
+test_evaluator = None
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=5e-4 * batch_size / 256, betas=(0.9, 0.999),
+        weight_decay=0.04),
+    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
+    clip_grad=dict(max_norm=3.0))
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1.0 / warmup_iters, by_epoch=False, begin=0,
+         end=warmup_iters),
+    dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=False,
+         begin=warmup_iters, end=max_iters, T_max=max_iters - warmup_iters),
+]
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100,
+                    max_keep_ckpts=2, save_last=True),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+custom_hooks = [
+    dict(type='GlareTeacherEMAHook', momentum_start=0.996, momentum_end=1.0),
+]
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'))
+randomness = dict(seed=0, deterministic=False)
+vis_backends = [dict(type='LocalVisBackend')]
+# No fixed name: each run gets its own visualizer (named after the experiment).
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
+log_processor = dict(by_epoch=False, window_size=10)
+log_level = 'INFO'
+load_from = None
+resume = False

@@ -1,0 +1,16 @@
+# A CPU-sized version of the AdamW + poly schedule: 500 iterations, linear
+# warm-up over 50, validation and checkpoints every 100 (about 20 minutes for
+# DINOv2 ViT-S/14 at 126 px, 8 images per step, on 2 CPU cores).
+_base_ = './adamw-poly_160k.py'
+
+param_scheduler = [
+    dict(
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=50),
+    dict(
+        type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=500,
+        by_epoch=False),
+]
+train_cfg = dict(max_iters=500, val_interval=100)
+default_hooks = dict(
+    checkpoint=dict(interval=100, max_keep_ckpts=1),
+    logger=dict(interval=10))

@@ -1,0 +1,15 @@
+# GLARE-adapted DINOv2 ViT-S/14 + UperNet on the offline mri_tissue set (3 classes),
+# 126x126 crops, 500 iterations of 8 images: sized for a CPU (2 cores: ~20 min).
+_base_ = [
+    './_base_/models/upernet_glare-vit-s14-dinov2_mln_cpu.py',
+    './_base_/datasets/mri_tissue.py',
+    'mmseg::_base_/default_runtime.py',
+    './_base_/schedules/adamw-poly_500iter.py',
+]
+crop_size = (126, 126)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(img_size=crop_size),
+    decode_head=dict(num_classes=3),
+    auxiliary_head=dict(num_classes=3))
