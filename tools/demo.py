@@ -74,6 +74,7 @@ def parse_args() -> argparse.Namespace:
         help="hidden size of the GLARE heads (DINO: 2048; 512 for the CPU budget)",
     )
     parser.add_argument("--finetune-iters", type=int, default=100)
+    parser.add_argument("--finetune-lr", type=float, default=2e-4)
     parser.add_argument("--finetune-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
@@ -144,6 +145,11 @@ def finetune_and_evaluate(
             "train_cfg.max_iters": args.finetune_iters,
             "train_cfg.val_interval": args.finetune_iters,
             "default_hooks.checkpoint.interval": args.finetune_iters,
+            # A short schedule needs a larger step than the 160k-iteration 6e-5.
+            "optim_wrapper.optimizer.lr": args.finetune_lr,
+            "param_scheduler.0.end": args.finetune_iters // 10,
+            "param_scheduler.1.begin": args.finetune_iters // 10,
+            "param_scheduler.1.end": args.finetune_iters,
         }
     )
     runner = Runner.from_cfg(cfg)
