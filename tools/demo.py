@@ -147,8 +147,8 @@ def finetune_and_evaluate(
             "default_hooks.checkpoint.interval": args.finetune_iters,
             # A short schedule needs a larger step than the 160k-iteration 6e-5.
             "optim_wrapper.optimizer.lr": args.finetune_lr,
-            "param_scheduler.0.end": args.finetune_iters // 10,
-            "param_scheduler.1.begin": args.finetune_iters // 10,
+            "param_scheduler.0.end": max(1, args.finetune_iters // 10),
+            "param_scheduler.1.begin": max(1, args.finetune_iters // 10),
             "param_scheduler.1.end": args.finetune_iters,
         }
     )

@@ -1,0 +1,53 @@
+"""A miniature of `make demo`: every stage end to end on the real data, tiny schedule."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
+    args = [
+        "--work-dir",
+        str(tmp_path),
+        "--pretrain-steps",
+        "2",
+        "--pretrain-batch",
+        "4",
+        "--finetune-iters",
+        "2",
+        "--finetune-batch",
+        "2",
+        "--workers",
+        "0",
+        "--img-size",
+        "56",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/demo.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / "results.txt").read_text().splitlines()
+    assert table[0].split() == ["model", "background", "building", "mIoU"]
+    for row in table[1:]:
+        values = [float(v) for v in re.findall(r"\d+\.\d+", row)]
+        assert len(values) == 3 and all(0 <= v <= 100 for v in values)
+        assert values[2] == pytest.approx((values[0] + values[1]) / 2, abs=0.011)
+    assert [row.split("  ")[0] for row in table[1:]] == [
+        "DINOv2 (baseline)",
+        "DINOv2 + GLARE",
+    ]
+    for name in ("predictions.png", "attention_per_head.png", "pca_patch_features.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.width > 100 and image.height > 100
+    assert (tmp_path / "glare_backbone.pth").is_file()
