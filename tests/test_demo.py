@@ -1,4 +1,4 @@
-"""A miniature of `make demo`: every stage end to end on the real data, tiny schedule."""
+"""A miniature of `make demo`: every stage end to end on real data, tiny schedule."""
 
 import re
 import subprocess
