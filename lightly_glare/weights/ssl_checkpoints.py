@@ -1,21 +1,45 @@
 """Loading SSL ViT checkpoints (DINO, DINOv2, iBOT, timm) from a local path.
 
-Nothing is downloaded: pass the path of a file you have. Every load is strict
-(:func:`~lightly_glare.models.check_state_dict`): a missing or unexpected key or
-a shape mismatch raises :class:`~lightly_glare.models.CheckpointMismatchError`
-listing them, instead of silently training from a random start.
+Nothing is downloaded: pass the path of a file you have. The official layouts
+are recognised and re-keyed to timm's ``VisionTransformer`` names:
+
+- DINO: ``dino_deitsmall16_pretrain.pth`` and friends are plain backbone state
+  dicts (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.<i>.*``,
+  ``norm.*``); training checkpoints (``checkpoint.pth``) hold ``teacher``
+  (``backbone.*`` + ``head.*``) and ``student`` (``module.backbone.*`` +
+  ``module.head.*``) beside the optimiser and the argparse ``args``.
+- iBOT: ``state_dict`` / ``teacher`` / ``student`` entries with a ``backbone.``
+  (or ``module.backbone.``) prefix, an iBOT head and the ``masked_embed`` token.
+- DINOv2: hub files (``dinov2_vits14_pretrain.pth``) with ``mask_token``,
+  LayerScale ``blocks.<i>.ls1.gamma`` (the same name in timm), a position
+  embedding for 518 px (37 x 37 patches), optionally ``register_tokens`` and
+  the "BlockChunk" layout ``blocks.<chunk>.<i>.*``; training checkpoints
+  (``{"model": {"teacher.backbone.*", "student.backbone.*", ...}}``) and
+  ``teacher_checkpoint.pth`` (``{"teacher": {"backbone.*", "dino_head.*",
+  "ibot_head.*"}}``).
+- timm state dicts, with or without ``module.`` (DDP) prefixes.
+
+The position embedding is resampled (bicubic, no antialiasing) to the model's
+patch grid. A different patch size is an error, never a resize. Every load is
+strict: missing or unexpected keys and shape mismatches raise
+:class:`~lightly_glare.models.CheckpointMismatchError` (a ``ValueError``) that
+lists them and says which architecture the file seems to hold.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.layers.pos_embed import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models.export import (
@@ -26,36 +50,71 @@ from lightly_glare.models.export import (
 
 logger = logging.getLogger(__name__)
 
-#: Sub-dictionaries that hold the backbone, in order of preference: DINO/iBOT
-#: training checkpoints keep the EMA ``teacher`` (the one evaluated) beside the
-#: ``student``; other trainers use ``state_dict``/``model``.
+#: Entries of a checkpoint file that hold the backbone, in order of preference:
+#: DINO/iBOT/DINOv2 keep the EMA ``teacher`` (the one they evaluate) beside the
+#: ``student``; other trainers use ``state_dict`` or ``model``.
 WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
-#: Key prefixes added by DDP, DINO's MultiCropWrapper and iBOT.
+#: Key prefixes of a flat state dict that select one of two networks
+#: (DINOv2's ``model_final.pth``); the first is the default.
+BRANCH_PREFIXES = ("teacher", "student")
+#: Key prefixes added by DDP (``module.``), DINO's MultiCropWrapper and
+#: DINOv2's model dict (``backbone.``), and MAE-style encoders (``encoder.``).
 PREFIXES = ("module.", "backbone.", "encoder.")
-#: Entries of SSL checkpoints that a backbone does not have: DINO/iBOT heads and
-#: iBOT's mask token (timm's own filter drops DINOv2's ``mask_token``).
-DROPPED = re.compile(r"^(head\.|masked_embed$)")
-#: DINOv2's "BlockChunk" layout: blocks.<chunk>.<block>.
+#: Entries that SSL checkpoints have and a backbone does not: projection heads
+#: of DINO/iBOT (``head.*``) and DINOv2 (``dino_head.*``, ``ibot_head.*``), and
+#: the mask tokens of iBOT (``masked_embed``) and DINOv2 (``mask_token``). They
+#: are dropped unless the model has a parameter of that name.
+DROPPED = re.compile(r"^(head\.|dino_head\.|ibot_head\.|masked_embed$|mask_token$)")
+#: DINOv2's "BlockChunk" layout ``blocks.<chunk>.<i>.``: ``<i>`` is the global
+#: block index (chunks are padded with ``nn.Identity`` to keep it).
 CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+#: Other official names that differ from timm's.
+RENAMES = (
+    (re.compile(r"^register_tokens$"), "reg_token"),  # DINOv2 with registers
+    (re.compile(r"^(blocks\.\d+)\.gamma_([12])$"), r"\1.ls\2.gamma"),  # DeiT-3
+    (re.compile(r"^(blocks\.\d+\.mlp)\.w12\."), r"\1.fc1."),  # DINOv2 SwiGLU
+    (re.compile(r"^(blocks\.\d+\.mlp)\.w3\."), r"\1.fc2."),
+)
+#: Width -> (timm size name, paper name) of the standard ViTs.
+_SIZES = {
+    192: ("tiny", "Ti"),
+    384: ("small", "S"),
+    768: ("base", "B"),
+    1024: ("large", "L"),
+    1280: ("huge", "H"),
+    1536: ("giant", "g"),
+}
 
 
-def _unwrap(checkpoint: Any, checkpoint_key: str | None, source: str) -> dict[str, Any]:
+def _unwrap(
+    checkpoint: Any, checkpoint_key: str | None, source: str
+) -> tuple[dict[str, Any], str | None]:
+    """Returns the state dict inside ``checkpoint`` and a pending branch prefix.
+
+    The branch is ``checkpoint_key`` when it names no entry of the file but a
+    key prefix of its state dict (``"student"`` in DINOv2's ``model_final``).
+    """
     if not isinstance(checkpoint, dict):
         raise CheckpointMismatchError(
             f"{source} holds a {type(checkpoint).__name__}, not a state dict."
         )
     if checkpoint_key is not None:
-        if checkpoint_key not in checkpoint:
-            raise CheckpointMismatchError(
-                f"{source} has no entry {checkpoint_key!r}; top-level keys: "
-                f"{sorted(checkpoint)[:20]}"
-            )
-        return _unwrap(checkpoint[checkpoint_key], None, source)
+        if isinstance(checkpoint.get(checkpoint_key), dict):
+            logger.info("%s: using its %r entry", source, checkpoint_key)
+            return _unwrap(checkpoint[checkpoint_key], None, source)
+        state, _ = _unwrap(checkpoint, None, source)
+        prefix = f"{checkpoint_key}."
+        if any(_strip_prefixes(key).startswith(prefix) for key in state):
+            return state, checkpoint_key
+        raise CheckpointMismatchError(
+            f"{source} has no entry or key prefix {checkpoint_key!r}; top-level "
+            f"keys: {sorted(checkpoint)[:20]}"
+        )
     for key in WRAPPER_KEYS:
         if isinstance(checkpoint.get(key), dict):
             logger.info("%s: using its %r entry", source, key)
             return _unwrap(checkpoint[key], None, source)
-    return checkpoint
+    return checkpoint, None
 
 
 def _strip_prefixes(key: str) -> str:
@@ -68,61 +127,238 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
+def _select_branch(
+    state: dict[str, Any], branch: str | None, source: str
+) -> dict[str, Any]:
+    """Keeps the ``teacher.`` (default) or ``student.`` keys of a flat dict."""
+    if branch is None:
+        present = [
+            name
+            for name in BRANCH_PREFIXES
+            if any(_strip_prefixes(key).startswith(f"{name}.") for key in state)
+        ]
+        if not present:
+            return state
+        branch = present[0]
+    logger.info("%s: using its %r network", source, branch)
+    prefix = f"{branch}."
+    return {
+        _strip_prefixes(key)[len(prefix) :]: value
+        for key, value in state.items()
+        if _strip_prefixes(key).startswith(prefix)
+    }
+
+
+def _timm_key(key: str) -> str:
+    key = CHUNKED_BLOCK.sub(r"blocks.\1.", _strip_prefixes(key))
+    for pattern, replacement in RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def _grid_of(num_positions: int) -> tuple[int, int] | None:
+    if num_positions <= 0:
+        return None
+    side = math.isqrt(num_positions)
+    return (side, side) if side * side == num_positions else None
+
+
+def describe_state_dict(state: Mapping[str, Tensor]) -> str:
+    """Names the ViT architecture a state dict with timm key names seems to hold.
+
+    Args:
+        state: A state dict in timm key names (e.g. the output of
+            :func:`normalize_state_dict` before resampling, or a model's own).
+
+    Returns:
+        A one-line description, e.g. ``"ViT-S/14 (embed_dim 384, depth 12,
+        mlp 1536, 37x37 position grid = 518 px, LayerScale, 0 register tokens;
+        timm: vit_small_patch14_dinov2)"``.
+    """
+    patch = state.get("patch_embed.proj.weight")
+    if patch is None or patch.dim() != 4:
+        return f"not a timm ViT state dict (first keys: {sorted(state)[:8]})"
+    dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    depth = max(blocks) + 1 if blocks else 0
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    layer_scale = "blocks.0.ls1.gamma" in state
+    reg = state.get("reg_token")
+    registers = int(reg.shape[1]) if reg is not None and reg.dim() == 3 else 0
+    size_name, paper_name = _SIZES.get(dim, ("", f"{dim}d"))
+    parts = [f"embed_dim {dim}", f"depth {depth}"]
+    if fc1 is not None:
+        parts.append(f"mlp {fc1.shape[0]}")
+    pos = state.get("pos_embed")
+    if pos is not None and pos.dim() == 3:
+        length = int(pos.shape[1])
+        grid = next(
+            (g for p in (0, 1, 1 + registers) if (g := _grid_of(length - p))), None
+        )
+        if grid is not None:
+            parts.append(
+                f"{grid[0]}x{grid[1]} position grid = {grid[0] * patch_size} px"
+            )
+        else:
+            parts.append(f"{length} positions")
+    parts.append("LayerScale" if layer_scale else "no LayerScale")
+    parts.append(f"{registers} register tokens")
+    if layer_scale and patch_size == 14:
+        candidate = f"vit_{size_name}_patch14_{f'reg{registers}_' * bool(registers)}"
+        candidate += "dinov2"
+    else:
+        candidate = f"vit_{size_name}_patch{patch_size}_224"
+    if size_name and timm.is_model(candidate):
+        parts[-1] += f"; timm: {candidate}"
+    return f"ViT-{paper_name}/{patch_size} ({', '.join(parts)})"
+
+
+def _adapt_position_embedding(
+    state: dict[str, Tensor], model: VisionTransformer, source: str
+) -> None:
+    """Converts ``state["pos_embed"]`` to the model's convention and grid.
+
+    The file's number of prefix positions (0, or 1 for [CLS]) is inferred
+    from its length. A [CLS] position in the file and none in the model (timm's
+    ``no_embed_class``, used by DINOv2 models with registers) is added to
+    ``cls_token``, exactly as DINOv2 adds it before inserting the registers;
+    the reverse case gets a zero [CLS] position. The patch positions are then
+    resampled bicubically (no antialiasing, like DINO's and DINOv2's own
+    interpolation) to the model's grid.
+    """
+    pos = state.get("pos_embed")
+    if pos is None or model.pos_embed is None or pos.dim() != 3:
+        return  # the strict key/shape check reports it
+    model_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    new_grid = tuple(int(n) for n in model.patch_embed.grid_size)
+    length = int(pos.shape[1])
+    old_grid: tuple[int, ...] | None = None
+    file_prefix = model_prefix
+    for prefix in dict.fromkeys((model_prefix, 1, 0)):
+        if length - prefix == new_grid[0] * new_grid[1]:
+            old_grid, file_prefix = new_grid, prefix
+            break
+        if (grid := _grid_of(length - prefix)) is not None:
+            old_grid, file_prefix = grid, prefix
+            break
+    if old_grid is None:
+        raise CheckpointMismatchError(
+            f"{source}: cannot infer the patch grid of its position embedding "
+            f"{tuple(pos.shape)} (the model's grid is {new_grid} with "
+            f"{model_prefix} prefix positions)."
+        )
+    if file_prefix != model_prefix:
+        if file_prefix == 1 and model_prefix == 0 and "cls_token" in state:
+            # (1, 1, D): DINOv2 adds pos[0] to [CLS] before the registers go in.
+            state["cls_token"] = state["cls_token"] + pos[:, :1]
+            pos = pos[:, 1:]
+        elif file_prefix == 0 and model_prefix == 1:
+            pos = torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1)
+        else:
+            raise CheckpointMismatchError(
+                f"{source}: its position embedding has {file_prefix} prefix "
+                f"positions but the model {model_prefix}; no exact conversion."
+            )
+    if old_grid != new_grid:
+        logger.info("%s: resampling pos_embed %s -> %s", source, old_grid, new_grid)
+        pos = resample_abs_pos_embed(
+            pos,  # (1, model_prefix + h * w, D)
+            new_size=list(new_grid),
+            old_size=list(old_grid),
+            num_prefix_tokens=model_prefix,
+            interpolation="bicubic",
+            antialias=False,
+        )  # (1, model_prefix + h' * w', D)
+    state["pos_embed"] = pos
+
+
+def _normalize(
+    checkpoint: Any,
+    model: VisionTransformer,
+    checkpoint_key: str | None,
+    source: str,
+) -> tuple[dict[str, Tensor], str]:
+    """:func:`normalize_state_dict`, plus a description of the file's ViT."""
+    state, branch = _unwrap(checkpoint, checkpoint_key, source)
+    state = _select_branch(state, branch, source)
+    model_keys = set(model.state_dict())
+    renamed: dict[str, Tensor] = {}
+    for key, value in state.items():
+        key = _timm_key(key)
+        if isinstance(value, Tensor) and (key in model_keys or not DROPPED.match(key)):
+            renamed[key] = value
+    description = describe_state_dict(renamed)
+    patch = renamed.get("patch_embed.proj.weight")
+    expected = model.patch_embed.proj.weight.shape  # (D, C, p, p)
+    if patch is not None and patch.shape[-2:] != expected[-2:]:
+        raise CheckpointMismatchError(
+            f"{source} has {tuple(patch.shape[-2:])} patches but the model "
+            f"{tuple(expected[-2:])}: build the architecture the checkpoint was "
+            f"trained with (the file looks like {description}). Patch kernels "
+            "are never resized."
+        )
+    _adapt_position_embedding(renamed, model, source)
+    return renamed, description
+
+
 def normalize_state_dict(
     checkpoint: Any,
     model: VisionTransformer,
+    *,
     checkpoint_key: str | None = None,
     source: str = "<checkpoint>",
 ) -> dict[str, Tensor]:
     """Turns an SSL checkpoint into a state dict with ``model``'s timm key names.
 
-    Handles the official layouts: DINO (plain backbone state dict, or training
-    checkpoints with ``teacher``/``student`` holding ``module.backbone.*`` and
-    ``head.*``), iBOT (``state_dict``/``teacher``, ``backbone.`` prefix,
-    ``masked_embed``), DINOv2 (``mask_token``, chunked blocks, register tokens,
-    pos-embed for 518 px) and timm state dicts. The position embedding is
-    resampled (bicubic, no antialiasing) to the model's patch grid; a different
-    patch size is an error, never a silent resize.
+    Picks the network (``teacher`` unless ``checkpoint_key`` says otherwise),
+    strips ``module.``/``backbone.``/``encoder.`` prefixes, un-chunks DINOv2's
+    blocks, renames ``register_tokens``, drops heads and mask tokens, and
+    converts the position embedding to the model's grid (see the module
+    docstring for the layouts). Keys are not checked here:
+    :func:`load_ssl_checkpoint` does that strictly.
 
     Args:
         checkpoint: The object loaded from the file.
         model: The timm ViT the weights are meant for.
         checkpoint_key: Entry of the file holding the weights (e.g.
-            ``"student"``); None picks ``teacher``, ``state_dict``, ``model`` or
-            ``student`` when present, else the top level.
+            ``"student"``), or a key prefix of its state dict (``"student"`` in
+            DINOv2's ``model_final.pth``); None picks ``teacher``,
+            ``state_dict``, ``model`` or ``student`` when present, else the
+            top level, and then the ``teacher.`` keys if there are any.
         source: Name of the checkpoint, for messages.
 
     Returns:
-        The state dict in timm key names.
+        The state dict in timm key names; ``pos_embed`` has the model's shape
+        ``(1, P + h * w, D)`` (``P`` = 0 for ``no_embed_class`` models, else
+        the number of prefix tokens).
 
     Raises:
-        CheckpointMismatchError: The file holds no state dict, or its patch size
-            differs from the model's.
+        CheckpointMismatchError: The file holds no state dict, has no entry
+            ``checkpoint_key``, its patch size differs from the model's, or
+            its position embedding cannot be converted.
     """
-    state = _unwrap(checkpoint, checkpoint_key, source)
-    renamed: dict[str, Tensor] = {}
-    for key, value in state.items():
-        key = CHUNKED_BLOCK.sub(r"blocks.\1.", _strip_prefixes(key))
-        if not DROPPED.match(key) and isinstance(value, Tensor):
-            renamed[key] = value
-    patch = renamed.get("patch_embed.proj.weight")
-    expected = model.patch_embed.proj.weight.shape
-    if patch is not None and patch.shape[-2:] != expected[-2:]:
+    return _normalize(checkpoint, model, checkpoint_key, source)[0]
+
+
+def _read_checkpoint(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, also accepting DINO's ``args``."""
+    try:
+        # DINO and iBOT training checkpoints store their argparse.Namespace;
+        # it only holds attributes, so allowing it runs no code.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt files
         raise CheckpointMismatchError(
-            f"{source} has {tuple(patch.shape[-2:])} patches but the model "
-            f"{tuple(expected[-2:])}: choose the architecture the checkpoint was "
-            "trained with (e.g. a patch-14 DINOv2 model for DINOv2 weights)."
-        )
-    # timm's filter maps DINOv2 (recognised by its mask_token: register tokens,
-    # SwiGLU names) and resamples the position embedding to the model's grid,
-    # bicubic without antialiasing like DINO's and DINOv2's own interpolation
-    # (measured: antialiasing changes DINOv2-S/14 features at 224 px by up to 1.4).
-    return checkpoint_filter_fn(renamed, model, antialias=False)
+            f"Cannot read checkpoint {path} with torch.load(weights_only=True): "
+            f"{error}\nIf the file is a training checkpoint holding other Python "
+            "objects, extract the backbone state dict from it where you trust it."
+        ) from error
 
 
 def load_ssl_checkpoint(
     model: VisionTransformer,
     path: str | Path,
+    *,
     checkpoint_key: str | None = None,
 ) -> None:
     """Loads an SSL checkpoint from a local file into a timm ViT, strictly.
@@ -132,26 +368,24 @@ def load_ssl_checkpoint(
 
     Args:
         model: The timm ``VisionTransformer`` (e.g. ``vit_small_patch16_224``,
-            ``vit_base_patch16_224``, ``vit_small_patch14_dinov2``).
+            ``vit_base_patch16_224``, ``vit_small_patch14_dinov2``,
+            ``vit_small_patch14_reg4_dinov2``).
         path: Local checkpoint file.
-        checkpoint_key: Entry of the file holding the weights; see
+        checkpoint_key: Entry (or key prefix) holding the weights; see
             :func:`normalize_state_dict`.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         CheckpointMismatchError: The file cannot be read, is a lightly-glare
             export (load those with ``load_adapted_backbone``), or its keys or
-            shapes do not match the model; the message lists them.
+            shapes do not match the model; the message lists the missing and
+            unexpected keys and the shape mismatches, and describes the
+            architecture the file seems to hold.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SSL checkpoint {path} not found.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise CheckpointMismatchError(
-            f"Cannot read checkpoint {path}: {error}"
-        ) from error
+    checkpoint = _read_checkpoint(path)
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT:
         raise CheckpointMismatchError(
@@ -159,8 +393,14 @@ def load_ssl_checkpoint(
             "load it with lightly_glare.models.load_adapted_backbone, or with "
             "GlareViT(checkpoint_type='glare')."
         )
-    state = normalize_state_dict(checkpoint, model, checkpoint_key, str(path))
-    check_state_dict(model, state, source=str(path))
+    state, description = _normalize(checkpoint, model, checkpoint_key, str(path))
+    try:
+        check_state_dict(model, state, source=str(path))
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(
+            f"{error}\n  the file looks like: {description}\n"
+            f"  the model is: {describe_state_dict(model.state_dict())}"
+        ) from None
     model.load_state_dict(state, strict=True)
 
 
@@ -168,6 +408,7 @@ def create_vit(
     name: str,
     checkpoint: str | Path | None = None,
     img_size: int | tuple[int, int] | None = None,
+    *,
     checkpoint_key: str | None = None,
     **kwargs: Any,
 ) -> VisionTransformer:
@@ -177,18 +418,29 @@ def create_vit(
         name: timm model name, e.g. ``"vit_small_patch14_dinov2"``.
         checkpoint: Local SSL checkpoint, or None for random weights.
         img_size: Input size the position embedding is built for; None keeps
-            timm's default for ``name``.
+            timm's default for ``name`` (518 for the DINOv2 models).
         checkpoint_key: See :func:`normalize_state_dict`.
-        **kwargs: Further arguments of ``timm.create_model``.
+        **kwargs: Further arguments of ``timm.create_model``; ``num_classes``
+            defaults to 0 (no classification head).
 
     Returns:
-        The ViT without classification head.
+        The ViT.
+
+    Raises:
+        ValueError: ``pretrained=True`` was passed (nothing is downloaded).
+        TypeError: ``name`` is not a timm ``VisionTransformer``.
+        CheckpointMismatchError: See :func:`load_ssl_checkpoint`.
     """
+    if kwargs.pop("pretrained", False):
+        raise ValueError(
+            "create_vit never downloads weights: pass a local file as checkpoint="
+        )
     if img_size is not None:
         kwargs["img_size"] = img_size
-    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    kwargs.setdefault("num_classes", 0)
+    model = timm.create_model(name, pretrained=False, **kwargs)
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{name!r} is a {type(model).__name__}, not a timm ViT.")
     if checkpoint is not None:
-        load_ssl_checkpoint(model, checkpoint, checkpoint_key)
+        load_ssl_checkpoint(model, checkpoint, checkpoint_key=checkpoint_key)
     return model

