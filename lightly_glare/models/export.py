@@ -53,6 +53,9 @@ def save_atomic(obj: object, path: str | Path) -> Path:
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
+        umask = os.umask(0)  # mkstemp creates 0600 files: apply the usual mode
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
