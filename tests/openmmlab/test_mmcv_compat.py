@@ -315,9 +315,10 @@ def test_already_imported_mmcv_ops_is_left_untouched() -> None:
 
         existing = types.ModuleType("mmcv.ops")
         sys.modules["mmcv.ops"] = existing
-        # The module alone: the package __init__ goes on to import mmseg, which
-        # (rightly) fails against this empty stand-in.
-        path = pathlib.Path(lightly_glare.__file__).parent / "openmmlab" / "mmcv_compat.py"
+        # The module alone: the package __init__ goes on to import mmseg,
+        # which (rightly) fails against this empty stand-in.
+        package = pathlib.Path(lightly_glare.__file__).parent / "openmmlab"
+        path = package / "mmcv_compat.py"
         spec = importlib.util.spec_from_file_location("mmcv_compat", path)
         mmcv_compat = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mmcv_compat)
