@@ -1,5 +1,6 @@
 """The Lightly-style example scripts run end to end on real images (CPU, tiny)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,14 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def run_example(script: str, args: list[str], cwd: Path) -> str:
+    # Launcher variables left by other tests (tools/train.py sets LOCAL_RANK)
+    # would make Lightning believe it runs inside an existing process group.
+    launcher = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     result = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,22 +1,27 @@
 """Export the adapted backbone of a GLARE pre-training checkpoint (mmengine).
 
 Reads a checkpoint written by ``tools/train.py`` with a GLARE pre-training
-config (``GlarePretrainer``), rebuilds the model from the config without its
-SSL checkpoint (the weights all come from the mmengine checkpoint, loaded
-strictly) and writes the frozen ViT + the teacher's (default) or student's
-UniAdapters, loadable with ``lightly_glare.models.load_adapted_backbone`` and
-by the mmseg backbone ``GlareViT(checkpoint=..., checkpoint_type='glare')``.
+config (``GlarePretrainer``) with ``torch.load(weights_only=True)``, rebuilds
+the model from the config stored in the checkpoint (or from ``--config``)
+without reading its SSL checkpoint (every weight comes from the mmengine
+checkpoint, loaded strictly) and writes the frozen ViT + the teacher's
+(default) or the student's UniAdapters. The result loads with strict key
+checks into ``lightly_glare.models.UniAdapterViT`` via
+``lightly_glare.models.load_adapted_backbone`` and into the mmseg backbone
+``GlareViT(checkpoint=..., checkpoint_type='glare')``.
 
 Examples:
-    python tools/export_backbone.py \
-        work_dirs/pretrain/iter_300.pth pretrain/glare_vit-s14-dinov2.pth \
-        --config mmseg_configs/glare_pretrain_vit-s14-dinov2_aerial-112.py
+    python tools/export_backbone.py work_dirs/pretrain/iter_300.pth \
+        work_dirs/pretrain/glare_backbone.pth
+    python tools/export_backbone.py work_dirs/pretrain/iter_300.pth out.pth \
+        --which student --config mmseg_configs/glare_pretrain_vit-b16_224.py
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from mmengine.config import Config
@@ -30,57 +35,83 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="mmengine checkpoint of GlarePretrainer")
     parser.add_argument("out", help="destination of the exported backbone")
-    parser.add_argument("--config", required=True, help="the pre-training config")
     parser.add_argument(
         "--which",
         choices=["teacher", "student"],
         default="teacher",
-        help="export the teacher's EMA adapters (default) or the student's",
+        help="export the teacher's EMA adapters (default; DINO evaluates its "
+        "teacher) or the student's",
+    )
+    parser.add_argument(
+        "--config",
+        help="the pre-training config (default: the one stored in the checkpoint)",
     )
     return parser.parse_args(argv)
 
 
-def build_pretrainer(config: str | Path) -> GlarePretrainer:
+def pretrainer_from_config(cfg: Config, source: str) -> GlarePretrainer:
     """The config's ``GlarePretrainer`` with random weights (no SSL file read)."""
-    cfg = Config.fromfile(str(config))
-    init_default_scope(cfg.get("default_scope", "mmseg"))
     model_cfg = dict(cfg.model)
-    if model_cfg.get("type") != "GlarePretrainer":
+    if model_cfg.pop("type", None) != "GlarePretrainer":
         raise SystemExit(
-            f"{config} is not a GLARE pre-training config "
-            f"(model type {model_cfg.get('type')!r})."
+            f"{source} is not a GLARE pre-training config (model type "
+            f"{cfg.model.get('type')!r}, expected 'GlarePretrainer')."
         )
-    model_cfg.pop("type")
     model_cfg["checkpoint"] = None
+    init_default_scope(cfg.get("default_scope", "mmseg"))
     return GlarePretrainer(**model_cfg)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Reads an mmengine checkpoint without unpickling code."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise SystemExit(f"{path} is not an mmengine checkpoint (no state_dict).")
+    return checkpoint
 
 
 def export(
     checkpoint: str | Path,
     out: str | Path,
-    config: str | Path,
     which: str = "teacher",
+    config: str | Path | None = None,
 ) -> Path:
-    """Loads ``checkpoint`` into the config's model and exports its backbone."""
-    model = build_pretrainer(config)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("state_dict", state), strict=True)
-    meta = {
-        **model.export_meta(),
-        "source": str(checkpoint),
-        "which": which,
-        "iteration": state.get("meta", {}).get("iter"),
-    }
+    """Loads ``checkpoint`` into its config's model and exports the backbone.
+
+    Args:
+        checkpoint: mmengine checkpoint of a ``GlarePretrainer``.
+        out: Destination file (written atomically).
+        which: ``'teacher'`` or ``'student'`` adapters.
+        config: Pre-training config; None uses the one in the checkpoint.
+
+    Returns:
+        The destination path.
+    """
+    state = load_checkpoint(checkpoint)
+    meta = state.get("meta", {})
+    if config is not None:
+        cfg = Config.fromfile(str(config))
+    elif "cfg" in meta:
+        cfg = Config.fromstring(meta["cfg"], file_format=".py")
+    else:
+        raise SystemExit(f"{checkpoint} stores no config: pass --config.")
+    model = pretrainer_from_config(cfg, str(config or checkpoint))
+    model.load_state_dict(state["state_dict"], strict=True)
     return model.glare.export_backbone(
         out,
         which="teacher" if which == "teacher" else "student",
-        extra_meta=meta,
+        extra_meta={
+            **model.export_meta(),
+            "source": str(checkpoint),
+            "which": which,
+            "iteration": meta.get("iter"),
+        },
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    path = export(args.checkpoint, args.out, args.config, args.which)
+    path = export(args.checkpoint, args.out, args.which, args.config)
     print(f"Exported the {args.which} backbone to {path}")
 
 

@@ -22,7 +22,9 @@ from lightly_glare.openmmlab import (  # noqa: F401
     backbone,
     checkpoint,
     datasets,
+    hooks,
     pretrain,
+    pretrain_data,
 )
 
 __all__ = ["checkpoint", "mmcv_compat"]

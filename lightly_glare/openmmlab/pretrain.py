@@ -1,53 +1,38 @@
-"""GLARE continual pre-training as mmengine components (registered in mmseg).
+"""GLARE continual pre-training as an mmengine model (registered in mmseg).
 
 Run it with ``tools/train.py`` and a config such as
-``mmseg_configs/glare_pretrain_vit-s14-dinov2_aerial-112.py``:
+``mmseg_configs/glare_pretrain_vit-s14-dinov2_aerial-126.py``; the pieces:
 
 - :class:`GlarePretrainer`: the GLARE model and its loss as an mmengine
   ``BaseModel`` (one ``train_step`` = forward, :class:`GlareLoss`, backward,
   clipping and AdamW through the optimizer wrapper);
 - :class:`GlarePretrainDataPreprocessor`: moves the collated
   ``(views, geometry)`` batch to the model's device;
-- :class:`GlarePretrainDataset` and :class:`GlareInfiniteSampler`: an unlabeled
-  image folder with :class:`~lightly_glare.transforms.GlareTransform`, whose
-  augmentations depend only on ``(seed, epoch, index)``;
-- :class:`GlareTeacherEMAHook`: the teacher's EMA update with a cosine momentum
-  schedule that depends only on the iteration.
-
-Resume determinism: mmengine restores weights, optimizer, schedulers and the
-iteration, but not the global RNG state. Therefore nothing here draws from the
-global RNG across steps: each sample seeds its own augmentation from the
-sampler's ``epoch * len(dataset) + index`` (the sampler replays the same
-sequence on resume), and the model's patch augmentation and region sampler use
-a generator seeded from a step counter kept in the model's state dict.
+- :mod:`~lightly_glare.openmmlab.pretrain_data`: the unlabeled image folder and
+  its sampler;
+- :mod:`~lightly_glare.openmmlab.hooks`: the teacher's EMA update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightly.utils.scheduler import cosine_schedule
-from mmengine.dataset import InfiniteSampler
 from mmengine.dist import get_rank
-from mmengine.hooks import Hook
-from mmengine.model import BaseDataPreprocessor, BaseModel, is_model_wrapper
-from mmseg.registry import DATA_SAMPLERS, DATASETS, HOOKS, MODELS
+from mmengine.logging import print_log
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmseg.registry import MODELS
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from lightly_glare.data.image_folder import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import GLARE
+from lightly_glare.openmmlab.pretrain_data import derive_seed
 from lightly_glare.training import NonFiniteLossError
-from lightly_glare.transforms import GlareTransform
 from lightly_glare.weights.ssl_checkpoints import create_vit
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
 PretrainInputs = tuple[list[Tensor], Tensor]
-
-_SEED_STRIDE = 1_000_003  # a prime: (seed, draw) pairs map to distinct seeds
 
 
 def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
@@ -70,8 +55,13 @@ def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
 class GlarePretrainDataPreprocessor(BaseDataPreprocessor):
     """Moves a collated ``(views, geometry)`` batch to the model's device.
 
-    The views are already normalised by :class:`GlareTransform`; nothing else
-    is done to them.
+    The views are already normalised by
+    :class:`~lightly_glare.transforms.GlareTransform`; nothing else is done to
+    them.
+
+    Args:
+        non_blocking (bool): Asynchronous host-to-device copies.
+            Defaults to False.
     """
 
     def forward(self, data: dict[str, Any], training: bool = False) -> dict[str, Any]:
@@ -95,40 +85,67 @@ class GlarePretrainer(BaseModel):
     """GLARE continual pre-training of a frozen timm ViT as an mmengine model.
 
     Builds the ViT with :func:`~lightly_glare.weights.create_vit` (loading a
-    local SSL checkpoint), :class:`GlareLoss` and :class:`GLARE` with the
-    loss's active terms. ``forward(inputs, mode='loss')`` returns
-    ``{'loss': total, 'term_<name>': ...}``: mmengine sums the keys containing
-    ``loss``, so the parts are logged under ``term_*`` (detached) and the
-    logged ``loss`` is the optimised total.
+    local SSL checkpoint strictly; nothing is downloaded),
+    :class:`~lightly_glare.loss.GlareLoss` and
+    :class:`~lightly_glare.models.GLARE` with the loss's active terms.
+    ``forward(inputs, mode='loss')`` returns ``{'loss': total, 'term_<name>':
+    ..., 'teacher_temp': ...}``: mmengine sums the keys containing ``loss``, so
+    the parts are logged under ``term_*`` (detached) and the logged ``loss`` is
+    the optimised total. The teacher is updated by
+    :class:`~lightly_glare.openmmlab.hooks.GlareTeacherEMAHook` after each
+    optimizer step.
 
-    The patch augmentation and the region sampler draw from a generator seeded
-    with ``seed`` and the number of training steps taken (a buffer in the state
-    dict), so a resumed run repeats an uninterrupted one.
+    Everything that changes over training depends only on the number of steps
+    taken (``num_steps``, a buffer in the state dict): the teacher temperature
+    (linear warm-up over ``warmup_teacher_temp_iters``, as DINO's over epochs)
+    and the generator of the patch augmentation and the region sampler (seeded
+    with ``seed``, the step and the rank). A resumed run therefore repeats an
+    uninterrupted one.
 
     Args:
-        arch: timm model name, e.g. ``'vit_small_patch14_dinov2'``.
-        img_size: Input size of the ViT (position embedding resampled).
-        checkpoint: Local SSL checkpoint of the ViT, or None for random weights
-            (tests, or when an mmengine checkpoint is loaded afterwards).
-        checkpoint_key: Sub-dict of the checkpoint holding the weights (see
-            :func:`~lightly_glare.weights.normalize_state_dict`).
-        vit_cfg: Further keyword arguments of ``timm.create_model`` (e.g.
-            ``drop_path_rate``; ``depth`` for tiny test models).
-        output_dim: Output dimension of the projection heads.
-        hidden_dim: Hidden size of the heads.
-        head_bottleneck_dim: Bottleneck before the heads' last layer.
-        adapter_bottleneck: UniAdapter bottleneck.
-        adapter_scale: UniAdapter output scale.
-        global_weight: Weight of the global term.
-        regional_weight: Weight of the regional term.
-        local_distortion_weight: Weight of L_loc1.
-        local_matching_weight: Weight of L_loc2.
-        student_temp: Student temperature.
-        teacher_temp: Teacher temperature.
-        seed: Seed of the per-step generator.
-        glare_cfg: Further keyword arguments of :class:`GLARE`.
-        data_preprocessor: Defaults to :class:`GlarePretrainDataPreprocessor`.
-        init_cfg: mmengine initialisation config (unused by default).
+        arch (str): timm model name, e.g. ``'vit_small_patch14_dinov2'``.
+        img_size (int): Input size of the ViT (a checkpoint's position
+            embedding is resampled). Defaults to 224.
+        checkpoint (str, optional): Local SSL checkpoint of the ViT (DINO,
+            DINOv2, iBOT or timm layout). None keeps random weights (tests, or
+            when an mmengine checkpoint is loaded afterwards). Defaults to None.
+        checkpoint_key (str, optional): Sub-dict of the checkpoint holding the
+            weights (see :func:`~lightly_glare.weights.normalize_state_dict`).
+            Defaults to None.
+        vit_cfg (dict, optional): Further keyword arguments of
+            ``timm.create_model`` (e.g. ``drop_path_rate``; ``depth`` for tiny
+            test models). Defaults to None.
+        output_dim (int): Output dimension of the projection heads.
+            Defaults to 8192.
+        hidden_dim (int): Hidden size of the heads. Defaults to 2048.
+        head_bottleneck_dim (int): Bottleneck before the heads' last layer.
+            Defaults to 256.
+        adapter_bottleneck (int): UniAdapter bottleneck. Defaults to 64.
+        adapter_scale (float): UniAdapter output scale. Defaults to 0.1.
+        global_weight (float): Weight of the global term. Defaults to 1.0.
+        regional_weight (float): Weight of the regional term. Defaults to 1.0.
+        local_distortion_weight (float): Weight of L_loc1. Defaults to 1.0.
+        local_matching_weight (float): Weight of L_loc2. Defaults to 1.0.
+        student_temp (float): Student temperature. Defaults to 0.1.
+        teacher_temp (float): Teacher temperature (after the warm-up).
+            Defaults to 0.04.
+        warmup_teacher_temp (float, optional): Teacher temperature at step 0,
+            e.g. 0.04 with ``teacher_temp=0.07`` (DINO). None: no warm-up.
+            Defaults to None.
+        warmup_teacher_temp_iters (int): Steps of the linear teacher-temperature
+            warm-up. Defaults to 0.
+        seed (int): Seed of the per-step generator. Defaults to 0.
+        glare_cfg (dict, optional): Further keyword arguments of
+            :class:`~lightly_glare.models.GLARE` (e.g. ``region_match``).
+            Defaults to None.
+        data_preprocessor (dict, optional): Config of the data preprocessor.
+            Defaults to None (a :class:`GlarePretrainDataPreprocessor`).
+        init_cfg (dict, optional): mmengine initialisation config (unused by
+            default). Defaults to None.
+
+    Examples:
+        >>> model = dict(type='GlarePretrainer', arch='vit_small_patch16_224',
+        ...              checkpoint='dino_deitsmall16_pretrain.pth')
     """
 
     def __init__(
@@ -149,14 +166,22 @@ class GlarePretrainer(BaseModel):
         local_matching_weight: float = 1.0,
         student_temp: float = 0.1,
         teacher_temp: float = 0.04,
+        warmup_teacher_temp: float | None = None,
+        warmup_teacher_temp_iters: int = 0,
         seed: int = 0,
         glare_cfg: dict[str, Any] | None = None,
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
-        if data_preprocessor is None:
-            data_preprocessor = {"type": "GlarePretrainDataPreprocessor"}
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        super().__init__(
+            data_preprocessor=data_preprocessor or GlarePretrainDataPreprocessor(),
+            init_cfg=init_cfg,
+        )
+        if warmup_teacher_temp_iters < 0:
+            raise ValueError(
+                "warmup_teacher_temp_iters must be >= 0, got "
+                f"{warmup_teacher_temp_iters}."
+            )
         self.arch = arch
         self.img_size = img_size
         self.seed = seed
@@ -175,7 +200,11 @@ class GlarePretrainer(BaseModel):
             local_matching_weight=local_matching_weight,
             student_temp=student_temp,
             teacher_temp=teacher_temp,
-            warmup_teacher_temp=teacher_temp,
+            # GlareLoss's schedule unit ("epoch") is the optimizer step here.
+            warmup_teacher_temp=(
+                teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp
+            ),
+            warmup_teacher_temp_epochs=warmup_teacher_temp_iters,
         )
         self.glare = GLARE(
             vit,
@@ -189,11 +218,17 @@ class GlarePretrainer(BaseModel):
         )
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        print_log(
+            f"GlarePretrainer: {arch} at {img_size} px from "
+            f"{checkpoint or 'random weights'}; terms {self.glare.terms}; "
+            f"{self.glare.backbone.report}",
+            logger="current",
+        )
 
     def step_generator(self, device: torch.device) -> torch.Generator:
         """A generator on ``device`` seeded from ``seed``, step count and rank."""
         generator = torch.Generator(device=device)
-        step_seed = self.seed * _SEED_STRIDE + int(self.num_steps)
+        step_seed = derive_seed(self.seed, int(self.num_steps))
         generator.manual_seed(step_seed + (get_rank() << 40))
         return generator
 
@@ -215,10 +250,11 @@ class GlarePretrainer(BaseModel):
             mode: Only ``'loss'`` is supported.
 
         Returns:
-            ``{'loss': total, 'term_<name>': detached part, ...}``.
+            ``{'loss': total, 'term_<name>': detached part, ...,
+            'teacher_temp': temperature used}``.
 
         Raises:
-            RuntimeError: (:class:`NonFiniteLossError`) if the loss is NaN or
+            NonFiniteLossError: (a ``RuntimeError``) if the loss is NaN or
                 infinite; the weights are not updated and the checkpoints
                 written so far are kept.
         """
@@ -227,137 +263,24 @@ class GlarePretrainer(BaseModel):
                 f"GlarePretrainer supports only mode='loss', got {mode!r}."
             )
         views, geometry = _split_inputs(inputs)
+        step = int(self.num_steps)
         generator = self.step_generator(views[0].device)
         if self.training:
             self.num_steps += 1
-        loss = self.criterion(self.glare(views, geometry, generator=generator))
+        loss = self.criterion(
+            self.glare(views, geometry, generator=generator), epoch=step
+        )
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in self.criterion.last_terms.items()}
             raise NonFiniteLossError(
-                f"Non-finite GLARE loss at step {int(self.num_steps)}: {terms}. "
+                f"Non-finite GLARE loss at step {step + 1}: {terms}. "
                 "Lower the learning rate or raise the teacher temperature; the "
                 "last checkpoint in the work dir is intact (resume with --resume)."
             )
         losses = {"loss": loss}
         for name, value in self.criterion.last_terms.items():
             losses[f"term_{name}"] = value.detach()
+        losses["teacher_temp"] = loss.new_tensor(
+            self.criterion.teacher_temperature(step)
+        )
         return losses
-
-
-@DATA_SAMPLERS.register_module()
-class GlareInfiniteSampler(InfiniteSampler):
-    """mmengine's ``InfiniteSampler`` that also tells the dataset the epoch.
-
-    Yields ``epoch * len(dataset) + index`` instead of ``index`` (a fresh
-    permutation per epoch, seeded by ``seed``), so that
-    :class:`GlarePretrainDataset` draws its augmentations from ``(seed, epoch,
-    index)`` in any worker. The sequence is the same after a resume, where
-    mmengine's ``IterBasedTrainLoop`` replays the sampler.
-    """
-
-    def _infinite_indices(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed)
-        epoch = 0
-        while True:
-            if self.shuffle:
-                order = torch.randperm(self.size, generator=generator).tolist()
-            else:
-                order = list(range(self.size))
-            offset = epoch * self.size
-            yield from (offset + index for index in order)
-            epoch += 1
-
-
-@DATASETS.register_module()
-class GlarePretrainDataset(Dataset[dict[str, Any]]):
-    """An unlabeled image folder with :class:`GlareTransform` for pre-training.
-
-    Item ``k`` is image ``k % len(self)`` (``k`` may exceed the length:
-    :class:`GlareInfiniteSampler` passes ``epoch * len + index``); its
-    augmentation is drawn from torch's RNG seeded with ``(seed, k)`` inside
-    :func:`torch.random.fork_rng`, so it depends neither on worker processes
-    nor on what ran before (resume).
-
-    Args:
-        data_root: Folder with the images (searched recursively).
-        input_size: Side of the views.
-        seed: Augmentation seed.
-        transform_cfg: Further keyword arguments of :class:`GlareTransform`.
-        skip_bad: Skip unreadable images instead of failing.
-        min_size: Skip/reject images smaller than this on their shorter side.
-    """
-
-    def __init__(
-        self,
-        data_root: str,
-        input_size: int = 224,
-        seed: int = 0,
-        transform_cfg: dict[str, Any] | None = None,
-        skip_bad: bool = False,
-        min_size: int | None = None,
-    ) -> None:
-        self.transform = GlareTransform(input_size, **(transform_cfg or {}))
-        self.images = ImageFolderDataset(
-            data_root, skip_bad=skip_bad, min_size=min_size
-        )
-        self.seed = seed
-
-    def __len__(self) -> int:
-        """Number of images."""
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """``dict(inputs=(views, geometry))`` of image ``index % len(self)``."""
-        image = self.images.load(index % len(self.images))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * _SEED_STRIDE + index)
-            views, geometry = self.transform(image)
-        return {"inputs": (views, geometry)}
-
-
-@HOOKS.register_module()
-class GlareTeacherEMAHook(Hook):
-    """Updates the GLARE teacher after every training iteration.
-
-    After iteration ``i`` (0-based) the teacher moves with momentum
-    ``cosine_schedule(i + 1, max_iters, momentum_start, momentum_end)``, as the
-    plain loop in :mod:`lightly_glare.training` does before step ``i + 1``. The
-    momentum depends only on the iteration, so a resumed run repeats an
-    uninterrupted one.
-
-    Args:
-        momentum_start: Momentum at iteration 0 (DINO: 0.996).
-        momentum_end: Momentum at the last iteration.
-    """
-
-    priority = "NORMAL"  # before the CheckpointHook (VERY_LOW) saves the teacher
-
-    def __init__(
-        self, momentum_start: float = 0.996, momentum_end: float = 1.0
-    ) -> None:
-        self.momentum_start = momentum_start
-        self.momentum_end = momentum_end
-
-    def momentum(self, iteration: int, max_iters: int) -> float:
-        """The momentum applied after ``iteration`` of ``max_iters``."""
-        step = min(iteration + 1, max_iters)
-        return float(
-            cosine_schedule(step, max_iters, self.momentum_start, self.momentum_end)
-        )
-
-    def after_train_iter(
-        self,
-        runner: Any,
-        batch_idx: int,
-        data_batch: Any = None,
-        outputs: Any = None,
-    ) -> None:
-        """EMA update of the teacher of the runner's :class:`GlarePretrainer`."""
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        if not isinstance(model, GlarePretrainer):
-            raise TypeError(
-                "GlareTeacherEMAHook needs a GlarePretrainer, got "
-                f"{type(model).__name__}."
-            )
-        model.glare.update_teacher(self.momentum(runner.iter, runner.max_iters))

@@ -17,6 +17,13 @@ model = dict(
     arch='vit_small_patch16_224',
     img_size=224,
     checkpoint=None,
+    # DINO's temperatures; for DINO's warm-up set teacher_temp=0.07,
+    # warmup_teacher_temp=0.04 and warmup_teacher_temp_iters (e.g. 30 % of
+    # max_iters).
+    student_temp=0.1,
+    teacher_temp=0.04,
+    warmup_teacher_temp=None,
+    warmup_teacher_temp_iters=0,
     data_preprocessor=dict(type='GlarePretrainDataPreprocessor'))
 
 train_dataloader = dict(

@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import timm
 import torch
 from mmengine.config import Config
+from mmengine.dataset import default_collate
 from mmengine.hooks import Hook
+from mmengine.model import MMDistributedDataParallel
+from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
+from torch.utils.data import DataLoader
 
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.openmmlab.pretrain import (
+from lightly_glare.openmmlab.backbone import GlareViT
+from lightly_glare.openmmlab.hooks import GlareTeacherEMAHook
+from lightly_glare.openmmlab.pretrain import GlarePretrainer
+from lightly_glare.openmmlab.pretrain_data import (
     GlareInfiniteSampler,
     GlarePretrainDataset,
-    GlarePretrainer,
-    GlareTeacherEMAHook,
 )
+from lightly_glare.training import NonFiniteLossError, parameter_groups
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import real_photo
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "mmseg_configs" / "glare_pretrain_vit-s14-dinov2_aerial-112.py"
+CONFIG = ROOT / "mmseg_configs" / "glare_pretrain_vit-s14-dinov2_aerial-126.py"
 ARCH = "vit_tiny_patch16_224"
 VIT_CFG = {"depth": 2}  # vit_tiny with 2 blocks: a few 0.1 s per iteration
+TERMS = ["term_global", "term_regional", "term_local_distortion", "term_local_matching"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +79,7 @@ def tiny_cfg(work_dir: Path, data_root: Path, max_iters: int) -> Config:
             "log_processor.window_size": 1,  # log every step's own loss
             "default_hooks.checkpoint.interval": 1,
             "optim_wrapper.optimizer.lr": 1e-3,
+            "randomness.deterministic": True,
         }
     )
     cfg.param_scheduler = [
@@ -92,28 +107,46 @@ class StopAfter(Hook):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def train(cfg: Config, stop_after: int | None = None) -> Runner:
+class PoisonAdapters(Hook):
+    """Writes NaN into the student's adapters before iteration ``at`` (1-based)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def before_train_iter(self, runner: Any, *args: Any, **kw: Any) -> None:
+        if runner.iter + 1 == self.at:
+            with torch.no_grad():
+                runner.model.glare.backbone.adapters[0].down.weight.fill_(torch.nan)
+
+
+def train(cfg: Config, *hooks: Hook) -> Runner:
     runner = Runner.from_cfg(cfg)
-    if stop_after is not None:
-        runner.register_hook(StopAfter(stop_after))
+    for hook in hooks:
+        runner.register_hook(hook)
     runner.train()
     return runner
 
 
-def losses(work_dir: Path) -> dict[int, float]:
-    """``iteration -> loss`` from every run's scalars.json in work_dir."""
-    found: dict[int, float] = {}
+def records(work_dir: Path) -> list[dict[str, float]]:
+    """Every logged training record of every run in ``work_dir``, in order.
+
+    A killed run may have left a truncated last line; it is skipped.
+    """
+    found = []
     for path in sorted(work_dir.glob("*/vis_data/scalars.json")):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
             if "loss" in record:
-                found[int(record["step"])] = float(record["loss"])
+                found.append(record)
     return found
 
 
-def terms(work_dir: Path) -> list[dict[str, float]]:
-    path = min(work_dir.glob("*/vis_data/scalars.json"))
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def losses(work_dir: Path) -> dict[int, float]:
+    """``iteration -> loss`` from every run's scalars.json in work_dir."""
+    return {int(r["step"]): float(r["loss"]) for r in records(work_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -125,26 +158,28 @@ def full_run(
     return work_dir, runner
 
 
-@pytest.mark.slow  # a few runs of 4 iterations: ~20-40 s
 def test_run_logs_finite_loss(full_run: tuple[Path, Runner]) -> None:
     work_dir, _ = full_run
-    records = terms(work_dir)
-    assert [int(r["step"]) for r in records] == [1, 2, 3, 4]
-    for record in records:
-        parts = [v for k, v in record.items() if k.startswith("term_")]
-        assert len(parts) == 4  # the four GLARE terms
+    logged = records(work_dir)
+    assert [int(r["step"]) for r in logged] == [1, 2, 3, 4]
+    hook = GlareTeacherEMAHook()
+    for record in logged:
+        parts = [record[name] for name in TERMS]
         assert torch.isfinite(torch.tensor([record["loss"], *parts])).all()
         # The logged loss is the optimised total, not total + parts.
         assert record["loss"] == pytest.approx(sum(parts), rel=1e-4)
+        assert record["teacher_temp"] == pytest.approx(0.04)
+        step = int(record["step"])
+        assert record["ema_momentum"] == pytest.approx(hook.momentum(step - 1, 4))
+    assert logged[-1]["ema_momentum"] == pytest.approx(1.0)
     assert (work_dir / "iter_4.pth").is_file()
 
 
-@pytest.mark.slow  # a few runs of 4 iterations: ~20-40 s
 def test_resume_repeats_uninterrupted_run(
     full_run: tuple[Path, Runner], image_dir: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(tmp_path, image_dir, max_iters=4), stop_after=2)
+        train(tiny_cfg(tmp_path, image_dir, max_iters=4), StopAfter(2))
     assert (tmp_path / "iter_2.pth").is_file()
     assert not (tmp_path / "iter_3.pth").exists()
     cfg = tiny_cfg(tmp_path, image_dir, max_iters=4)
@@ -162,6 +197,33 @@ def test_resume_repeats_uninterrupted_run(
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6)
 
 
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(
+    image_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(NonFiniteLossError, match="Non-finite GLARE loss at step 3"):
+        train(tiny_cfg(tmp_path, image_dir, max_iters=4), PoisonAdapters(at=3))
+    assert not (tmp_path / "iter_3.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text().endswith("iter_2.pth")
+    state = torch.load(tmp_path / "iter_2.pth", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_optimizer_decays_like_plain_loop(full_run: tuple[Path, Runner]) -> None:
+    """mmengine's paramwise_cfg gives the plain loop's decay / no-decay split."""
+    _, runner = full_run
+    decay, no_decay = parameter_groups(runner.model, weight_decay=0.04)
+    expected_decay = {id(p) for p in decay["params"]}
+    expected_no_decay = {id(p) for p in no_decay["params"]}
+    found: dict[bool, set[int]] = {True: set(), False: set()}
+    for group in runner.optim_wrapper.optimizer.param_groups:
+        for param in group["params"]:
+            if param.requires_grad:
+                found[group["weight_decay"] > 0].add(id(param))
+                assert group["weight_decay"] in (0.0, 0.04)
+    assert found[True] == expected_decay and found[False] == expected_no_decay
+    assert expected_decay and expected_no_decay
+
+
 def load_tool(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
@@ -170,26 +232,24 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-@pytest.mark.slow  # a few runs of 4 iterations: ~20-40 s
-@pytest.mark.parametrize("which", ["teacher", "student"])
+@pytest.mark.parametrize(
+    ("which", "pass_config"), [("teacher", False), ("student", True)]
+)
 def test_export_matches_trained_backbone(
-    full_run: tuple[Path, Runner], image_dir: Path, tmp_path: Path, which: str
+    full_run: tuple[Path, Runner],
+    image_dir: Path,
+    tmp_path: Path,
+    which: str,
+    pass_config: bool,
 ) -> None:
     work_dir, runner = full_run
-    config = tmp_path / "pretrain_tiny.py"
-    tiny_cfg(work_dir, image_dir, max_iters=4).dump(str(config))
     out = tmp_path / "backbone.pth"
-    tool = load_tool("export_backbone")
-    tool.main(
-        [
-            str(work_dir / "iter_4.pth"),
-            str(out),
-            "--config",
-            str(config),
-            "--which",
-            which,
-        ]
-    )
+    args = [str(work_dir / "iter_4.pth"), str(out), "--which", which]
+    if pass_config:
+        config = tmp_path / "pretrain_tiny.py"
+        tiny_cfg(work_dir, image_dir, max_iters=4).dump(str(config))
+        args += ["--config", str(config)]
+    load_tool("export_backbone").main(args)  # else: the checkpoint's config
 
     model = runner.model
     assert isinstance(model, GlarePretrainer)
@@ -197,7 +257,7 @@ def test_export_matches_trained_backbone(
     adapters = glare.teacher_adapters if which == "teacher" else glare.backbone.adapters
     backbone = UniAdapterViT(create_vit(ARCH, img_size=32, **VIT_CFG), bottleneck=8)
     meta = load_adapted_backbone(backbone, out)
-    assert meta["arch"] == ARCH and meta["which"] == which
+    assert meta["arch"] == ARCH and meta["which"] == which and meta["iteration"] == 4
     x = torch.randn(2, 3, 32, 32)
     glare.eval()
     backbone.eval()
@@ -205,8 +265,38 @@ def test_export_matches_trained_backbone(
         expected = glare.backbone.forward_features(x, adapters=adapters).tokens
         found = backbone.forward_features(x).tokens
     torch.testing.assert_close(found, expected, rtol=0, atol=0)
-    # The adapters trained: the export differs from the initial backbone.
-    assert any(p.abs().sum() > 0 for p in adapters.parameters())
+    # The adapters trained: their zero-initialised up-projections moved.
+    assert all(adapter.up.weight.abs().sum() > 0 for adapter in adapters)
+
+
+def test_export_loads_into_mmseg_backbone(
+    full_run: tuple[Path, Runner], tmp_path: Path
+) -> None:
+    """The mmseg GlareViT loads the export strictly and sees the teacher's features."""
+    work_dir, runner = full_run
+    out = tmp_path / "backbone.pth"
+    load_tool("export_backbone").main([str(work_dir / "iter_4.pth"), str(out)])
+    arch = {"patch_size": 16, "embed_dim": 192, "num_heads": 3, **VIT_CFG}
+    backbone = GlareViT(
+        arch=arch,
+        img_size=32,
+        out_indices=(0, 1),
+        adapter_bottleneck=8,
+        checkpoint=str(out),
+    )
+    backbone.init_weights()
+    backbone.eval()
+    glare = runner.model.glare
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = backbone(x)
+        teacher = glare.backbone.forward_features(
+            x, adapters=glare.teacher_adapters, intermediate_indices=(0, 1)
+        )
+    assert teacher.intermediates is not None
+    for feature, tokens in zip(features, teacher.intermediates, strict=True):
+        patches = tokens[:, 1:].transpose(1, 2).reshape(2, 192, 2, 2)
+        torch.testing.assert_close(feature, patches, rtol=0, atol=0)
 
 
 def test_dataset_draws_depend_on_seed_and_index(image_dir: Path) -> None:
@@ -230,31 +320,36 @@ def test_ema_hook_momentum_schedule() -> None:
     assert hook.momentum(9, 10) == pytest.approx(1.0)
     assert hook.momentum(50, 10) == pytest.approx(1.0)
     assert 0.996 < hook.momentum(4, 10) < 1.0
+    with pytest.raises(ValueError, match="momenta"):
+        GlareTeacherEMAHook(momentum_start=1.5)
 
 
-def test_non_finite_loss_raises(image_dir: Path) -> None:
-    model = GlarePretrainer(
+def tiny_pretrainer(**kwargs: Any) -> GlarePretrainer:
+    return GlarePretrainer(
         ARCH,
         img_size=32,
         vit_cfg=VIT_CFG,
         output_dim=64,
         hidden_dim=32,
         head_bottleneck_dim=16,
+        **kwargs,
     )
+
+
+def one_batch(image_dir: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
     dataset = GlarePretrainDataset(str(image_dir), input_size=32)
     views, geometry = dataset[0]["inputs"]
-    batch = (
+    return (
         [v[None].repeat(2, 1, 1, 1) for v in views],
         geometry[None].repeat(2, 1, 1),
     )
+
+
+def test_non_finite_loss_raises(image_dir: Path) -> None:
+    model = tiny_pretrainer()
+    batch = one_batch(image_dir)
     out = model(batch)
-    assert set(out) == {
-        "loss",
-        "term_global",
-        "term_regional",
-        "term_local_distortion",
-        "term_local_matching",
-    }
+    assert set(out) == {"loss", "teacher_temp", *TERMS}
     assert out["loss"].requires_grad
     assert not any(v.requires_grad for k, v in out.items() if k != "loss")
     batch[0][0][:] = float("nan")
@@ -262,10 +357,23 @@ def test_non_finite_loss_raises(image_dir: Path) -> None:
         model(batch)
 
 
+def test_teacher_temperature_warmup_follows_steps(image_dir: Path) -> None:
+    model = tiny_pretrainer(
+        teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_iters=2
+    )
+    batch = one_batch(image_dir)
+    temps = [float(model(batch)["teacher_temp"]) for _ in range(4)]
+    assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
+    assert int(model.num_steps) == 4
+    model.eval()  # evaluation does not advance the schedule
+    model(batch)
+    assert int(model.num_steps) == 4
+
+
 @pytest.mark.parametrize(
     ("name", "arch", "size", "batch", "iters", "out", "hidden"),
     [
-        (CONFIG.name, "vit_small_patch14_dinov2", 112, 16, 300, 2048, 512),
+        (CONFIG.name, "vit_small_patch14_dinov2", 126, 16, 300, 2048, 512),
         (
             "glare_pretrain_vit-b16_224.py",
             "vit_base_patch16_224",
@@ -298,3 +406,153 @@ def test_pretrain_configs(
     assert cosine.end == iters and cosine.eta_min == 1e-6
     assert [h.type for h in cfg.custom_hooks] == ["GlareTeacherEMAHook"]
     assert cfg.default_hooks.checkpoint.save_last
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, root: str, out: str) -> None:
+    """One rank of a gloo run: 3 train steps + EMA updates, then save the state."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # the same initial heads on both ranks
+    model = tiny_pretrainer()
+    ddp = MMDistributedDataParallel(module=model, device_ids=None)
+    optim_wrapper = build_optim_wrapper(
+        ddp, dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-2))
+    )
+    dataset = GlarePretrainDataset(root, input_size=32)
+    sampler = GlareInfiniteSampler(dataset, seed=0)  # this rank's share
+    batches = DataLoader(dataset, 2, sampler=sampler, collate_fn=default_collate)
+    hook = GlareTeacherEMAHook()
+    logged = []
+    for step, batch in zip(range(3), batches, strict=False):
+        logged.append(ddp.train_step(batch, optim_wrapper)["loss"].item())
+        model.glare.update_teacher(hook.momentum(step, 3))
+    torch.save({"state": model.state_dict(), "losses": logged}, f"{out}/{rank}.pth")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes: ~30 s
+def test_distributed_ranks_stay_identical(image_dir: Path, tmp_path: Path) -> None:
+    """Under MMDistributedDataParallel (gloo, CPU) without find_unused_parameters,
+    ranks see different images but keep identical adapters, heads, teacher and
+    loss centers."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, port, str(image_dir), str(tmp_path)), nprocs=2
+    )
+    ranks = [torch.load(tmp_path / f"{r}.pth", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["losses"] != ranks[1]["losses"]  # different data per rank
+    assert torch.isfinite(torch.tensor(ranks[0]["losses"])).all()
+    state_0, state_1 = ranks[0]["state"], ranks[1]["state"]
+    assert int(state_0["num_steps"]) == 3
+    for key in state_0:
+        torch.testing.assert_close(state_0[key], state_1[key], rtol=0, atol=0)
+    initial = tiny_pretrainer().state_dict()  # the adapters did train
+    up = "glare.teacher.adapters.0.up.weight"
+    assert initial[up].abs().sum() == 0 < state_0[up].abs().sum()
+
+
+# --- tools/train.py as a user runs it (subprocesses) --------------------------
+
+
+@pytest.fixture(scope="module")
+def ssl_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViT in DINO's training-checkpoint layout (teacher, with a head)."""
+    vit = timm.create_model(ARCH, pretrained=False, num_classes=0, **VIT_CFG)
+    path = tmp_path_factory.mktemp("ssl") / "dino_tiny.pth"
+    state = {f"module.backbone.{k}": v for k, v in vit.state_dict().items()}
+    head = {"module.head.last_layer.weight_v": torch.randn(64, 16)}  # dropped
+    torch.save({"teacher": state | head}, path)
+    return path
+
+
+def train_command(
+    work_dir: Path, data_root: Path, checkpoint: Path, max_iters: int
+) -> list[str]:
+    """``tools/train.py`` on the shipped config, shrunk with --cfg-options."""
+    options = {
+        "model.arch": ARCH,
+        "model.img_size": 32,
+        "model.vit_cfg.depth": VIT_CFG["depth"],
+        "model.checkpoint": checkpoint,
+        "model.output_dim": 64,
+        "model.hidden_dim": 32,
+        "model.head_bottleneck_dim": 16,
+        "model.adapter_bottleneck": 8,
+        "train_dataloader.batch_size": 2,
+        "train_dataloader.num_workers": 0,
+        "train_dataloader.persistent_workers": False,
+        "train_dataloader.dataset.data_root": data_root,
+        "train_dataloader.dataset.input_size": 32,
+        "train_cfg.max_iters": max_iters,
+        "default_hooks.logger.interval": 1,
+        "log_processor.window_size": 1,
+        "default_hooks.checkpoint.interval": 1,
+        "randomness.deterministic": True,
+    }
+    return [
+        sys.executable,
+        str(ROOT / "tools" / "train.py"),
+        str(CONFIG),
+        "--work-dir",
+        str(work_dir),
+        "--cfg-options",
+        *(f"{key}={value}" for key, value in options.items()),
+    ]
+
+
+def run_to_end(command: list[str]) -> str:
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow  # three tools/train.py processes: ~1 min
+def test_train_tool_logs_progress_and_resumes_after_kill(
+    image_dir: Path, ssl_checkpoint: Path, tmp_path: Path
+) -> None:
+    command = train_command(tmp_path / "full", image_dir, ssl_checkpoint, 6)
+    log = run_to_end(command)
+    assert f"GlarePretrainer: {ARCH} at 32 px from {ssl_checkpoint}" in log
+    assert "trainable adapter parameters" in log
+    for step in range(1, 7):
+        assert f"Iter(train) [{step}/6]" in log
+    assert "eta:" in log and "loss:" in log and "term_regional:" in log
+    expected = losses(tmp_path / "full")
+    assert sorted(expected) == list(range(1, 7))
+    assert torch.isfinite(torch.tensor(list(expected.values()))).all()
+    # The frozen ViT holds the SSL checkpoint's weights after training (the
+    # 224 px position embedding resampled to 32 px).
+    ssl = torch.load(ssl_checkpoint, weights_only=True)["teacher"]
+    final = torch.load(tmp_path / "full" / "iter_6.pth", weights_only=True)
+    for key, value in ssl.items():
+        if key.startswith("module.head.") or key.endswith("pos_embed"):
+            continue
+        vit_key = key.replace("module.backbone.", "glare.backbone.vit.")
+        torch.testing.assert_close(final["state_dict"][vit_key], value, rtol=0, atol=0)
+
+    # Kill -9 a second run once it has checkpointed iteration 2, then resume.
+    killed = tmp_path / "killed"
+    command = train_command(killed, image_dir, ssl_checkpoint, 6)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    marker = killed / "last_checkpoint"
+    deadline = time.monotonic() + 300
+    while not (marker.is_file() and marker.read_text().endswith("iter_2.pth")):
+        assert process.poll() is None, "training ended before it was killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first = records(killed)
+    run_to_end([*command, "--resume"])
+    resumed = records(killed)[len(first) :]
+    assert 2 <= int(resumed[0]["step"]) - 1 < 6  # started from a checkpoint
+    found = losses(killed)
+    assert sorted(found) == list(range(1, 7))
+    for step in range(1, 7):
+        assert found[step] == pytest.approx(expected[step], abs=1e-6)
