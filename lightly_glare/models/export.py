@@ -144,21 +144,37 @@ def load_adapted_backbone(backbone: UniAdapterViT, path: str | Path) -> dict[str
             the message names every difference.
     """
     state, meta = load_exported_checkpoint(path)
-    expected_arch = architecture_of(backbone)
-    found_arch = meta.get("architecture", {})
-    differences = [
-        f"{name}: checkpoint {found_arch.get(name)!r}, model {value!r}"
-        for name, value in expected_arch.items()
-        if found_arch.get(name) != value
-    ]
-    if differences:
-        raise CheckpointMismatchError(
-            f"Architecture of {path} does not match the model: "
-            + "; ".join(differences)
-        )
+    check_architecture(backbone, meta, source=str(path))
     check_state_dict(backbone, state, source=str(path))
     backbone.load_state_dict(state, strict=True)
     return meta
+
+
+def check_architecture(
+    backbone: UniAdapterViT, meta: dict[str, Any], source: str
+) -> None:
+    """Raises if an export's recorded architecture differs from ``backbone``'s.
+
+    Args:
+        backbone: The adapted backbone to load into.
+        meta: The export's meta information.
+        source: Where the export comes from, for the message.
+
+    Raises:
+        CheckpointMismatchError: Names every differing field (ViT shape, patch
+            size, prefix tokens, adapter size).
+    """
+    found = meta.get("architecture", {})
+    differences = [
+        f"{name}: checkpoint {found.get(name)!r}, model {value!r}"
+        for name, value in architecture_of(backbone).items()
+        if found.get(name) != value
+    ]
+    if differences:
+        raise CheckpointMismatchError(
+            f"Architecture of {source} does not match the model: "
+            + "; ".join(differences)
+        )
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:

@@ -16,12 +16,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models import (
-    CheckpointMismatchError,
     UniAdapterViT,
     check_state_dict,
     load_exported_checkpoint,
 )
-from lightly_glare.models.export import architecture_of
+from lightly_glare.models.export import check_architecture
 from lightly_glare.weights import load_ssl_checkpoint
 
 #: Values of ``GlareViT(checkpoint_type=...)``.
@@ -243,18 +242,7 @@ class GlareViT(BaseModule):
 
     def _load_glare_export(self, path: Path) -> None:
         state, meta = load_exported_checkpoint(path)
-        expected = architecture_of(self.adapted)
-        found = meta.get("architecture", {})
-        differences = [
-            f"{name}: checkpoint {found.get(name)!r}, model {value!r}"
-            for name, value in expected.items()
-            if found.get(name) != value
-        ]
-        if differences:
-            raise CheckpointMismatchError(
-                f"Architecture of {path} does not match GlareViT: "
-                + "; ".join(differences)
-            )
+        check_architecture(self.adapted, meta, source=str(path))
         state = resample_pos_embed(state, "vit.pos_embed", self.adapted.vit, str(path))
         check_state_dict(self.adapted, state, source=str(path))
         self.adapted.load_state_dict(state, strict=True)
