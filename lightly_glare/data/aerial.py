@@ -71,9 +71,9 @@ from lightly_glare.data.preparation import (
     Printer,
     StagedOutput,
     class_frequencies,
-    find_prepared,
     grey_to_rgb,
     quiet,
+    reuse_prepared,
     save_png,
 )
 
@@ -310,9 +310,8 @@ def prepare_aerial(
         "unlabeled_stride": stride,
         "landsat": landsat,
     }
-    prepared = None if force else find_prepared(root, "aerial", params)
+    prepared = reuse_prepared(root, "aerial", params, force, log)
     if prepared is not None:
-        log(f"aerial: already prepared in {root} (use force to rebuild)")
         return prepared
     log(f"aerial: fetching solaris=={SOLARIS_VERSION}")
     wheel = fetch_distribution("solaris", SOLARIS_VERSION, cache_dir)

@@ -42,8 +42,8 @@ from lightly_glare.data.preparation import (
     PREPARATION_VERSION,
     Printer,
     StagedOutput,
-    find_prepared,
     quiet,
+    reuse_prepared,
 )
 
 ELPV_DISTRIBUTION = "elpv-dataset"
@@ -140,9 +140,8 @@ def prepare_elpv(
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}.")
     root = Path(out)
     params = {"train_fraction": train_fraction, "seed": seed}
-    prepared = None if force else find_prepared(root, "elpv", params)
+    prepared = reuse_prepared(root, "elpv", params, force, log)
     if prepared is not None:
-        log(f"elpv: already prepared in {root} (use force to rebuild)")
         return prepared
     log(f"elpv: fetching {ELPV_DISTRIBUTION}=={ELPV_VERSION} (87 MB)")
     wheel = fetch_distribution(ELPV_DISTRIBUTION, ELPV_VERSION, cache_dir)

@@ -54,9 +54,9 @@ from lightly_glare.data.preparation import (
     Printer,
     StagedOutput,
     class_frequencies,
-    find_prepared,
     grey_to_rgb,
     quiet,
+    reuse_prepared,
     save_png,
 )
 
@@ -185,9 +185,8 @@ def prepare_mri(
         "val_every": val_every,
         "gap": gap,
     }
-    prepared = None if force else find_prepared(root, "mri", params)
+    prepared = reuse_prepared(root, "mri", params, force, log)
     if prepared is not None:
-        log(f"mri: already prepared in {root} (use force to rebuild)")
         return prepared
     log(f"mri: fetching nilearn=={NILEARN_VERSION}")
     wheel = fetch_distribution("nilearn", NILEARN_VERSION, cache_dir)

@@ -61,6 +61,23 @@ def find_prepared(
     return manifest
 
 
+def reuse_prepared(
+    out: Path,
+    dataset: str,
+    params: Mapping[str, Any],
+    force: bool,
+    log: Printer,
+) -> dict[str, Any] | None:
+    """The existing manifest to return instead of rebuilding, unless ``force``.
+
+    Logs that the preparation is reused; None means "build it".
+    """
+    prepared = None if force else find_prepared(out, dataset, params)
+    if prepared is not None:
+        log(f"{dataset}: already prepared in {out} (use force to rebuild)")
+    return prepared
+
+
 class StagedOutput:
     """A staging folder whose top-level entries replace those of ``out`` at commit.
 
