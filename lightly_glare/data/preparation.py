@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 #: Bumped when the preparation output changes, so older folders are rebuilt.
-PREPARATION_VERSION = 1
+PREPARATION_VERSION = 2
 MANIFEST = "manifest.json"
 
 Printer = Callable[[str], None]

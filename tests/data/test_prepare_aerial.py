@@ -19,7 +19,14 @@ from lightly_glare.data import (
     read_member,
     stretch_to_uint8,
 )
-from lightly_glare.data.aerial import AERIAL_SCENES, num_val_rows, read_tiff_bytes
+from lightly_glare.data.aerial import (
+    AERIAL_SCENES,
+    num_val_rows,
+    rasterize_footprints,
+    read_pixel_grid,
+    read_scene_mask,
+    read_tiff_bytes,
+)
 
 TILE = 128
 
@@ -108,7 +115,7 @@ def test_tiles_match_the_source_rasters(aerial: tuple[Path, dict[str, Any]]) -> 
     wheel = fetch_distribution("solaris", "0.2.1")
     for scene in AERIAL_SCENES:
         raw, _ = read_tiff_bytes(read_member(wheel, scene.image_member))
-        raw_mask, _ = read_tiff_bytes(read_member(wheel, scene.mask_member))
+        scene_mask = read_scene_mask(scene, wheel)
         stretched = stretch_to_uint8(raw)
         tiles = [t for t in manifest["tiles"] if t["source"] == scene.name]
         for tile in tiles[:: max(len(tiles) // 12, 1)]:
@@ -120,7 +127,7 @@ def test_tiles_match_the_source_rasters(aerial: tuple[Path, dict[str, Any]]) -> 
             np.testing.assert_array_equal(image[..., 1], image[..., 2])
             if "ann" in tile:
                 mask = np.asarray(_read(root / tile["ann"]))
-                np.testing.assert_array_equal(mask, raw_mask[window] > 0)
+                np.testing.assert_array_equal(mask, scene_mask[window])
 
 
 def test_class_frequencies(aerial: tuple[Path, dict[str, Any]]) -> None:
@@ -193,3 +200,67 @@ def test_num_val_rows() -> None:
     assert num_val_rows(4, 0.0) == 0
     with pytest.raises(ValueError, match="val_fraction"):
         num_val_rows(4, 1.0)
+
+
+def _square(x: float, y: float, side: float) -> list[list[float]]:
+    return [[x, y], [x + side, y], [x + side, y - side], [x, y - side], [x, y]]
+
+
+def test_rasterize_footprints_exact_pixels() -> None:
+    # 10 x 10 grid, top-left corner at (100, 50), 2 CRS units per pixel.
+    grid = (100.0, 50.0, 2.0, 2.0)
+    outer = _square(104.0, 46.0, 12.0)  # columns and rows 2..7
+    hole = _square(108.0, 42.0, 4.0)  # columns and rows 4..5
+    corner = _square(100.0, 50.0, 2.0)  # pixel (0, 0)
+    beyond = _square(80.0, 50.0, 6.0)  # left of the image
+    geojson = {
+        "type": "FeatureCollection",
+        "features": [
+            {"geometry": {"type": "Polygon", "coordinates": [outer, hole]}},
+            {"geometry": {"type": "MultiPolygon", "coordinates": [[corner], [beyond]]}},
+        ],
+    }
+    expected = np.zeros((10, 10), dtype=np.uint8)
+    expected[2:8, 2:8] = 1
+    expected[4:6, 4:6] = 0
+    expected[0, 0] = 1
+    np.testing.assert_array_equal(
+        rasterize_footprints(geojson, (10, 10), grid), expected
+    )
+    with pytest.raises(ValueError, match="LineString"):
+        rasterize_footprints(
+            {"features": [{"geometry": {"type": "LineString", "coordinates": []}}]},
+            (10, 10),
+            grid,
+        )
+
+
+def test_building_labels_are_this_images_footprints() -> None:
+    # solaris's sample_fp_mask.tif belongs to another tile; the labels are the
+    # footprint polygons of geotiff_labels.geojson on the GeoTIFF's own grid.
+    wheel = fetch_distribution("solaris", "0.2.1")
+    scene = next(s for s in AERIAL_SCENES if s.name == "buildings")
+    image_bytes = read_member(wheel, scene.image_member)
+    x0, y0, width, height = read_pixel_grid(image_bytes)
+    assert (x0, y0, width, height) == (733601.0, 3725139.0, 0.5, 0.5)
+    mask = read_scene_mask(scene, wheel)
+    assert mask.shape == (900, 900)
+    import json
+
+    features = json.loads(read_member(wheel, scene.labels_member))["features"]
+    assert len(features) == 43
+    polygon_area = 0.0
+    for feature in features:
+        alone = rasterize_footprints(
+            {"features": [feature]}, mask.shape, (x0, y0, width, height)
+        )
+        assert alone.any() and not (alone & (1 - mask)).any()
+        ring = np.asarray(feature["geometry"]["coordinates"][0])[:, :2]
+        x, y = ring[:, 0], ring[:, 1]  # shoelace area in CRS units
+        polygon_area += 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+    assert mask.sum() * width * height == pytest.approx(polygon_area, rel=0.05)
+    assert 0.03 < mask.mean() < 0.06
+    old, _ = read_tiff_bytes(read_member(wheel, "solaris/data/sample_fp_mask.tif"))
+    old = old > 0
+    iou = (old & (mask > 0)).sum() / (old | (mask > 0)).sum()
+    assert iou < 0.1
