@@ -131,7 +131,10 @@ class GLARE(nn.Module):
             freeze_heads: Freeze the heads (the paper's literal reading: only
                 adapters train); load head weights before training then.
             patch_augmentation: Distortion applied to the student's views.
-                Defaults to :class:`PatchBlur` on 30 % of the patches (ours).
+                None: :class:`PatchBlur` on 30 % of the patches (ours) when the
+                local distortion term is computed, else no distortion (the
+                distortion exists for L_loc1; without it, e.g. for DINO-only
+                continual pre-training, the student sees the clean views).
             region_sampler: Defaults to :class:`AttentionRegionSampler` with
                 ``min(heads, 6)`` regions, mass 0.6.
             region_pooling: Defaults to a parameter-free
@@ -159,9 +162,9 @@ class GLARE(nn.Module):
                 "local_distortion_patches must be 'distorted' or 'all', got "
                 f"{local_distortion_patches!r}."
             )
-        if patch_augmentation is None:
-            patch_augmentation = PatchBlur()
         self.terms = tuple(term for term in ALL_TERMS if term in terms)
+        if patch_augmentation is None and LOCAL_DISTORTION in self.terms:
+            patch_augmentation = PatchBlur()
         if isinstance(backbone, UniAdapterViT):
             self.backbone = backbone
         else:

@@ -123,6 +123,14 @@ def test_teacher_outputs_carry_no_gradient_and_shapes() -> None:
     )
 
 
+def test_default_distortion_only_with_the_local_distortion_term() -> None:
+    assert isinstance(small_glare().patch_augmentation, PatchBlur)
+    without = small_glare(terms=("global", "regional", "local_matching"))
+    assert without.patch_augmentation is None
+    views, geometry = random_batch(without, batch=2)
+    assert without(views, geometry).patch_masks is None  # student sees clean views
+
+
 def test_identical_views_without_distortion_give_identical_local_targets() -> None:
     """With identical crops, L_loc2 pairs each student patch with its own token."""
     model = small_glare(terms=("local_matching",))
