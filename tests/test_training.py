@@ -93,3 +93,40 @@ def test_no_weight_decay_on_norms_and_biases() -> None:
     assert all(p.ndim <= 1 for p in no_decay["params"])  # type: ignore[union-attr]
     n = len(decay["params"]) + len(no_decay["params"])  # type: ignore[arg-type]
     assert n == len(model.trainable_parameters())
+
+
+def test_bf16_autocast_on_cpu_stays_finite_on_real_images(loader: DataLoader) -> None:
+    model, criterion = small_model()
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    dtypes: list[torch.dtype] = []
+    model.backbone.adapters[0].down.register_forward_hook(
+        lambda module, inputs, out: dtypes.append(out.dtype)
+    )
+    history = pretrain(
+        model,
+        criterion,
+        loader,
+        PretrainConfig(steps=3, base_lr=0.05, amp=True),
+        batch_size=2,
+        log=lambda line: None,
+    )
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # autocast was on
+    assert len(history.terms) == 3
+    for terms in history.terms:
+        assert set(terms) == set(criterion.active_terms)
+        assert all(math.isfinite(value) for value in terms.values())
+    after = model.trainable_parameters()
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in after)
+    changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+    assert sum(changed) > len(changed) // 2
+    assert all(adapter.up.weight.abs().sum() > 0 for adapter in model.backbone.adapters)
+
+
+def test_autocast_is_off_by_default(loader: DataLoader) -> None:
+    model, criterion = small_model()
+    dtypes: list[torch.dtype] = []
+    model.backbone.adapters[0].down.register_forward_hook(
+        lambda module, inputs, out: dtypes.append(out.dtype)
+    )
+    pretrain(model, criterion, loader, PretrainConfig(steps=1), 2, log=print)
+    assert set(dtypes) == {torch.float32}

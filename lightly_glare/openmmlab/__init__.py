@@ -10,6 +10,10 @@ installed stack usable, then registers lightly-glare's components:
 2. :mod:`~lightly_glare.openmmlab.checkpoint` allows the objects mmengine's
    resume checkpoints hold in ``torch.load(weights_only=True)``.
 
+Every registered class checks its config arguments when built
+(:mod:`~lightly_glare.openmmlab.config_validation`); the fail-safe hooks
+(non-finite loss, atomic checkpoints) are in :mod:`~lightly_glare.openmmlab.hooks`.
+
 OpenMMLab configs load it with
 ``custom_imports = dict(imports=["lightly_glare.openmmlab"])``.
 """

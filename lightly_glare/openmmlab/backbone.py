@@ -21,6 +21,7 @@ from lightly_glare.models import (
     load_exported_checkpoint,
 )
 from lightly_glare.models.export import check_architecture
+from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.weights import load_ssl_checkpoint
 
 #: Values of ``GlareViT(checkpoint_type=...)``.
@@ -96,6 +97,7 @@ def resample_pos_embed(
 
 
 @MODELS.register_module()
+@validate_arguments
 class GlareViT(BaseModule):
     """A timm ViT with one UniAdapter per block, as an mmseg backbone.
 

@@ -18,10 +18,16 @@ from lightly_glare.data import (
     AERIAL_ROADS_METAINFO,
     MRI_METAINFO,
 )
+from lightly_glare.openmmlab.config_validation import validate_arguments
 
 
+@validate_arguments
 class PreparedSegDataset(BaseSegDataset):
     """Base of the prepared datasets: PNG images and PNG label maps.
+
+    Its arguments, and those of ``BaseSegDataset`` it forwards, are checked at
+    build time (:func:`~lightly_glare.openmmlab.config_validation.validate_arguments`,
+    inherited by the registered subclasses).
 
     Args:
         img_suffix (str): Suffix of the images. Defaults to '.png'.

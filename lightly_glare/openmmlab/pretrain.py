@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import GLARE
+from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrain_data import derive_seed
 from lightly_glare.training import NonFiniteLossError
 from lightly_glare.weights.ssl_checkpoints import create_vit
@@ -52,6 +53,7 @@ def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
 
 
 @MODELS.register_module()
+@validate_arguments
 class GlarePretrainDataPreprocessor(BaseDataPreprocessor):
     """Moves a collated ``(views, geometry)`` batch to the model's device.
 
@@ -81,6 +83,7 @@ class GlarePretrainDataPreprocessor(BaseDataPreprocessor):
 
 
 @MODELS.register_module()
+@validate_arguments
 class GlarePretrainer(BaseModel):
     """GLARE continual pre-training of a frozen timm ViT as an mmengine model.
 

@@ -19,6 +19,7 @@ from mmseg.registry import DATA_SAMPLERS, DATASETS
 from torch.utils.data import Dataset
 
 from lightly_glare.data.image_folder import ImageFolderDataset
+from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.transforms import GlareTransform
 
 _SEED_STRIDE = 1_000_003  # a prime: distinct (seed, draw) pairs, distinct seeds
@@ -30,6 +31,7 @@ def derive_seed(seed: int, draw: int) -> int:
 
 
 @DATA_SAMPLERS.register_module()
+@validate_arguments
 class GlareInfiniteSampler(InfiniteSampler):
     """mmengine's ``InfiniteSampler`` that also tells the dataset the epoch.
 
@@ -60,6 +62,7 @@ class GlareInfiniteSampler(InfiniteSampler):
 
 
 @DATASETS.register_module()
+@validate_arguments
 class GlarePretrainDataset(Dataset[dict[str, Any]]):
     """An unlabeled image folder with :class:`GlareTransform` for pre-training.
 

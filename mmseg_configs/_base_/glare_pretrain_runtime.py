@@ -65,7 +65,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100,
+    # Atomic writes: a kill while saving never corrupts the latest checkpoint.
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=100,
                     max_keep_ckpts=2, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 custom_hooks = [

@@ -121,6 +121,14 @@ def test_config_imports_plugin_and_uses_glare_vit(name: str) -> None:
     assert cfg.model.decode_head.type == "UPerHead"
 
 
+@pytest.mark.parametrize("name", SEG_CONFIGS)
+def test_config_uses_fail_safe_hooks(name: str) -> None:
+    """Atomic checkpoints; a non-finite loss stops before its checkpoint."""
+    cfg = load(name)
+    assert cfg.default_hooks.checkpoint.type == "AtomicCheckpointHook"
+    assert [hook.type for hook in cfg.custom_hooks] == ["NonFiniteLossHook"]
+
+
 @pytest.mark.parametrize("short", sorted(FULL_NAMES) + sorted(OFFLINE))
 def test_short_name_aliases_full_config(short: str) -> None:
     full = FULL_NAMES.get(short) or next(

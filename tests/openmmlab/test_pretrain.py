@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -195,6 +197,98 @@ def test_resume_repeats_uninterrupted_run(
     assert resumed.keys() == full.keys()
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6)
+
+
+class SimulatedKill(BaseException):
+    """The process dies here: nothing after it runs, no ``except`` catches it."""
+
+
+class DiesHalfway:
+    """A file whose first write matching ``dies`` writes half, then kills."""
+
+    def __init__(self, file: Any, dies: Any) -> None:
+        self.file = file
+        self.dies = dies
+
+    def __enter__(self) -> DiesHalfway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def write(self, data: Any) -> int:
+        if not self.dies(data):
+            return int(self.file.write(data))
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise SimulatedKill(f"killed while writing {self.file.name}")
+
+
+def die_while_writing(monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """Kills the run halfway through writing ``what`` of iteration 3.
+
+    ``'checkpoint'``: the bytes of ``iter_3.pth``; ``'pointer'``: the
+    ``last_checkpoint`` text naming it. Whatever file name the writer uses
+    (the final one or a temporary one) contains ``iter_3.pth`` or
+    ``last_checkpoint``.
+    """
+    real_open = builtins.open
+    part = "iter_3.pth" if what == "checkpoint" else "last_checkpoint"
+
+    def dies(data: Any) -> bool:
+        return what == "checkpoint" or str(data).endswith("iter_3.pth")
+
+    def faulty_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and isinstance(file, str | os.PathLike):
+            if part in Path(file).name:
+                return DiesHalfway(handle, dies)
+        return handle
+
+    monkeypatch.setattr(builtins, "open", faulty_open)
+    monkeypatch.setattr(io, "open", faulty_open)  # pathlib's
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "pointer"])
+def test_kill_while_saving_keeps_latest_checkpoint_and_resumes(
+    full_run: tuple[Path, Runner],
+    image_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
+) -> None:
+    """A kill during saving leaves ``last_checkpoint`` naming a complete file.
+
+    With ``max_keep_ckpts=1``: mmengine's own hook deletes ``iter_2.pth``
+    before writing ``iter_3.pth`` and writes both files in place.
+    """
+    cfg = tiny_cfg(tmp_path, image_dir, max_iters=4)
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 1
+    die_while_writing(monkeypatch, what)
+    with pytest.raises(SimulatedKill):
+        train(cfg)
+    monkeypatch.undo()
+    latest = Path((tmp_path / "last_checkpoint").read_text())
+    assert latest == tmp_path / "iter_2.pth"
+    state = torch.load(latest, weights_only=True)
+    assert state["meta"]["iter"] == 2
+    if what == "checkpoint":
+        assert not (tmp_path / "iter_3.pth").exists()  # no truncated file
+    else:
+        assert torch.load(tmp_path / "iter_3.pth", weights_only=True)["meta"]["iter"]
+    assert list(tmp_path.glob(".*.partial"))  # what the killed run left
+
+    cfg = tiny_cfg(tmp_path, image_dir, max_iters=4)
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 1
+    cfg.resume = True
+    train(cfg)
+    expected = losses(full_run[0])
+    found = losses(tmp_path)
+    for step in (1, 2, 3, 4):
+        assert found[step] == pytest.approx(expected[step], abs=1e-6)
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_4.pth")
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["iter_4.pth"]
+    assert not list(tmp_path.glob(".*.partial"))  # removed when training started
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(
@@ -405,6 +499,7 @@ def test_pretrain_configs(
     assert warmup.end == cosine.begin == iters // 10
     assert cosine.end == iters and cosine.eta_min == 1e-6
     assert [h.type for h in cfg.custom_hooks] == ["GlareTeacherEMAHook"]
+    assert cfg.default_hooks.checkpoint.type == "AtomicCheckpointHook"
     assert cfg.default_hooks.checkpoint.save_last
 
 

@@ -24,3 +24,9 @@ param_scheduler = [
         type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000,
         by_epoch=False),
 ]
+
+# Fail-safe training (every segmentation config inherits this schedule):
+# checkpoints and the last_checkpoint pointer are written atomically, and a NaN
+# or infinite loss stops the run before its weights are checkpointed.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [dict(type='NonFiniteLossHook')]

@@ -1,0 +1,250 @@
+"""Build-time checks of the config arguments of lightly-glare's modules.
+
+mmengine builds a module with ``cls(**cfg)``: a misspelt key fails with
+Python's bare ``unexpected keyword argument`` (or, behind ``**kwargs``, much
+later), and a value of the wrong type (``adapter_bottleneck='64'``) fails deep
+inside the model or not at all. :func:`validate_arguments` makes every
+registered lightly-glare class check its keyword arguments against the
+signature and type annotations of its ``__init__`` before it runs, and raise
+:class:`ConfigArgumentError` naming the module and the key.
+
+Rules:
+
+* Keys must be parameters of ``__init__``. When ``__init__`` takes
+  ``**kwargs``, they are taken to be forwarded to the base class's
+  ``__init__``, whose parameters are then valid as well (recursively); a base
+  without ``__init__`` of its own (``object``) accepts none.
+* Values must match the annotation: ``X | None``, ``Literal``, ``int``
+  (``bool`` is not accepted as a number) and ``float`` (ints accepted), ``str``,
+  ``bool``, ``dict`` / ``Mapping``, ``list`` / ``tuple`` / ``Sequence`` (lists and
+  tuples are interchangeable, as config files and ``--cfg-options`` produce
+  either), ``Callable`` and plain classes, with their element types.
+  Parameters without an annotation, with one that does not resolve, or with
+  another kind (``TypeVar``, ...) are not checked.
+
+Example:
+    >>> @MODELS.register_module()
+    ... @validate_arguments
+    ... class MyHead(BaseModule): ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
+
+ClassT = TypeVar("ClassT", bound=type)
+
+#: Attribute marking an ``__init__`` that already validates its arguments.
+_VALIDATING: Final = "__lightly_glare_validates_arguments__"
+#: ``collections.abc.Callable`` as the runtime class ``get_origin`` returns.
+_CALLABLE: Final[Any] = Callable
+
+
+class ConfigArgumentError(TypeError):
+    """A config gives a module an unknown argument or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ArgumentSpec:
+    """The arguments a class accepts.
+
+    Attributes:
+        positional: Names of ``__init__``'s positional parameters, in order
+            (without ``self``).
+        names: Every accepted keyword, including those a ``**kwargs``
+            forwards to base classes.
+        hints: Resolved annotations by name (unannotated ones absent).
+    """
+
+    positional: tuple[str, ...]
+    names: tuple[str, ...]
+    hints: dict[str, Any]
+
+
+def _resolved_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """The annotations of ``function`` that resolve, one at a time."""
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # one unresolvable annotation: resolve the others alone
+        hints: dict[str, Any] = {}
+        namespace = getattr(function, "__globals__", {})
+        for name, raw in getattr(function, "__annotations__", {}).items():
+            try:  # evaluated in the function's module, as get_type_hints does
+                hints[name] = eval(raw, namespace) if isinstance(raw, str) else raw
+            except Exception:
+                continue
+        return hints
+
+
+def argument_spec(cls: type) -> ArgumentSpec:
+    """What ``cls(...)`` accepts, following ``**kwargs`` to the base classes.
+
+    Args:
+        cls: The class.
+
+    Returns:
+        Its positional parameters, accepted keywords and their annotations.
+    """
+    positional: tuple[str, ...] | None = None
+    names: list[str] = []
+    hints: dict[str, Any] = {}
+    for owner in cls.__mro__:
+        if "__init__" not in vars(owner):
+            continue
+        if owner is object:
+            break
+        init = inspect.unwrap(vars(owner)["__init__"])
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # self
+        if positional is None:
+            positional = tuple(
+                p.name
+                for p in parameters
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            )
+        resolved = _resolved_hints(init)
+        for parameter in parameters:
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if parameter.name not in names:
+                names.append(parameter.name)
+                if parameter.name in resolved:
+                    hints[parameter.name] = resolved[parameter.name]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return ArgumentSpec(positional or (), tuple(names), hints)
+
+
+def describe(hint: Any) -> str:
+    """A readable form of an annotation, e.g. ``int | Sequence[int]``."""
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and not get_args(hint):
+        return hint.__name__
+    return re.sub(r"\b(typing|collections\.abc|builtins)\.", "", str(hint))
+
+
+def _sequence_matches(value: Any, origin: type, args: tuple[Any, ...]) -> bool:
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+    elif isinstance(value, str | bytes) or not isinstance(value, origin):
+        return False
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return len(value) == len(args) and all(
+            matches(item, arg) for item, arg in zip(value, args, strict=True)
+        )
+    return not args or all(matches(item, args[0]) for item in value)
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (see the module docstring).
+
+    Args:
+        value: A config value.
+        hint: A resolved annotation.
+
+    Returns:
+        False only when the annotation is understood and ``value`` violates it.
+    """
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(matches(value, arg) for arg in args)
+    if origin is Literal:
+        return any(type(value) is type(arg) and value == arg for arg in args)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = origin or hint
+    if not isinstance(origin, type):
+        return True  # TypeVar, ForwardRef, ...: not checked
+    if origin is _CALLABLE:
+        return callable(value)
+    if issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            return False
+        return len(args) != 2 or all(
+            matches(key, args[0]) and matches(item, args[1])
+            for key, item in value.items()
+        )
+    if issubclass(origin, Sequence) and origin not in (str, bytes):
+        return _sequence_matches(value, origin, args)
+    try:
+        return isinstance(value, origin)
+    except TypeError:  # a generic alias isinstance cannot check
+        return True
+
+
+def check_arguments(
+    module: str, spec: ArgumentSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Checks keyword names and argument types against ``spec``.
+
+    Args:
+        module: Name used in error messages, e.g. ``'GlareViT'``.
+        spec: What the module accepts (:func:`argument_spec`).
+        args: Positional arguments (checked against the positional parameters).
+        kwargs: Keyword arguments.
+
+    Raises:
+        ConfigArgumentError: A key is not accepted (the message suggests the
+            closest valid key and lists them all) or a value does not match its
+            annotation (the message names the expected and received types).
+    """
+    for key in kwargs:
+        if key not in spec.names:
+            close = difflib.get_close_matches(key, spec.names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            valid = ", ".join(sorted(spec.names)) or "none"
+            raise ConfigArgumentError(
+                f"{module} got an unknown argument {key!r}{hint}. Valid arguments: "
+                f"{valid}."
+            )
+    for key, value in (dict(zip(spec.positional, args, strict=False)) | kwargs).items():
+        if key in spec.hints and not matches(value, spec.hints[key]):
+            raise ConfigArgumentError(
+                f"{module} argument {key!r} expects {describe(spec.hints[key])}, "
+                f"got {type(value).__name__} {value!r:.100}."
+            )
+
+
+def validate_arguments(cls: ClassT) -> ClassT:
+    """Class decorator: ``cls(...)`` checks its arguments before ``__init__``.
+
+    The check (:func:`check_arguments`) runs however the class is built:
+    directly or by an mmengine registry (``MODELS.build(cfg)``, the Runner's
+    hooks, datasets and samplers). A subclass of a decorated class is checked
+    by the inherited ``__init__`` (under its own name); decorating it too is
+    harmless.
+
+    Args:
+        cls: The class.
+
+    Returns:
+        ``cls``, whose ``__init__`` now validates.
+    """
+    init = cls.__init__  # type: ignore[misc]
+    if getattr(init, _VALIDATING, False):
+        return cls
+    spec = argument_spec(cls)
+
+    @functools.wraps(init)
+    def validating_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        check_arguments(type(self).__name__, spec, args, kwargs)
+        init(self, *args, **kwargs)
+
+    setattr(validating_init, _VALIDATING, True)
+    cls.__init__ = validating_init  # type: ignore[misc]
+    return cls
