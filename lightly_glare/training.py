@@ -8,17 +8,23 @@ mmengine.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from lightly_glare.loss import GlareLoss
+from lightly_glare.data import ImageFolderDataset
+from lightly_glare.loss import ALL_TERMS, GlareLoss
 from lightly_glare.models import GLARE
+from lightly_glare.transforms import GlareTransform
+from lightly_glare.weights import create_vit
 
 #: A lightly-style batch: ``((views, geometry), targets, filenames)``.
 Batch = tuple[tuple[list[Tensor], Tensor], Any, Any]
@@ -43,6 +49,10 @@ class PretrainConfig:
             ``momentum_end``).
         momentum_end: EMA momentum at the last step.
         log_every: Print progress every this many steps.
+        amp: Mixed precision: forward and loss under ``torch.autocast`` with
+            bfloat16 on the device's type (CUDA or CPU; fp32's exponent range,
+            so no loss scaling). The weights, gradients and optimizer state
+            stay fp32.
     """
 
     steps: int
@@ -54,6 +64,7 @@ class PretrainConfig:
     momentum_start: float = 0.996
     momentum_end: float = 1.0
     log_every: int = 10
+    amp: bool = False
 
 
 @dataclass
@@ -99,7 +110,15 @@ def learning_rate(step: int, peak: float, config: PretrainConfig) -> float:
 
 def _endless(batches: Iterable[Batch]) -> Iterator[Batch]:
     while True:
-        yield from batches
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(
+                "No batches to train on: the data holds fewer images than one "
+                "batch (a DataLoader with drop_last=True yields nothing then)."
+            )
 
 
 def pretrain(
@@ -114,9 +133,9 @@ def pretrain(
     """Runs GLARE continual pre-training for ``config.steps`` steps.
 
     Each step: EMA teacher update (cosine momentum), forward of both views,
-    :class:`GlareLoss`, backward, gradient clipping, AdamW step. bf16 autocast on
-    CUDA. A non-finite loss stops with :class:`NonFiniteLossError` before the
-    weights are touched.
+    :class:`GlareLoss`, backward, gradient clipping, AdamW step; bf16 autocast
+    with ``config.amp``. A non-finite loss stops with :class:`NonFiniteLossError`
+    before the weights are touched.
 
     Args:
         model: The GLARE model (already on ``device``).
@@ -136,7 +155,6 @@ def pretrain(
     peak = config.base_lr * batch_size / 256
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=peak)
     history = PretrainHistory()
-    use_bf16 = torch.device(device).type == "cuda"
     start = time.perf_counter()
     model.train()
     for step, ((views, geometry), _, _) in zip(
@@ -150,7 +168,9 @@ def pretrain(
             )
         )
         views = [view.to(device, non_blocking=True) for view in views]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(
+            torch.device(device).type, dtype=torch.bfloat16, enabled=config.amp
+        ):
             loss = criterion(model(views, geometry.to(device)))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -176,3 +196,108 @@ def pretrain(
             )
     history.seconds = time.perf_counter() - start
     return history
+
+
+@dataclass
+class FolderPretraining:
+    """GLARE continual pre-training of a local SSL checkpoint on an image folder.
+
+    The whole job of :func:`pretrain_folder`, as used by ``tools/demo.py`` and
+    the experiment tools: build the ViT, loss and model, train, export.
+
+    Attributes:
+        arch: timm model name of the checkpoint.
+        checkpoint: Local SSL checkpoint (any layout
+            :func:`~lightly_glare.weights.create_vit` reads).
+        folder: Unlabeled images (searched recursively).
+        img_size: Input size of the views (a multiple of the patch size).
+        steps: Optimizer steps.
+        batch_size: Images per step.
+        seed: Seed of head initialisation, data order and augmentations.
+        weights: Weight of each term (``global``, ``regional``,
+            ``local_distortion``, ``local_matching``); a term left out has
+            weight 1, a term weighted 0 is not computed.
+        output_dim: Output size of the projection heads (spec: 8192).
+        hidden_dim: Hidden size of the heads (DINO: 2048).
+        workers: DataLoader worker processes.
+        base_lr: Learning rate per 256 images.
+        amp: bf16 autocast; None: on CUDA only (GLARE spec §8).
+    """
+
+    arch: str
+    checkpoint: str | Path
+    folder: str | os.PathLike[str]
+    img_size: int
+    steps: int
+    batch_size: int = 16
+    seed: int = 0
+    weights: Mapping[str, float] = field(default_factory=dict)
+    output_dim: int = 8192
+    hidden_dim: int = 2048
+    workers: int = 2
+    base_lr: float = 5e-4
+    amp: bool | None = None
+
+
+def pretrain_folder(
+    job: FolderPretraining,
+    out: str | Path,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[Path, PretrainHistory]:
+    """Runs ``job`` and exports the adapted backbone (teacher adapters).
+
+    Args:
+        job: What to train.
+        out: Destination of the export (written atomically).
+        device: Where to train.
+        log: Progress printer.
+
+    Returns:
+        The export's path and the training history.
+    """
+    torch.manual_seed(job.seed)
+    vit = create_vit(job.arch, checkpoint=job.checkpoint, img_size=job.img_size)
+    unknown = set(job.weights) - set(ALL_TERMS)
+    if unknown:
+        raise ValueError(f"Unknown terms {sorted(unknown)}; terms are {ALL_TERMS}.")
+    weights = {term: job.weights.get(term, 1.0) for term in ALL_TERMS}
+    criterion = GlareLoss(
+        output_dim=job.output_dim,
+        global_weight=weights["global"],
+        regional_weight=weights["regional"],
+        local_distortion_weight=weights["local_distortion"],
+        local_matching_weight=weights["local_matching"],
+    ).to(device)
+    model = GLARE(
+        vit,
+        terms=criterion.active_terms,
+        output_dim=job.output_dim,
+        hidden_dim=job.hidden_dim,
+    ).to(device)
+    log(f"  terms {model.terms}; {model.backbone.report}")
+    dataset = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
+    loader = DataLoader(
+        dataset,
+        batch_size=job.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=job.workers,
+        generator=torch.Generator().manual_seed(job.seed),
+    )
+    history = pretrain(
+        model,
+        criterion,
+        loader,
+        PretrainConfig(
+            steps=job.steps,
+            base_lr=job.base_lr,
+            amp=torch.device(device).type == "cuda" if job.amp is None else job.amp,
+        ),
+        batch_size=job.batch_size,
+        device=device,
+        log=log,
+    )
+    log(f"  {len(dataset)} images, {job.steps} steps in {history.seconds:.0f}s")
+    meta = {"timm_name": job.arch, "img_size": job.img_size, "seed": job.seed}
+    return model.export_backbone(out, extra_meta=meta), history

