@@ -35,6 +35,26 @@ def architecture_of(backbone: UniAdapterViT) -> dict[str, Any]:
     }
 
 
+def replace_durably(partial: Path, target: Path) -> None:
+    """Flushes ``partial`` to disk and renames it over ``target``, durably.
+
+    The file's data is ``fsync``-ed before the rename and the folder after it,
+    so that after a crash ``target`` is either the old or the new complete file.
+
+    Args:
+        partial: A fully written file in ``target``'s folder.
+        target: The destination.
+    """
+    with partial.open("rb") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, target)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself
+    finally:
+        os.close(folder)
+
+
 def save_atomic(obj: object, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename.
 
@@ -56,7 +76,7 @@ def save_atomic(obj: object, path: str | Path) -> Path:
         umask = os.umask(0)  # mkstemp creates 0600 files: apply the usual mode
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
+        replace_durably(Path(tmp_name), path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

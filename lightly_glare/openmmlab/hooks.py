@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
+from lightly_glare.models.export import replace_durably
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrain import GlarePretrainer
 from lightly_glare.training import NonFiniteLossError
@@ -152,18 +152,6 @@ class NonFiniteLossHook(Hook):
         )
 
 
-def _commit(partial: Path, target: Path) -> None:
-    """Flushes ``partial`` to disk and renames it over ``target``, durably."""
-    with partial.open("rb") as file:
-        os.fsync(file.fileno())
-    os.replace(partial, target)
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself
-    finally:
-        os.close(folder)
-
-
 @HOOKS.register_module()
 @validate_arguments
 class AtomicCheckpointHook(CheckpointHook):
@@ -234,11 +222,11 @@ class AtomicCheckpointHook(CheckpointHook):
         )
         if not is_main_process():
             return
-        _commit(Path(self.out_dir) / partial, Path(self.last_ckpt))
+        replace_durably(Path(self.out_dir) / partial, Path(self.last_ckpt))
         pointer = Path(runner.work_dir) / "last_checkpoint"
         pointer_partial = pointer.with_name(f".{pointer.name}{PARTIAL_SUFFIX}")
         pointer_partial.write_text(self.last_ckpt)
-        _commit(pointer_partial, pointer)
+        replace_durably(pointer_partial, pointer)
         if outdated is not None:
             old = Path(self.out_dir) / self.filename_tmpl.format(outdated)
             old.unlink(missing_ok=True)
