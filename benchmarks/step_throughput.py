@@ -3,13 +3,19 @@
 Both steps use the same frozen timm backbone with the same UniAdapters, the same
 heads, batch and resolution. The DINO step is GLARE restricted to the global term
 (lightly's DINOLoss on [CLS]) without patch augmentation; the GLARE step computes
-all four terms. Optionally also measures the end-to-end step with data loading
-and GlareTransform augmentation from an image folder.
+all four terms, once per value of ``--local-patches-per-view`` (the local terms'
+patch pairs per image and view; ``all``: every valid patch). Optionally also
+measures the end-to-end step with data loading and GlareTransform augmentation
+from an image folder.
 
 Examples:
     # CPU, small sizes (about a minute)
     python benchmarks/step_throughput.py --models vit_small_patch16_224 \
         --img-size 112 --batch 16 --steps 5
+    # CPU, every valid patch against 8, 16 and 32 sampled pairs
+    python benchmarks/step_throughput.py --models vit_small_patch16_224 \
+        --img-size 112 --batch 16 --steps 3 --warmup 1 \
+        --local-patches-per-view all 8 16 32
     # GPU, real sizes, bf16
     python benchmarks/step_throughput.py --device cuda --batch 256 --img-size 224
 """
@@ -22,10 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GLOBAL, GlareLoss
@@ -66,20 +75,58 @@ def parse_args() -> argparse.Namespace:
         help="image folder for the end-to-end measurement (skipped when absent)",
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--local-patches-per-view",
+        nargs="+",
+        type=patch_count,
+        default=[None],
+        metavar="K",
+        help="GLARE(local_patches_per_view=K) values to measure; 'all' (default): "
+        "every valid patch",
+    )
+    parser.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="also count matmul/conv/attention FLOPs per image of one step "
+        "(torch.utils.flop_counter; load-independent, unlike images/s)",
+    )
+    parser.add_argument("--output-dim", type=int, default=8192)
+    parser.add_argument(
+        "--patch-output-dim", type=int, default=None, help="default: --output-dim"
+    )
+    parser.add_argument(
+        "--hidden-dim", type=int, default=2048, help="hidden size of every head"
+    )
     return parser.parse_args()
 
 
+def patch_count(value: str) -> int | None:
+    return None if value == "all" else int(value)
+
+
 def build(
-    name: str, img_size: int, terms: tuple[str, ...], device: str
+    name: str,
+    terms: tuple[str, ...],
+    args: argparse.Namespace,
+    local_patches_per_view: int | None = None,
 ) -> tuple[GLARE, GlareLoss]:
-    size = img_size - img_size % (14 if "patch14" in name else 16)
+    size = args.img_size - args.img_size % (14 if "patch14" in name else 16)
     vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=size)
-    weights = {term: 1.0 if term in terms else 0.0 for term in ALL_TERMS}
-    criterion = GlareLoss(**{f"{term}_weight": w for term, w in weights.items()})
-    model = GLARE(vit, terms=criterion.active_terms)
+    dims = {"output_dim": args.output_dim, "patch_output_dim": args.patch_output_dim}
+    weights: dict[str, Any] = {
+        f"{term}_weight": 1.0 if term in terms else 0.0 for term in ALL_TERMS
+    }
+    criterion = GlareLoss(**dims, **weights)
+    model = GLARE(
+        cast(VisionTransformer, vit),
+        terms=criterion.active_terms,
+        hidden_dim=args.hidden_dim,
+        local_patches_per_view=local_patches_per_view,
+        **dims,
+    )
     if terms == (GLOBAL,):
         model.patch_augmentation = None
-    return model.to(device), criterion.to(device)
+    return model.to(args.device), criterion.to(args.device)
 
 
 def synthetic_batches(batch: int, size: int, device: str) -> Iterator[Batch]:
@@ -113,8 +160,11 @@ def time_steps(
     criterion: GlareLoss,
     batches: Iterator[Batch],
     args: argparse.Namespace,
-) -> tuple[float, float]:
-    """Returns (images/s, peak memory in GiB) of full training steps."""
+) -> tuple[float, float, float | None]:
+    """Returns (images/s, peak memory in GiB, GFLOPs per image or None).
+
+    With ``--count-flops`` the first untimed step runs under a FLOP counter.
+    """
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
     autocast: Callable[[], object] = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
@@ -131,7 +181,12 @@ def time_steps(
         optimizer.step()
         model.update_teacher(0.996)
 
-    for _ in range(args.warmup):
+    gflops = None
+    if args.count_flops:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        gflops = counter.get_total_flops() / args.batch / 1e9
+    for _ in range(args.warmup - int(args.count_flops)):  # counted step included
         step()
     if args.device == "cuda":
         torch.cuda.synchronize()
@@ -144,23 +199,29 @@ def time_steps(
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process
-    return args.steps * args.batch / (time.perf_counter() - start), peak
+    speed = args.steps * args.batch / (time.perf_counter() - start)
+    return speed, peak, gflops
 
 
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"device={args.device} batch={args.batch} image={args.img_size}px")
-    header = f"{'model':28s} {'step':18s} {'img/s':>9s} {'peak GiB':>9s}"
+    print(
+        f"device={args.device} batch={args.batch} image={args.img_size}px "
+        f"heads: hidden={args.hidden_dim} output={args.output_dim} "
+        f"patch_output={args.patch_output_dim or args.output_dim}"
+    )
+    header = f"{'model':28s} {'step':18s} {'img/s':>9s} {'peak GiB':>9s} GFLOP/img"
     print(header)
     for name in args.models:
+        dino = "dino (2 views)"
         results = {}
-        for label, terms in (
-            ("dino (2 views)", (GLOBAL,)),
-            ("glare (4 terms)", ALL_TERMS),
-        ):
-            model, criterion = build(name, args.img_size, terms, args.device)
+        for label, terms, count in [(dino, (GLOBAL,), None)] + [
+            (f"glare K={count or 'all'}", ALL_TERMS, count)
+            for count in args.local_patches_per_view
+        ]:
+            model, criterion = build(name, terms, args, count)
             if args.compile:
                 compiled = torch.compile(model.backbone.vit)
                 model.backbone.vit = compiled  # type: ignore[assignment]
@@ -168,8 +229,9 @@ def main() -> None:
             results[label] = time_steps(
                 model, criterion, synthetic_batches(args.batch, size, args.device), args
             )
-            speed, peak = results[label]
-            print(f"{name:28s} {label:18s} {speed:9.1f} {peak:9.2f}")
+            speed, peak, gflops = results[label]
+            flops = "" if gflops is None else f" {gflops:9.2f}"
+            print(f"{name:28s} {label:18s} {speed:9.1f} {peak:9.2f}{flops}")
             if label.startswith("glare") and args.data_dir is not None:
                 e2e = time_steps(
                     model,
@@ -183,8 +245,12 @@ def main() -> None:
                     f"{name:28s} {'glare + loading':18s} {e2e[0]:9.1f} {e2e[1]:9.2f}"
                     f"   (x{e2e[0] / results[label][0]:.2f} of compute-only)"
                 )
-        ratio = results["glare (4 terms)"][0] / results["dino (2 views)"][0]
-        print(f"{name:28s} {'glare / dino':18s} {ratio:9.3f}")
+        dino_speed, _, dino_gflops = results.pop(dino)
+        for label, (speed, _, gflops) in results.items():
+            cost = ""
+            if gflops is not None and dino_gflops is not None:
+                cost = f"   (dino/glare FLOPs {dino_gflops / gflops:.3f})"
+            print(f"{name:28s} {label + ' / dino':18s} {speed / dino_speed:9.3f}{cost}")
 
 
 if __name__ == "__main__":

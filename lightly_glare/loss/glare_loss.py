@@ -165,7 +165,7 @@ class GlareLoss(nn.Module):
                 )
             pair = output.pairs[term]
             terms[term] = self.pair_losses[term](
-                pair.student, pair.teacher, teacher_temp=temp
+                pair.student, pair.teacher, teacher_temp=temp, valid=pair.valid
             )
         self.last_terms = {name: value.detach() for name, value in terms.items()}
         return sum(

@@ -21,10 +21,14 @@ class MatchedPair:
     Attributes:
         student: Student head outputs, shape (M, K); carries gradients.
         teacher: Teacher head outputs for the same items, shape (M, K).
+        valid: Which of the M pairs count, shape (M,) (bool); None: all of them.
+            Fixed-size pair sampling (``GLARE(local_patches_per_view=...)``)
+            pads images with fewer candidates than samples with invalid pairs.
     """
 
     student: Tensor
     teacher: Tensor
+    valid: Tensor | None = None
 
 
 @dataclass

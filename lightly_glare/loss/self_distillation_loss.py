@@ -16,7 +16,9 @@ class SelfDistillationLoss(nn.Module):
     loss ``= mean_m -sum_k P_t log P_s``. The center c is an exponential moving
     average of the teacher outputs, ``c <- mu c + (1 - mu) mean(t)``, computed
     from sums and counts all-reduced across ranks so that a rank with no pair
-    (e.g. no region survived) neither deadlocks nor divides by zero. Follows
+    (e.g. no region survived) neither deadlocks nor divides by zero. An optional
+    validity mask restricts both means to the valid pairs (fixed-shape batches
+    padded with invalid pairs give the loss of their valid pairs alone). Follows
     DINO's ``DINOLoss`` and iBOT's patch loss (``lightly.loss.IBOTPatchLoss``), for
     pairs that are already matched.
 
@@ -57,7 +59,11 @@ class SelfDistillationLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, output_dim))
 
     def forward(
-        self, student: Tensor, teacher: Tensor, teacher_temp: float | None = None
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        teacher_temp: float | None = None,
+        valid: Tensor | None = None,
     ) -> Tensor:
         """Computes the loss and updates the center.
 
@@ -65,15 +71,24 @@ class SelfDistillationLoss(nn.Module):
             student: Student head outputs, shape (M, K).
             teacher: Teacher head outputs for the same M items, shape (M, K).
             teacher_temp: Overrides the teacher temperature (for warm-up).
+            valid: Optional boolean mask of the pairs that count, shape (M,);
+                invalid pairs enter neither the loss nor the center. None: all.
 
         Returns:
-            The mean cross-entropy over the M pairs (0 when M is 0, still
-            connected to the student graph).
+            The mean cross-entropy over the (valid) pairs (0 when there is none,
+            still connected to the student graph).
         """
         if student.shape != teacher.shape or student.ndim != 2:
             raise ValueError(
                 "Expected student and teacher outputs of equal shape (M, K), got "
                 f"{tuple(student.shape)} and {tuple(teacher.shape)}."
+            )
+        if valid is not None and (
+            valid.dtype != torch.bool or valid.shape != student.shape[:1]
+        ):
+            raise ValueError(
+                f"Expected a boolean valid mask of shape ({student.shape[0]},), got "
+                f"shape {tuple(valid.shape)} and dtype {valid.dtype}."
             )
         if student.shape[1] != self.output_dim:
             raise ValueError(
@@ -84,16 +99,28 @@ class SelfDistillationLoss(nn.Module):
         teacher_probs = F.softmax((teacher - self.center) / temp, dim=-1)  # (M, K)
         student_log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)
         per_item = -(teacher_probs * student_log_probs).sum(dim=-1)  # (M,)
-        loss = per_item.sum() / max(student.shape[0], 1)
-        self.update_center(teacher)
+        if valid is None:
+            loss = per_item.sum() / max(student.shape[0], 1)
+        else:  # no host sync: the count stays a tensor
+            count = valid.sum(dtype=per_item.dtype).clamp_min(1.0)
+            loss = torch.where(valid, per_item, 0.0).sum() / count
+        self.update_center(teacher, valid)
         return loss
 
     @torch.no_grad()
-    def update_center(self, teacher: Tensor) -> None:
-        """Moves the center towards the mean of ``teacher`` (M, K), across ranks."""
-        stats = torch.cat(
-            [teacher.sum(dim=0), teacher.new_full((1,), float(teacher.shape[0]))]
-        )  # (K + 1,): sum of outputs and count
+    def update_center(self, teacher: Tensor, valid: Tensor | None = None) -> None:
+        """Moves the center towards the mean of ``teacher`` across ranks.
+
+        Args:
+            teacher: Teacher head outputs, shape (M, K).
+            valid: Optional boolean mask of the rows to average, shape (M,).
+        """
+        if valid is None:
+            count = teacher.new_full((1,), float(teacher.shape[0]))
+        else:
+            teacher = teacher.masked_fill(~valid[:, None], 0.0)  # (M, K)
+            count = valid.sum(dtype=teacher.dtype)[None]  # (1,)
+        stats = torch.cat([teacher.sum(dim=0), count])  # (K + 1,): sum and count
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         total, count = stats[:-1], stats[-1]

@@ -31,10 +31,40 @@ from lightly_glare.transforms.geometry import (
     map_patch_centers,
     transfer_masks,
 )
-from lightly_glare.transforms.patch_augmentations import PatchAugmentation, PatchBlur
+from lightly_glare.transforms.patch_augmentations import (
+    PatchAugmentation,
+    PatchBlur,
+    _rand,
+)
 
 RegionMatch = Literal["geometry", "attention"]
 LocalPatches = Literal["distorted", "all"]
+
+
+def _sample_patches(
+    candidates: Tensor, count: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Draws a fixed number of patches per row, uniformly among the candidates.
+
+    The patches with the ``count`` largest uniform random scores, candidates
+    ranked before every other patch (masked ``topk``): a uniform random subset
+    of the candidates, or all of them plus non-candidates as padding when a row
+    has fewer than ``count``. Shapes never depend on the data and nothing
+    synchronises with the host.
+
+    Args:
+        candidates: Boolean mask of the patches to sample from, shape (B, N).
+        count: Patches drawn per row; capped at N.
+        generator: Optional random generator.
+
+    Returns:
+        ``(index, valid)``, each with shape (B, min(count, N)): the drawn patch
+        indices (distinct within a row) and whether each one is a candidate.
+    """
+    scores = _rand(candidates.shape, generator, candidates.device)  # (B, N), [0, 1)
+    scores = scores.masked_fill(~candidates, -1.0)  # candidates rank first
+    index = scores.topk(min(count, candidates.shape[1]), dim=1).indices  # (B, K)
+    return index, candidates.gather(1, index)
 
 
 class GLARE(nn.Module):
@@ -79,6 +109,8 @@ class GLARE(nn.Module):
         patch_augmentation: The student's patch-level augmentation (None: the
             student sees the clean views and L_loc1 is unavailable).
         terms: The terms computed by :meth:`forward`.
+        local_patches_per_view: Patch pairs per image and view of each local
+            term (None: every valid patch).
 
     Examples:
         >>> vit = timm.create_model("vit_small_patch16_224", num_classes=0)
@@ -107,6 +139,7 @@ class GLARE(nn.Module):
         region_match: RegionMatch = "geometry",
         min_region_patches: int = 2,
         local_distortion_patches: LocalPatches = "distorted",
+        local_patches_per_view: int | None = None,
     ) -> None:
         """Builds student and teacher.
 
@@ -146,6 +179,16 @@ class GLARE(nn.Module):
                 view is skipped. Defaults to 2 (ours).
             local_distortion_patches: ``"distorted"`` (default) compares only the
                 distorted patches in L_loc1; ``"all"`` compares every patch.
+            local_patches_per_view: Cost bound (ours): each local term uses K
+                patch pairs per image and view, drawn uniformly (with the step's
+                ``generator``) from its valid patches (L_loc1: the distorted ones;
+                L_loc2: those whose centre lies inside the other view), so that
+                the patch heads see ``2 * B * K`` tokens per term instead of
+                hundreds per image, with fixed shapes (no host sync). An image
+                with fewer valid patches contributes all of them (the remaining
+                slots are marked invalid in :attr:`MatchedPair.valid`). K is
+                capped at the number of patches. None (default): every valid
+                patch.
         """
         super().__init__()
         unknown = set(terms) - set(ALL_TERMS)
@@ -161,6 +204,11 @@ class GLARE(nn.Module):
             raise ValueError(
                 "local_distortion_patches must be 'distorted' or 'all', got "
                 f"{local_distortion_patches!r}."
+            )
+        if local_patches_per_view is not None and local_patches_per_view < 1:
+            raise ValueError(
+                "local_patches_per_view must be None or a positive integer, got "
+                f"{local_patches_per_view}."
             )
         self.terms = tuple(term for term in ALL_TERMS if term in terms)
         if patch_augmentation is None and LOCAL_DISTORTION in self.terms:
@@ -191,6 +239,7 @@ class GLARE(nn.Module):
         self.region_match = region_match
         self.min_region_patches = min_region_patches
         self.local_distortion_patches = local_distortion_patches
+        self.local_patches_per_view = local_patches_per_view
         # lightly's heads use torch.nn.utils.weight_norm, which cannot be
         # deep-copied: the teacher gets fresh heads loaded with the student's state.
         teacher_head, teacher_patch_head = new_heads()
@@ -271,8 +320,8 @@ class GLARE(nn.Module):
                 normalised as the backbone expects.
             geometry: Crop geometry of the views, shape (B, 2, 5), as produced
                 by :class:`~lightly_glare.transforms.GlareTransform`.
-            generator: Optional generator for the patch augmentation and the
-                region sampler (reproducibility).
+            generator: Optional generator for the patch augmentation, the
+                region sampler and the local pair sampling (reproducibility).
 
         Returns:
             The :class:`~lightly_glare.loss.GlareOutput` for ``GlareLoss``.
@@ -310,17 +359,25 @@ class GLARE(nn.Module):
         output.patch_masks = (
             None if patch_masks is None else patch_masks.unflatten(0, (2, batch))
         )
+        regions = None
+        if REGIONAL in self.terms:
+            assert teacher.cls_attention is not None  # requested above
+            # Drawn before the local pair sampling: local_patches_per_view
+            # leaves the regions unchanged.
+            regions = self.region_sampler(
+                teacher.cls_attention, generator
+            )  # (2B, R, N), (2B, R)
         if needs_distortion and patch_masks is not None:
             output.pairs[LOCAL_DISTORTION] = self._local_distortion(
-                student, teacher, patch_masks
+                student, teacher, patch_masks, generator
             )
         if LOCAL_MATCHING in self.terms:
             output.pairs[LOCAL_MATCHING] = self._local_matching(
-                student, teacher, geometry, grid
-            )
-        if REGIONAL in self.terms:
-            output.pairs[REGIONAL], output.region_masks = self._regional(
                 student, teacher, geometry, grid, generator
+            )
+        if regions is not None:
+            output.pairs[REGIONAL], output.region_masks = self._regional(
+                student, teacher, geometry, grid, *regions
             )
         return output
 
@@ -341,25 +398,74 @@ class GLARE(nn.Module):
         )
 
     def _project_pair(
-        self, student_tokens: Tensor, teacher_tokens: Tensor, head: str
+        self,
+        student_tokens: Tensor,
+        teacher_tokens: Tensor,
+        head: str,
+        valid: Tensor | None = None,
     ) -> MatchedPair:
         student_head = self.student_head if head == "head" else self.student_patch_head
         with torch.no_grad():
             teacher = self.teacher[head](teacher_tokens)  # (M, K)
-        return MatchedPair(student=student_head(student_tokens), teacher=teacher)
+        return MatchedPair(
+            student=student_head(student_tokens), teacher=teacher, valid=valid
+        )
+
+    def _local_pair(
+        self,
+        student_tokens: Tensor,
+        teacher_tokens: Tensor,
+        candidates: Tensor,
+        generator: torch.Generator | None,
+    ) -> MatchedPair:
+        """Projects the patch pairs of a local term through the patch heads.
+
+        Args:
+            student_tokens: Student patch tokens, shape (2B, N, D).
+            teacher_tokens: The teacher's target for each student patch, shape
+                (2B, N, D).
+            candidates: Boolean mask of the valid pairs, shape (2B, N).
+            generator: Generator of the pair sampling.
+
+        Returns:
+            Every valid pair (M = number of candidates) or, with
+            ``local_patches_per_view`` K, K sampled per row (M = 2B * K) with
+            their validity.
+        """
+        if self.local_patches_per_view is None:
+            return self._project_pair(
+                student_tokens[candidates],  # (M, D)
+                teacher_tokens[candidates],  # (M, D)
+                head="patch_head",
+            )
+        index, valid = _sample_patches(
+            candidates, self.local_patches_per_view, generator
+        )  # (2B, K), (2B, K)
+        index = index[..., None].expand(-1, -1, student_tokens.shape[-1])  # (2B,K,D)
+        return self._project_pair(
+            student_tokens.gather(1, index).flatten(0, 1),  # (2B * K, D)
+            teacher_tokens.gather(1, index).flatten(0, 1),  # (2B * K, D)
+            head="patch_head",
+            valid=valid.flatten(),  # (2B * K,)
+        )
 
     def _local_distortion(
-        self, student: BackboneOutput, teacher: BackboneOutput, patch_masks: Tensor
+        self,
+        student: BackboneOutput,
+        teacher: BackboneOutput,
+        patch_masks: Tensor,
+        generator: torch.Generator | None,
     ) -> MatchedPair:
         selected = (
             patch_masks
             if self.local_distortion_patches == "distorted"
             else torch.ones_like(patch_masks)
         )  # (2B, N)
-        return self._project_pair(
-            self._patch_tokens(student)[selected],  # (M, D)
-            self._patch_tokens(teacher)[selected],  # (M, D)
-            head="patch_head",
+        return self._local_pair(
+            self._patch_tokens(student),
+            self._patch_tokens(teacher),
+            selected,
+            generator,
         )
 
     def _local_matching(
@@ -368,19 +474,21 @@ class GLARE(nn.Module):
         teacher: BackboneOutput,
         geometry: Tensor,
         grid: tuple[int, int],
+        generator: torch.Generator | None,
     ) -> MatchedPair:
-        student_patches = self._patch_tokens(student).chunk(2)  # 2 x (B, N, D)
-        teacher_patches = self._patch_tokens(teacher).chunk(2)
-        student_selected, teacher_selected = [], []
+        teacher_patches = self._patch_tokens(teacher).chunk(2)  # 2 x (B, N, D)
+        targets, inside = [], []
         for a, b in ((0, 1), (1, 0)):
-            coords, inside = map_patch_centers(
+            coords, inside_b = map_patch_centers(
                 geometry[:, a], geometry[:, b], grid, grid
             )  # (B, N, 2), (B, N)
-            targets = bilinear_gather(teacher_patches[b], coords, grid)  # (B, N, D)
-            student_selected.append(student_patches[a][inside])  # (M_a, D)
-            teacher_selected.append(targets[inside])  # (M_a, D)
-        return self._project_pair(
-            torch.cat(student_selected), torch.cat(teacher_selected), "patch_head"
+            targets.append(bilinear_gather(teacher_patches[b], coords, grid))  # (B,N,D)
+            inside.append(inside_b)
+        return self._local_pair(
+            self._patch_tokens(student),  # (2B, N, D): views a = 0, 1
+            torch.cat(targets),  # (2B, N, D): view b's teacher tokens there
+            torch.cat(inside),  # (2B, N)
+            generator,
         )
 
     def _regional(
@@ -389,11 +497,11 @@ class GLARE(nn.Module):
         teacher: BackboneOutput,
         geometry: Tensor,
         grid: tuple[int, int],
-        generator: torch.Generator | None,
+        region_masks: Tensor,
+        region_valid: Tensor,
     ) -> tuple[MatchedPair, Tensor]:
-        assert teacher.cls_attention is not None  # requested in forward
-        masks, valid = self.region_sampler(teacher.cls_attention, generator)
-        masks, valid = masks.chunk(2), valid.chunk(2)  # 2 x (B, R, N), 2 x (B, R)
+        masks = region_masks.chunk(2)  # 2 x (B, R, N)
+        valid = region_valid.chunk(2)  # 2 x (B, R)
         student_cls = student.tokens[:, 0].chunk(2)  # 2 x (B, D)
         teacher_cls = teacher.tokens[:, 0].chunk(2)
         student_patches = self._patch_tokens(student).chunk(2)  # 2 x (B, N, D)

@@ -83,6 +83,22 @@ def test_total_is_weighted_sum_of_terms() -> None:
     )
 
 
+def test_pair_validity_restricts_each_term_to_its_valid_pairs() -> None:
+    output = make_output()
+    subsets: dict[str, MatchedPair] = {}
+    for term, pair in output.pairs.items():
+        pair.valid = torch.rand(pair.student.shape[0]) < 0.5
+        pair.valid[0] = True
+        subsets[term] = MatchedPair(pair.student[pair.valid], pair.teacher[pair.valid])
+    masked, subset = GlareLoss(output_dim=32), GlareLoss(output_dim=32)
+    masked(output)
+    subset(GlareOutput(output.student_global, output.teacher_global, subsets))
+    for term in ALL_TERMS:
+        torch.testing.assert_close(masked.last_terms[term], subset.last_terms[term])
+    for term, loss_fn in masked.pair_losses.items():
+        torch.testing.assert_close(loss_fn.center, subset.pair_losses[term].center)
+
+
 def test_missing_term_is_a_clear_error() -> None:
     output = make_output()
     del output.pairs["regional"]

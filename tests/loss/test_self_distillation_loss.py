@@ -54,9 +54,42 @@ def test_empty_pairs_give_zero_and_keep_center() -> None:
     assert torch.equal(loss_fn.center, torch.full((1, 8), 0.5))
 
 
+@pytest.mark.parametrize("m", [1, 6])
+def test_valid_mask_counts_only_valid_pairs(m: int) -> None:
+    masked, subset = SelfDistillationLoss(output_dim=16), SelfDistillationLoss(16)
+    masked.center.normal_()
+    subset.center.copy_(masked.center)
+    student = torch.randn(m + 3, 16, requires_grad=True)
+    teacher = torch.randn(m + 3, 16)
+    valid = torch.zeros(m + 3, dtype=torch.bool)
+    valid[torch.randperm(m + 3)[:m]] = True
+    teacher[~valid] = 1e4  # padding that would dominate loss and center
+    loss = masked(student, teacher, valid=valid)
+    torch.testing.assert_close(loss, subset(student[valid], teacher[valid]))
+    torch.testing.assert_close(masked.center, subset.center)
+    loss.backward()
+    assert student.grad is not None
+    assert (student.grad[~valid] == 0).all() and (student.grad[valid] != 0).any()
+
+
+def test_no_valid_pair_gives_zero_and_keeps_center() -> None:
+    loss_fn = SelfDistillationLoss(output_dim=8)
+    loss_fn.center.fill_(0.5)
+    student = torch.randn(4, 8, requires_grad=True)
+    valid = torch.zeros(4, dtype=torch.bool)
+    loss = loss_fn(student, torch.randn(4, 8), valid=valid)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(loss_fn.center, torch.full((1, 8), 0.5))
+
+
 def test_rejects_mismatched_shapes() -> None:
     loss_fn = SelfDistillationLoss(output_dim=8)
     with pytest.raises(ValueError, match=r"\(3, 8\) and \(4, 8\)"):
         loss_fn(torch.randn(3, 8), torch.randn(4, 8))
     with pytest.raises(ValueError, match="output dimension 8"):
         loss_fn(torch.randn(3, 9), torch.randn(3, 9))
+    with pytest.raises(ValueError, match=r"valid mask of shape \(3,\)"):
+        loss_fn(torch.randn(3, 8), torch.randn(3, 8), valid=torch.ones(3))
+    with pytest.raises(ValueError, match=r"valid mask of shape \(3,\)"):
+        loss_fn(torch.randn(3, 8), torch.randn(3, 8), valid=torch.ones(4).bool())

@@ -4,9 +4,18 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from lightly_glare.loss import ALL_TERMS, GlareLoss
+from lightly_glare.loss import (
+    ALL_TERMS,
+    LOCAL_DISTORTION,
+    LOCAL_MATCHING,
+    REGIONAL,
+    GlareLoss,
+)
 from lightly_glare.models import GLARE, CrossAttentionRegionPooling
+from lightly_glare.models.adapted_vit import BackboneOutput
+from lightly_glare.models.glare import _sample_patches
 from lightly_glare.transforms import GlareTransform, PatchBlur
+from lightly_glare.transforms.geometry import bilinear_gather, map_patch_centers
 from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 
 DIM = 64  # small head output for fast tests
@@ -40,10 +49,15 @@ def real_batch(size: int, batch: int = 4) -> tuple[list[torch.Tensor], torch.Ten
     return views, geometry
 
 
+@pytest.mark.parametrize("local_patches_per_view", [None, 2])
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
-def test_gradients_reach_exactly_the_trainable_parameters(variant: str) -> None:
+def test_gradients_reach_exactly_the_trainable_parameters(
+    variant: str, local_patches_per_view: int | None
+) -> None:
     model = small_glare(
-        variant, region_pooling=CrossAttentionRegionPooling(48, learnable=True)
+        variant,
+        region_pooling=CrossAttentionRegionPooling(48, learnable=True),
+        local_patches_per_view=local_patches_per_view,
     )
     # Non-zero adapters so that every adapter parameter receives a gradient.
     for adapter in model.backbone.adapters:
@@ -218,9 +232,147 @@ def test_overfitting_real_images_decreases_loss() -> None:
         assert criterion.last_terms[term] < first_terms[term], (term, losses)
 
 
+@pytest.mark.parametrize("count", [16, 100])  # every patch; capped at N = 16
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_sampling_at_least_every_valid_patch_equals_all_patches(
+    variant: str, count: int
+) -> None:
+    model = small_glare(variant)
+    for adapter in model.backbone.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    views, geometry = real_batch(image_size(model.backbone.vit), batch=4)
+    runs = []
+    for local_patches_per_view in (None, count):
+        model.local_patches_per_view = local_patches_per_view
+        criterion = GlareLoss(output_dim=DIM)
+        output = model(views, geometry, generator=torch.Generator().manual_seed(0))
+        loss = criterion(output)
+        centers = {
+            name: loss_fn.center for name, loss_fn in criterion.pair_losses.items()
+        }
+        runs.append((output, loss, criterion.last_terms, centers))
+    (all_out, all_loss, all_terms, all_centers), (out, loss, terms, centers) = runs
+    for term in (LOCAL_DISTORTION, LOCAL_MATCHING):
+        pair = out.pairs[term]
+        assert pair.student.shape == (2 * 4 * 16, DIM) and pair.valid is not None
+        assert int(pair.valid.sum()) == all_out.pairs[term].student.shape[0]
+        # Images have fewer valid patches than K: padding exists and is ignored.
+        assert not pair.valid.all()
+    assert torch.equal(out.pairs[REGIONAL].student, all_out.pairs[REGIONAL].student)
+    torch.testing.assert_close(loss, all_loss)
+    for term in ALL_TERMS:
+        torch.testing.assert_close(terms[term], all_terms[term])
+    for term in centers:  # the center update ignores the padding too
+        torch.testing.assert_close(centers[term], all_centers[term])
+
+
+def test_sampled_local_pairs_are_valid_patches_with_fixed_shapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count, batch = 3, 4
+    model = small_glare(
+        terms=(LOCAL_DISTORTION, LOCAL_MATCHING), local_patches_per_view=count
+    )
+    backbone_outputs: list[BackboneOutput] = []  # teacher, then student
+    forward_features = model.backbone.forward_features
+
+    def recording(*args: object, **kwargs: object) -> BackboneOutput:
+        backbone_outputs.append(forward_features(*args, **kwargs))  # type: ignore[arg-type]
+        return backbone_outputs[-1]
+
+    monkeypatch.setattr(model.backbone, "forward_features", recording)
+    head_inputs: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    for role, head in (
+        ("student", model.student_patch_head),
+        ("teacher", model.teacher["patch_head"]),
+    ):
+        head.register_forward_hook(
+            lambda _, args, __, role=role: head_inputs[role].append(args[0])
+        )
+    views, geometry = random_batch(model, batch=batch)
+    grid = (4, 4)
+    geometry[0, 1] = geometry[0, 0]  # identical crops: 16 patches inside
+    geometry[1, 1] = torch.tensor([0.8, 0.8, 0.5, 0.5, 0.0])  # 1 and 4 inside
+    geometry[2] = torch.tensor([[0.0, 0.0, 0.4, 0.4, 0.0], [0.6, 0.6, 0.4, 0.4, 0.0]])
+    output = model(views, geometry, generator=torch.Generator().manual_seed(0))
+    prefix = model.backbone.num_prefix_tokens
+    teacher, student = (out.tokens[:, prefix:] for out in backbone_outputs)
+    # (2B, N, D) each
+    mapped = [
+        map_patch_centers(geometry[:, a], geometry[:, b], grid, grid)
+        for a, b in ((0, 1), (1, 0))
+    ]
+    bilinear = torch.cat(
+        [
+            bilinear_gather(teacher.chunk(2)[b], mapped[a][0], grid)
+            for a, b in ((0, 1), (1, 0))
+        ]
+    )  # (2B, N, D): the teacher's view-b token at each view-a patch centre
+    assert output.patch_masks is not None
+    expected = {
+        LOCAL_DISTORTION: (output.patch_masks.flatten(0, 1), teacher),
+        LOCAL_MATCHING: (torch.cat([inside for _, inside in mapped]), bilinear),
+    }
+    for call, (term, (candidates, targets)) in enumerate(expected.items()):
+        pair = output.pairs[term]
+        assert pair.student.shape == pair.teacher.shape == (2 * batch * count, DIM)
+        assert pair.valid is not None and pair.valid.shape == (2 * batch * count,)
+        sampled = head_inputs["student"][call].unflatten(0, (2 * batch, count))
+        matches = (sampled[:, :, None] == student[:, None]).all(dim=-1)  # (2B, K, N)
+        assert (matches.sum(dim=-1) == 1).all()  # a patch token of its own image
+        index = matches.int().argmax(dim=-1)  # (2B, K)
+        assert (index.sort(dim=1).values.diff(dim=1) > 0).all()  # distinct patches
+        valid = pair.valid.unflatten(0, (2 * batch, count))
+        assert torch.equal(valid, candidates.gather(1, index))
+        # Images with fewer candidates than K contribute exactly those.
+        assert torch.equal(valid.sum(dim=1), candidates.sum(dim=1).clamp(max=count))
+        target = head_inputs["teacher"][call].unflatten(0, (2 * batch, count))
+        assert torch.equal(
+            target, targets.gather(1, index[..., None].expand_as(target))
+        )
+    inside_counts = expected[LOCAL_MATCHING][0].sum(dim=1)
+    assert (inside_counts < count).any() and (inside_counts > count).any()
+    # Shapes do not depend on the data: disjoint views give padding only.
+    geometry[:] = geometry[2]
+    pair = model(views, geometry).pairs[LOCAL_MATCHING]
+    assert pair.student.shape == (2 * batch * count, DIM)
+    assert pair.valid is not None and not pair.valid.any()
+
+
+def test_sampled_local_pairs_are_uniform_among_candidates() -> None:
+    candidates = torch.zeros(2000, 6, dtype=torch.bool)
+    candidates[:, 1:5] = True  # 4 candidates, 2 drawn per row
+    generator = torch.Generator().manual_seed(0)
+    index, valid = _sample_patches(candidates, 2, generator)
+    assert index.shape == valid.shape == (2000, 2) and valid.all()
+    frequency = torch.bincount(index.flatten(), minlength=6) / index.numel()
+    torch.testing.assert_close(
+        frequency, torch.tensor([0, 0.25, 0.25, 0.25, 0.25, 0]), atol=0.02, rtol=0
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sampled_local_terms_do_not_synchronise_with_the_host() -> None:
+    model = small_glare(
+        terms=(LOCAL_DISTORTION, LOCAL_MATCHING), local_patches_per_view=3
+    ).cuda()
+    criterion = GlareLoss(output_dim=DIM, global_weight=0, regional_weight=0).cuda()
+    views, geometry = random_batch(model)
+    views, geometry = [view.cuda() for view in views], geometry.cuda()
+    generator = torch.Generator("cuda").manual_seed(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = criterion(model(views, geometry, generator=generator))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)
+
+
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="terms"):
         small_glare(terms=("global", "typo"))
+    with pytest.raises(ValueError, match="local_patches_per_view"):
+        small_glare(local_patches_per_view=0)
     with pytest.raises(ValueError, match="region_match"):
         small_glare(region_match="nearest")
     model = small_glare()
