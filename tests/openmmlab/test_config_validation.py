@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import pytest
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry
 from mmengine.runner import Runner
 from mmseg.registry import DATA_SAMPLERS, DATASETS, HOOKS, MODELS
 
@@ -126,6 +126,13 @@ CASES = {
     "AerialRoadsDataset": _DATASET,
     "MRITissueDataset": _DATASET,
 }
+
+
+@pytest.fixture(autouse=True)
+def _mmseg_scope() -> Iterator[None]:
+    """Builds in mmseg's scope whatever scope earlier tests left current."""
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        yield
 
 
 @pytest.fixture(scope="module")
