@@ -7,10 +7,11 @@ mmengine.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GlareLoss
@@ -210,6 +211,8 @@ class FolderPretraining:
         checkpoint: Local SSL checkpoint (any layout
             :func:`~lightly_glare.weights.create_vit` reads).
         folder: Unlabeled images (searched recursively).
+        indices: Train on these images only, by position in the folder's
+            sorted file list (``ImageFolderDataset.files``); None: all.
         img_size: Input size of the views (a multiple of the patch size).
         steps: Optimizer steps.
         batch_size: Images per step.
@@ -221,6 +224,10 @@ class FolderPretraining:
         hidden_dim: Hidden size of the heads (DINO: 2048).
         workers: DataLoader worker processes.
         base_lr: Learning rate per 256 images.
+        momentum_start: EMA momentum of the teacher at step 0 (cosine to 1).
+            DINO's 0.996 suits long schedules; over a few dozen steps the
+            teacher (which is exported) then keeps about 1 % of what the
+            student learned, so short runs need a lower value (0.9).
         amp: bf16 autocast; None: on CUDA only (GLARE spec §8).
     """
 
@@ -229,6 +236,7 @@ class FolderPretraining:
     folder: str | os.PathLike[str]
     img_size: int
     steps: int
+    indices: Sequence[int] | None = None
     batch_size: int = 16
     seed: int = 0
     weights: Mapping[str, float] = field(default_factory=dict)
@@ -236,6 +244,7 @@ class FolderPretraining:
     hidden_dim: int = 2048
     workers: int = 2
     base_lr: float = 5e-4
+    momentum_start: float = 0.996
     amp: bool | None = None
 
 
@@ -244,6 +253,7 @@ def pretrain_folder(
     out: str | Path,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> tuple[Path, PretrainHistory]:
     """Runs ``job`` and exports the adapted backbone (teacher adapters).
 
@@ -252,6 +262,8 @@ def pretrain_folder(
         out: Destination of the export (written atomically).
         device: Where to train.
         log: Progress printer.
+        extra_meta: Stored in the export's meta besides the architecture, the
+            seed and the per-step losses.
 
     Returns:
         The export's path and the training history.
@@ -276,7 +288,9 @@ def pretrain_folder(
         hidden_dim=job.hidden_dim,
     ).to(device)
     log(f"  terms {model.terms}; {model.backbone.report}")
-    dataset = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
+    folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
+    indices = range(len(folder)) if job.indices is None else job.indices
+    dataset = Subset(folder, list(indices))
     loader = DataLoader(
         dataset,
         batch_size=job.batch_size,
@@ -292,12 +306,103 @@ def pretrain_folder(
         PretrainConfig(
             steps=job.steps,
             base_lr=job.base_lr,
+            momentum_start=job.momentum_start,
             amp=torch.device(device).type == "cuda" if job.amp is None else job.amp,
         ),
         batch_size=job.batch_size,
         device=device,
         log=log,
     )
-    log(f"  {len(dataset)} images, {job.steps} steps in {history.seconds:.0f}s")
-    meta = {"timm_name": job.arch, "img_size": job.img_size, "seed": job.seed}
+    log(
+        f"  {len(dataset)} images, {job.steps} steps in {history.seconds:.0f}s, "
+        f"loss {history.losses[0]:.3f} -> {history.losses[-1]:.3f}"
+    )
+    meta = {
+        "timm_name": job.arch,
+        "img_size": job.img_size,
+        "seed": job.seed,
+        "losses": history.losses,
+        **(extra_meta or {}),
+    }
     return model.export_backbone(out, extra_meta=meta), history
+
+
+def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of a short continual pre-training to a tool's parser.
+
+    ``--pretrain-steps``, ``--pretrain-batch``, ``--base-lr``,
+    ``--ema-momentum``, ``--head-dim``, ``--head-hidden`` and ``--workers``,
+    with defaults sized for a few dozen steps on 2 CPU cores; read them back
+    with :func:`pretraining_job`.
+
+    Args:
+        parser: The tool's parser.
+    """
+    group = parser.add_argument_group("GLARE continual pre-training")
+    group.add_argument("--pretrain-steps", type=int, default=40)
+    group.add_argument("--pretrain-batch", type=int, default=16)
+    group.add_argument(
+        "--base-lr",
+        type=float,
+        default=5e-3,
+        help="learning rate per 256 images (DINO: 5e-4 for 100-epoch schedules; "
+        "10x for the few dozen steps a CPU affords)",
+    )
+    group.add_argument(
+        "--ema-momentum",
+        type=float,
+        default=0.9,
+        help="teacher EMA momentum at step 0, cosine to 1 (DINO: 0.996 for long "
+        "schedules; over a few dozen steps the exported teacher would then keep "
+        "~1 %% of what the student learned)",
+    )
+    group.add_argument(
+        "--head-dim", type=int, default=2048, help="head output size (spec: 8192)"
+    )
+    group.add_argument(
+        "--head-hidden", type=int, default=512, help="head hidden size (DINO: 2048)"
+    )
+    group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+
+
+def pretraining_job(
+    args: argparse.Namespace,
+    arch: str,
+    checkpoint: str | Path,
+    folder: str | os.PathLike[str],
+    img_size: int,
+    seed: int,
+    weights: Mapping[str, float] | None = None,
+    indices: Sequence[int] | None = None,
+) -> FolderPretraining:
+    """The :class:`FolderPretraining` described by :func:`add_pretraining_arguments`.
+
+    Args:
+        args: Parsed options.
+        arch: timm model name of ``checkpoint``.
+        checkpoint: Local SSL checkpoint.
+        folder: Unlabeled images.
+        img_size: Input size of the views.
+        seed: Seed of the run.
+        weights: Term weights (see :class:`FolderPretraining`).
+        indices: Images of ``folder`` to train on (None: all).
+
+    Returns:
+        The job.
+    """
+    return FolderPretraining(
+        arch=arch,
+        checkpoint=checkpoint,
+        folder=folder,
+        img_size=img_size,
+        steps=args.pretrain_steps,
+        indices=indices,
+        batch_size=args.pretrain_batch,
+        seed=seed,
+        weights=dict(weights or {}),
+        output_dim=args.head_dim,
+        hidden_dim=args.head_hidden,
+        workers=args.workers,
+        base_lr=args.base_lr,
+        momentum_start=args.ema_momentum,
+    )

@@ -38,7 +38,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (tmp_path / "results.txt").read_text().splitlines()
-    assert table[0].split() == ["model", "background", "building", "mIoU"]
+    assert table[0].split() == ["model", "background", "road", "mIoU"]
     for row in table[1:]:
         values = [float(v) for v in re.findall(r"\d+\.\d+", row)]
         assert len(values) == 3 and all(0 <= v <= 100 for v in values)
