@@ -2,18 +2,21 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from torch.utils.data import DataLoader
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import GLARE
+from lightly_glare.models import GLARE, UniAdapterViT, load_adapted_backbone
 from lightly_glare.training import (
+    FolderPretraining,
     NonFiniteLossError,
     PretrainConfig,
     learning_rate,
     parameter_groups,
     pretrain,
+    pretrain_folder,
 )
 from lightly_glare.transforms import GlareTransform
 from tests.conftest import make_vit, real_photo
@@ -130,3 +133,58 @@ def test_autocast_is_off_by_default(loader: DataLoader) -> None:
     )
     pretrain(model, criterion, loader, PretrainConfig(steps=1), 2, log=print)
     assert set(dtypes) == {torch.float32}
+
+
+def _folder_job(tmp_path: Path, **overrides: object) -> FolderPretraining:
+    images = tmp_path / "images"
+    images.mkdir()
+    photo = real_photo()
+    for i in range(4):
+        photo.crop((i * 50, 0, i * 50 + 200, 200)).save(images / f"{i}.png")
+    vit = timm.create_model("vit_small_patch14_dinov2", img_size=28, num_classes=0)
+    checkpoint = tmp_path / "vit.pth"
+    torch.save(vit.state_dict(), checkpoint)
+    fields: dict[str, object] = {
+        "arch": "vit_small_patch14_dinov2",
+        "checkpoint": checkpoint,
+        "folder": images,
+        "img_size": 28,
+        "steps": 2,
+        "batch_size": 2,
+        "output_dim": 32,
+        "hidden_dim": 32,
+        "workers": 0,
+        **overrides,
+    }
+    return FolderPretraining(**fields)  # type: ignore[arg-type]
+
+
+def test_pretrain_folder_trains_the_chosen_images_and_exports(tmp_path: Path) -> None:
+    job = _folder_job(
+        tmp_path, indices=[1, 3], weights={"regional": 0.0}, steps=3, momentum_start=0.5
+    )
+    lines: list[str] = []
+    export, history = pretrain_folder(job, tmp_path / "out.pth", log=lines.append)
+    assert any(line.startswith("  2 images, 3 steps") for line in lines)  # 2 of 4
+    assert len(history.losses) == 3 and all(math.isfinite(v) for v in history.losses)
+    assert set(history.terms[0]) == {"global", "local_distortion", "local_matching"}
+    backbone = UniAdapterViT(
+        timm.create_model("vit_small_patch14_dinov2", img_size=28, num_classes=0)
+    )
+    meta = load_adapted_backbone(backbone, export)
+    assert meta["seed"] == 0 and meta["losses"] == history.losses
+    # the exported teacher moved away from the zero-initialised adapters
+    assert any(adapter.up.weight.abs().sum() > 0 for adapter in backbone.adapters)
+
+
+def test_pretrain_folder_rejects_unknown_terms_and_too_few_images(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="Unknown terms"):
+        pretrain_folder(
+            _folder_job(tmp_path, weights={"regionl": 0.0}), tmp_path / "x.pth"
+        )
+    (tmp_path / "b").mkdir()
+    one_image = _folder_job(tmp_path / "b", indices=[0])  # batch 2, drop_last
+    with pytest.raises(ValueError, match="fewer images than one batch"):
+        pretrain_folder(one_image, tmp_path / "y.pth", log=lambda _: None)
