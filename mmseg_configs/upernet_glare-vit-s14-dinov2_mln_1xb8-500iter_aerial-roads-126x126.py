@@ -8,8 +8,21 @@ _base_ = [
 ]
 crop_size = (126, 126)
 data_preprocessor = dict(size=crop_size)
+# Roads are 4.3 % of the train pixels: unweighted cross-entropy predicts
+# background everywhere for the first hundreds of iterations (measured: mIoU
+# 49.3, road IoU 0 after 100). Road pixels weigh 5x, about the square root of
+# the inverse frequency ratio (0.957 / 0.043 = 22).
+class_weight = [1.0, 5.0]
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(img_size=crop_size),
-    decode_head=dict(num_classes=2),
-    auxiliary_head=dict(num_classes=2))
+    decode_head=dict(
+        num_classes=2,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
+            class_weight=class_weight)),
+    auxiliary_head=dict(
+        num_classes=2,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
+            class_weight=class_weight)))
