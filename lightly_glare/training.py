@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GlareLoss
-from lightly_glare.models import GLARE
+from lightly_glare.models import GLARE, AttentionRegionSampler
 from lightly_glare.transforms import GlareTransform
 from lightly_glare.weights import create_vit
 
@@ -229,6 +229,8 @@ class FolderPretraining:
             teacher (which is exported) then keeps about 1 % of what the
             student learned, so short runs need a lower value (0.9).
         amp: bf16 autocast; None: on CUDA only (GLARE spec §8).
+        num_regions: Most regions drawn per image from the teacher's attention
+            heads, at most one per head (None: the sampler's default, 6).
     """
 
     arch: str
@@ -246,6 +248,7 @@ class FolderPretraining:
     base_lr: float = 5e-4
     momentum_start: float = 0.996
     amp: bool | None = None
+    num_regions: int | None = None
 
 
 def pretrain_folder(
@@ -286,6 +289,7 @@ def pretrain_folder(
         terms=criterion.active_terms,
         output_dim=job.output_dim,
         hidden_dim=job.hidden_dim,
+        region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
     ).to(device)
     log(f"  terms {model.terms}; {model.backbone.report}")
     folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
@@ -331,7 +335,8 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of a short continual pre-training to a tool's parser.
 
     ``--pretrain-steps``, ``--pretrain-batch``, ``--base-lr``,
-    ``--ema-momentum``, ``--head-dim``, ``--head-hidden`` and ``--workers``,
+    ``--ema-momentum``, ``--head-dim``, ``--head-hidden``, ``--num-regions``
+    and ``--workers``,
     with defaults sized for a few dozen steps on 2 CPU cores; read them back
     with :func:`pretraining_job`.
 
@@ -361,6 +366,13 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--head-hidden", type=int, default=512, help="head hidden size (DINO: 2048)"
+    )
+    group.add_argument(
+        "--num-regions",
+        type=int,
+        default=None,
+        help="most regions drawn per image from the teacher's attention heads, "
+        "at most one per head (default: 6)",
     )
     group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
 
@@ -405,4 +417,5 @@ def pretraining_job(
         workers=args.workers,
         base_lr=args.base_lr,
         momentum_start=args.ema_momentum,
+        num_regions=args.num_regions,
     )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import matplotlib
 import pytest
 import torch
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Tiny ViT variants with a 4 x 4 patch grid: plain (DINO-like) and
 #: LayerScale + register tokens + patch 7 (DINOv2-like).
@@ -55,3 +60,13 @@ def real_photo() -> Image.Image:
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def load_tool(name: str) -> ModuleType:
+    """Imports ``tools/<name>.py`` as a module (registered in ``sys.modules``)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,7 @@
+import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -8,15 +10,22 @@ from torch.utils.data import DataLoader
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import GLARE, UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import (
+    GLARE,
+    AttentionRegionSampler,
+    UniAdapterViT,
+    load_adapted_backbone,
+)
 from lightly_glare.training import (
     FolderPretraining,
     NonFiniteLossError,
     PretrainConfig,
+    add_pretraining_arguments,
     learning_rate,
     parameter_groups,
     pretrain,
     pretrain_folder,
+    pretraining_job,
 )
 from lightly_glare.transforms import GlareTransform
 from tests.conftest import make_vit, real_photo
@@ -188,3 +197,28 @@ def test_pretrain_folder_rejects_unknown_terms_and_too_few_images(
     one_image = _folder_job(tmp_path / "b", indices=[0])  # batch 2, drop_last
     with pytest.raises(ValueError, match="fewer images than one batch"):
         pretrain_folder(one_image, tmp_path / "y.pth", log=lambda _: None)
+
+
+def test_pretrain_folder_draws_at_most_num_regions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[int] = []
+    forward = AttentionRegionSampler.forward
+
+    def spy(self: AttentionRegionSampler, *args: Any, **kwargs: Any) -> Any:
+        masks, valid = forward(self, *args, **kwargs)
+        drawn.append(masks.shape[1])
+        return masks, valid
+
+    monkeypatch.setattr(AttentionRegionSampler, "forward", spy)
+    parser = argparse.ArgumentParser()
+    add_pretraining_arguments(parser)
+    args = parser.parse_args(["--num-regions", "2", "--pretrain-steps", "2"])
+    job = pretraining_job(args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0)
+    assert job.num_regions == 2
+    pretrain_folder(
+        _folder_job(tmp_path, num_regions=job.num_regions),
+        tmp_path / "out.pth",
+        log=lambda _: None,
+    )
+    assert drawn and set(drawn) == {2}  # ViT-S has 6 heads; 6 without the option

