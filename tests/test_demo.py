@@ -8,7 +8,33 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("vit", ["frozen", "trained"])
+def test_demo_finetuning_trains_what_it_says_and_validates_once(
+    tmp_path: Path, vit: str
+) -> None:
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import lightly_glare.openmmlab  # noqa: F401  (registers GlareViT, mmseg models)
+
+    demo = load_tool("demo")
+    args = demo.parse_args(["--finetune-iters", "7", "--finetune-vit", vit])
+    cfg = demo.finetune_config(args, tmp_path, tmp_path / "w.pth", "ssl", tmp_path)
+    assert cfg.train_cfg.max_iters == 7 and cfg.train_cfg.val_begin > 7
+    assert cfg.param_scheduler[1].end == 7
+    init_default_scope("mmseg")
+    model = MODELS.build(cfg.model)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    vit_weights = {n for n in trained if n.startswith("backbone.adapted.vit.")}
+    assert any(n.startswith("backbone.adapted.adapters.") for n in trained)
+    assert any(n.startswith("decode_head.") for n in trained)
+    assert any(n.startswith("neck.") for n in trained)
+    assert bool(vit_weights) == (vit == "trained")
 
 
 @pytest.mark.slow
