@@ -54,6 +54,16 @@ class PretrainConfig:
             bfloat16 on the device's type (CUDA or CPU; fp32's exponent range,
             so no loss scaling). The weights, gradients and optimizer state
             stay fp32.
+        head_warmup_steps: First steps in which only the heads and the region
+            pooling train while the student's adapters stay fixed (ours; the
+            LP-FT argument of Kumar et al., ICLR 2022: gradients through
+            randomly initialised heads distort good pre-trained features).
+            These steps also skip the backward pass through the backbone.
+            0: off.
+
+    Raises:
+        ValueError: If ``head_warmup_steps`` is negative or leaves no step in
+            which the adapters train.
     """
 
     steps: int
@@ -66,6 +76,14 @@ class PretrainConfig:
     momentum_end: float = 1.0
     log_every: int = 10
     amp: bool = False
+    head_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.head_warmup_steps < self.steps:
+            raise ValueError(
+                f"head_warmup_steps must be in [0, steps) = [0, {self.steps}), "
+                f"got {self.head_warmup_steps}: the adapters would never train."
+            )
 
 
 @dataclass
@@ -135,8 +153,9 @@ def pretrain(
 
     Each step: EMA teacher update (cosine momentum), forward of both views,
     :class:`GlareLoss`, backward, gradient clipping, AdamW step; bf16 autocast
-    with ``config.amp``. A non-finite loss stops with :class:`NonFiniteLossError`
-    before the weights are touched.
+    with ``config.amp``; the student's adapters stay fixed during the first
+    ``config.head_warmup_steps``. A non-finite loss stops with
+    :class:`NonFiniteLossError` before the weights are touched.
 
     Args:
         model: The GLARE model (already on ``device``).
@@ -158,43 +177,51 @@ def pretrain(
     history = PretrainHistory()
     start = time.perf_counter()
     model.train()
-    for step, ((views, geometry), _, _) in zip(
-        range(config.steps), _endless(batches), strict=False
-    ):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, peak, config)
-        model.update_teacher(
-            cosine_schedule(
-                step, config.steps, config.momentum_start, config.momentum_end
-            )
-        )
-        views = [view.to(device, non_blocking=True) for view in views]
-        with torch.autocast(
-            torch.device(device).type, dtype=torch.bfloat16, enabled=config.amp
+    adapters = model.backbone.adapters
+    trained_adapters = [p for p in adapters.parameters() if p.requires_grad]
+    try:
+        for step, ((views, geometry), _, _) in zip(
+            range(config.steps), _endless(batches), strict=False
         ):
-            loss = criterion(model(views, geometry.to(device)))
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"Non-finite GLARE loss at step {step}: "
-                f"{ {k: float(v) for k, v in criterion.last_terms.items()} }. "
-                "Lower the learning rate or raise the teacher temperature."
+            for parameter in trained_adapters:
+                parameter.requires_grad_(step >= config.head_warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, peak, config)
+            model.update_teacher(
+                cosine_schedule(
+                    step, config.steps, config.momentum_start, config.momentum_end
+                )
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip_grad > 0:
-            nn.utils.clip_grad_norm_(model.trainable_parameters(), config.clip_grad)
-        optimizer.step()
-        history.losses.append(loss.item())
-        history.terms.append({k: float(v) for k, v in criterion.last_terms.items()})
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            elapsed = time.perf_counter() - start
-            speed = (step + 1) * batch_size / elapsed
-            eta = (config.steps - step - 1) * batch_size / speed
-            terms = " ".join(f"{k}={v:.3f}" for k, v in history.terms[-1].items())
-            log(
-                f"  step {step + 1}/{config.steps} loss={history.losses[-1]:.4f} "
-                f"({terms}) {speed:.1f} img/s, eta {eta:.0f}s"
-            )
+            views = [view.to(device, non_blocking=True) for view in views]
+            with torch.autocast(
+                torch.device(device).type, dtype=torch.bfloat16, enabled=config.amp
+            ):
+                loss = criterion(model(views, geometry.to(device)))
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"Non-finite GLARE loss at step {step}: "
+                    f"{ {k: float(v) for k, v in criterion.last_terms.items()} }. "
+                    "Lower the learning rate or raise the teacher temperature."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.trainable_parameters(), config.clip_grad)
+            optimizer.step()
+            history.losses.append(loss.item())
+            history.terms.append({k: float(v) for k, v in criterion.last_terms.items()})
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                elapsed = time.perf_counter() - start
+                speed = (step + 1) * batch_size / elapsed
+                eta = (config.steps - step - 1) * batch_size / speed
+                terms = " ".join(f"{k}={v:.3f}" for k, v in history.terms[-1].items())
+                log(
+                    f"  step {step + 1}/{config.steps} loss={history.losses[-1]:.4f} "
+                    f"({terms}) {speed:.1f} img/s, eta {eta:.0f}s"
+                )
+    finally:  # also after an error: the model is handed back trainable
+        for parameter in trained_adapters:
+            parameter.requires_grad_(True)
     history.seconds = time.perf_counter() - start
     return history
 
@@ -228,6 +255,7 @@ class FolderPretraining:
             DINO's 0.996 suits long schedules; over a few dozen steps the
             teacher (which is exported) then keeps about 1 % of what the
             student learned, so short runs need a lower value (0.9).
+        head_warmup_steps: See :class:`PretrainConfig`.
         amp: bf16 autocast; None: on CUDA only (GLARE spec §8).
         num_regions: Most regions drawn per image from the teacher's attention
             heads, at most one per head (None: the sampler's default, 6).
@@ -249,6 +277,7 @@ class FolderPretraining:
     momentum_start: float = 0.996
     amp: bool | None = None
     num_regions: int | None = None
+    head_warmup_steps: int = 0
 
 
 def pretrain_folder(
@@ -312,6 +341,7 @@ def pretrain_folder(
             base_lr=job.base_lr,
             momentum_start=job.momentum_start,
             amp=torch.device(device).type == "cuda" if job.amp is None else job.amp,
+            head_warmup_steps=job.head_warmup_steps,
         ),
         batch_size=job.batch_size,
         device=device,
@@ -335,8 +365,8 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of a short continual pre-training to a tool's parser.
 
     ``--pretrain-steps``, ``--pretrain-batch``, ``--base-lr``,
-    ``--ema-momentum``, ``--head-dim``, ``--head-hidden``, ``--num-regions``
-    and ``--workers``,
+    ``--ema-momentum``, ``--head-dim``, ``--head-hidden``, ``--num-regions``,
+    ``--head-warmup-steps`` and ``--workers``,
     with defaults sized for a few dozen steps on 2 CPU cores; read them back
     with :func:`pretraining_job`.
 
@@ -373,6 +403,12 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="most regions drawn per image from the teacher's attention heads, "
         "at most one per head (default: 6)",
+    )
+    group.add_argument(
+        "--head-warmup-steps",
+        type=int,
+        default=0,
+        help="first steps that train only the heads, adapters fixed (LP-FT)",
     )
     group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
 
@@ -418,4 +454,5 @@ def pretraining_job(
         base_lr=args.base_lr,
         momentum_start=args.ema_momentum,
         num_regions=args.num_regions,
+        head_warmup_steps=args.head_warmup_steps,
     )

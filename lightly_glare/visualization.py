@@ -503,6 +503,53 @@ def attention_grid_figure(
     return _save(figure, path)
 
 
+def panel_grid_figure(
+    rows: Sequence[tuple[str, Sequence[NDArray[np.uint8]]]],
+    path: str | Path,
+    column_titles: Sequence[str] | None = None,
+    panel_height: int = 160,
+) -> Path:
+    """Writes a PNG grid of RGB panels, e.g. images, label maps, predictions.
+
+    Panel ``(r, c)`` shows ``rows[r][1][c]`` scaled to the panel with nearest
+    interpolation (label maps keep their hard edges) and is titled
+    ``"<row label>: <column title>"`` (or the row label alone). The PNG has
+    exactly ``columns * panel_width`` by ``rows * (panel_height + 22)``
+    pixels, ``panel_width = round(panel_height * W / H)`` of the first panel.
+
+    Args:
+        rows: (label, RGB uint8 panels of shape (H, W, 3)) per row; every row
+            has the same number of panels.
+        path: Destination PNG; parent folders are created.
+        column_titles: One title per column. Defaults to None.
+        panel_height: Height of each panel in pixels. Defaults to 160.
+
+    Returns:
+        The path written.
+    """
+    if not rows or not rows[0][1]:
+        raise ValueError("panel_grid_figure needs at least one row and column.")
+    columns = len(rows[0][1])
+    if column_titles is not None and len(column_titles) != columns:
+        raise ValueError(f"{len(column_titles)} column titles for {columns} columns.")
+    for label, panels in rows:
+        if len(panels) != columns:
+            raise ValueError(f"Row {label!r} has {len(panels)} panels, not {columns}.")
+        for panel in panels:
+            _check_rgb(panel)
+    figure, axes = _new_figure(
+        len(rows), columns, _panel_size(rows[0][1][0], panel_height)
+    )
+    for row_axes, (label, panels) in zip(axes, rows, strict=True):
+        for column, (ax, panel) in enumerate(zip(row_axes, panels, strict=True)):
+            ax.imshow(panel, aspect="auto", interpolation="nearest")
+            title = (
+                label if column_titles is None else f"{label}: {column_titles[column]}"
+            )
+            _title(ax, title)
+    return _save(figure, path)
+
+
 def attention_figure(
     image_rgb: NDArray[np.uint8],
     maps: Tensor,

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import timm
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightly_glare.data import ImageFolderDataset
@@ -222,3 +223,49 @@ def test_pretrain_folder_draws_at_most_num_regions(
         log=lambda _: None,
     )
     assert drawn and set(drawn) == {2}  # ViT-S has 6 heads; 6 without the option
+
+
+def test_head_warmup_holds_the_adapters_then_trains_them(
+    loader: DataLoader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, criterion = small_model()
+    snapshots: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+    update_teacher = model.update_teacher
+
+    def snapshot(momentum: float) -> None:  # called at the start of every step
+        snapshots.append(
+            (
+                [p.detach().clone() for p in model.backbone.adapters.parameters()],
+                [p.detach().clone() for p in model.student_head.parameters()],
+                [p.detach().clone() for p in model.teacher.adapters.parameters()],
+            )
+        )
+        update_teacher(momentum)
+
+    monkeypatch.setattr(model, "update_teacher", snapshot)
+    config = PretrainConfig(steps=4, head_warmup_steps=2, momentum_start=0.5)
+    pretrain(model, criterion, loader, config, batch_size=2)
+    adapters, heads, teacher = zip(*snapshots, strict=True)
+
+    def same(a: list[Tensor], b: list[Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert same(adapters[0], adapters[2]) and same(teacher[0], teacher[2])
+    assert not same(heads[0], heads[1]) and not same(heads[1], heads[2])
+    assert not same(adapters[2], adapters[3])  # step 2 trained the adapters
+    assert all(p.requires_grad for p in model.backbone.adapters.parameters())
+    with pytest.raises(ValueError, match="head_warmup_steps"):
+        PretrainConfig(steps=4, head_warmup_steps=4)
+    with pytest.raises(ValueError, match="head_warmup_steps"):
+        PretrainConfig(steps=4, head_warmup_steps=-1)
+
+
+def test_adapters_stay_trainable_after_an_error_in_the_warmup(
+    loader: DataLoader,
+) -> None:
+    model, criterion = small_model()
+    model.student_head.register_forward_hook(lambda m, i, out: out * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="step 0"):
+        config = PretrainConfig(steps=3, head_warmup_steps=2)
+        pretrain(model, criterion, loader, config, batch_size=2)
+    assert all(p.requires_grad for p in model.backbone.adapters.parameters())

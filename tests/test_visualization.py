@@ -25,6 +25,7 @@ from lightly_glare.visualization import (
     attention_mass_mask,
     build_backbone,
     compare_attention_figure,
+    panel_grid_figure,
     patch_tokens,
     pca_figure,
     pca_rgb,
@@ -196,6 +197,26 @@ def test_compare_attention_figure_has_one_row_per_model(tmp_path: Path) -> None:
         assert png.size == ((1 + 4) * 90, 2 * (60 + TITLE_PIXELS))
     with pytest.raises(ValueError, match="uint8"):
         compare_attention_figure(image.astype(float), maps, tmp_path / "x.png")
+
+
+def test_panel_grid_figure_scales_label_maps_with_hard_edges(tmp_path: Path) -> None:
+    label = np.zeros((8, 8, 3), dtype=np.uint8)
+    label[:, 4:] = (255, 0, 0)  # right half red
+    photo = np.asarray(real_photo().resize((8, 8)))
+    rows = [("image", [photo, photo]), ("truth", [label, label[:, ::-1]])]
+    path = panel_grid_figure(rows, tmp_path / "g.png", ["a", "b"], panel_height=64)
+    png = np.asarray(Image.open(path).convert("RGB"))
+    assert png.shape == (2 * (64 + TITLE_PIXELS), 2 * 64, 3)
+    panel = png[2 * TITLE_PIXELS + 64 :, :64].astype(int)  # row 1, column 0
+    inner = panel[2:-2]
+    assert (inner[:, 2:30] == 0).all()  # left half black up to the edge
+    assert (inner[:, 34:-2] == (255, 0, 0)).all()  # right half pure red
+    flipped = png[2 * TITLE_PIXELS + 64 :, 64:].astype(int)[2:-2]
+    assert (flipped[:, 2:30] == (255, 0, 0)).all()
+    with pytest.raises(ValueError, match="panels"):
+        panel_grid_figure([("a", [photo]), ("b", [photo, photo])], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="column titles"):
+        panel_grid_figure(rows, tmp_path / "x.png", ["only one"])
 
 
 # --------------------------------------------------------------------------------

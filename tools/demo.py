@@ -175,23 +175,49 @@ def print_table(results: dict[str, np.ndarray]) -> str:
 
 
 def save_prediction_figure(runners: dict[str, Any], path: Path, count: int = 4) -> None:
-    """Rows: image, ground truth, then one prediction row per model."""
+    """Rows: image, ground truth, one prediction per model.
+
+    Columns: the ``count`` val tiles with the largest share of road pixels, so
+    that the figure shows roads (the config's val batches hold one tile).
+    """
     palette = np.array(METAINFO["palette"], dtype=np.uint8)
-    rows: list[list[np.ndarray]] = []
-    batch = next(iter(next(iter(runners.values())).val_dataloader))
-    images = [
-        Image.open(s.img_path).convert("RGB") for s in batch["data_samples"][:count]
+    first = next(iter(runners.values()))
+    batches = sorted(
+        first.val_dataloader,
+        key=lambda batch: -foreground_share(batch["data_samples"][0]),
+    )[:count]
+    samples = [batch["data_samples"][0] for batch in batches]
+    rows: list[tuple[str, list[np.ndarray]]] = [
+        ("image", [np.asarray(Image.open(s.img_path).convert("RGB")) for s in samples]),
+        (
+            "ground truth",
+            [palette[ignored_as_background(s.gt_sem_seg.data[0])] for s in samples],
+        ),
     ]
-    rows.append([np.asarray(image) for image in images])
-    gts = [s.gt_sem_seg.data[0].numpy() for s in batch["data_samples"][:count]]
-    rows.append([palette[np.clip(g, 0, len(palette) - 1)] for g in gts])
-    for runner in runners.values():
+    for name, runner in runners.items():
+        model = runner.model.eval()
         with torch.no_grad():
-            samples = runner.model.eval().val_step(batch)[:count]
-        rows.append([palette[s.pred_sem_seg.data[0].cpu().numpy()] for s in samples])
-    grid = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
-    Image.fromarray(grid).save(path)
-    print(f"  predictions: {path} (rows: image, ground truth, {', '.join(runners)})")
+            predictions = [model.val_step(batch)[0] for batch in batches]
+        rows.append(
+            (name, [palette[p.pred_sem_seg.data[0].cpu().numpy()] for p in predictions])
+        )
+    titles = [
+        f"{Path(s.img_path).stem} ({100 * foreground_share(s):.0f} %)" for s in samples
+    ]
+    viz.panel_grid_figure(rows, path, column_titles=titles)
+    print(f"  predictions: {path} (rows: {', '.join(name for name, _ in rows)})")
+
+
+def ignored_as_background(labels: torch.Tensor) -> np.ndarray:
+    """Label map with the ignore label 255 drawn as class 0."""
+    return np.where(labels.numpy() == 255, 0, labels.numpy())
+
+
+def foreground_share(sample: Any) -> float:
+    """Share of labelled pixels of a data sample that are not class 0."""
+    labels = sample.gt_sem_seg.data
+    labelled = labels != 255
+    return float(((labels > 0) & labelled).sum() / labelled.sum().clamp(min=1))
 
 
 def save_feature_figures(
