@@ -211,19 +211,26 @@ def pretrain(
             history.losses.append(loss.item())
             history.terms.append({k: float(v) for k, v in criterion.last_terms.items()})
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                elapsed = time.perf_counter() - start
-                speed = (step + 1) * batch_size / elapsed
-                eta = (config.steps - step - 1) * batch_size / speed
-                terms = " ".join(f"{k}={v:.3f}" for k, v in history.terms[-1].items())
-                log(
-                    f"  step {step + 1}/{config.steps} loss={history.losses[-1]:.4f} "
-                    f"({terms}) {speed:.1f} img/s, eta {eta:.0f}s"
-                )
+                log(_progress(history, config.steps, batch_size, start))
     finally:  # also after an error: the model is handed back trainable
         for parameter in trained_adapters:
             parameter.requires_grad_(True)
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _progress(
+    history: PretrainHistory, steps: int, batch_size: int, start: float
+) -> str:
+    """One progress line: step, loss and its terms, images/s and time left."""
+    done = len(history.losses)
+    speed = done * batch_size / (time.perf_counter() - start)
+    eta = (steps - done) * batch_size / speed
+    terms = " ".join(f"{k}={v:.3f}" for k, v in history.terms[-1].items())
+    return (
+        f"  step {done}/{steps} loss={history.losses[-1]:.4f} ({terms}) "
+        f"{speed:.1f} img/s, eta {eta:.0f}s"
+    )
 
 
 @dataclass
