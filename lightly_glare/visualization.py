@@ -512,8 +512,9 @@ def panel_grid_figure(
     """Writes a PNG grid of RGB panels, e.g. images, label maps, predictions.
 
     Panel ``(r, c)`` shows ``rows[r][1][c]`` scaled to the panel with nearest
-    interpolation (label maps keep their hard edges) and is titled
-    ``"<row label>: <column title>"`` (or the row label alone). The PNG has
+    interpolation (label maps keep their hard edges). The first row's panels
+    are titled with the column titles (the row label when there are none),
+    the first panel of every other row with its row label. The PNG has
     exactly ``columns * panel_width`` by ``rows * (panel_height + 22)``
     pixels, ``panel_width = round(panel_height * W / H)`` of the first panel.
 
@@ -540,13 +541,13 @@ def panel_grid_figure(
     figure, axes = _new_figure(
         len(rows), columns, _panel_size(rows[0][1][0], panel_height)
     )
-    for row_axes, (label, panels) in zip(axes, rows, strict=True):
+    for row, (row_axes, (label, panels)) in enumerate(zip(axes, rows, strict=True)):
         for column, (ax, panel) in enumerate(zip(row_axes, panels, strict=True)):
             ax.imshow(panel, aspect="auto", interpolation="nearest")
-            title = (
-                label if column_titles is None else f"{label}: {column_titles[column]}"
-            )
-            _title(ax, title)
+            if row == 0 and column_titles is not None:
+                _title(ax, column_titles[column])
+            elif column == 0:
+                _title(ax, label)
     return _save(figure, path)
 
 

@@ -201,11 +201,11 @@ def save_prediction_figure(runners: dict[str, Any], path: Path, count: int = 4) 
         rows.append(
             (name, [palette[p.pred_sem_seg.data[0].cpu().numpy()] for p in predictions])
         )
-    titles = [
-        f"{Path(s.img_path).stem} ({100 * foreground_share(s):.0f} %)" for s in samples
-    ]
+    titles = [f"road {100 * foreground_share(s):.0f} % of the tile" for s in samples]
     viz.panel_grid_figure(rows, path, column_titles=titles)
-    print(f"  predictions: {path} (rows: {', '.join(name for name, _ in rows)})")
+    tiles = ", ".join(Path(s.img_path).name for s in samples)
+    print(f"  predictions: {path} (rows: {', '.join(n for n, _ in rows)})")
+    print(f"  tiles: {tiles}")
 
 
 def ignored_as_background(labels: torch.Tensor) -> np.ndarray:
