@@ -1,5 +1,5 @@
 # GLARE-adapted DINOv2 ViT-S/14 + UperNet on the offline aerial_roads set (2 classes),
-# 126x126 crops, 500 iterations of 8 images: sized for a CPU (2 cores: ~20 min).
+# 126x126 crops, 500 iterations of 8 images: sized for a CPU (2 cores: ~15 min).
 _base_ = [
     './_base_/models/upernet_glare-vit-s14-dinov2_mln_cpu.py',
     './_base_/datasets/aerial_roads.py',
