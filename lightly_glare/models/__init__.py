@@ -15,6 +15,11 @@ from lightly_glare.models.export import (
     save_atomic,
 )
 from lightly_glare.models.glare import GLARE
+from lightly_glare.models.heads import (
+    DEFAULT_OUTPUT_DIM,
+    GlareProjectionHead,
+    head_state_dict,
+)
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import (
     AttentionRegionSampler,
@@ -23,7 +28,10 @@ from lightly_glare.models.region_sampler import (
 from lightly_glare.models.uniadapter import UniAdapter, count_adapter_parameters
 
 __all__ = [
+    "DEFAULT_OUTPUT_DIM",
     "GLARE",
+    "GlareProjectionHead",
+    "head_state_dict",
     "AttentionRegionSampler",
     "BackboneOutput",
     "CheckpointMismatchError",
