@@ -22,22 +22,85 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from lightly_glare.data import ImageFolderDataset
-from lightly_glare.loss import ALL_TERMS, GlareLoss
-from lightly_glare.models import GLARE, AttentionRegionSampler
-from lightly_glare.transforms import GlareTransform
+from lightly_glare.loss import ALL_TERMS, LOCAL_DISTORTION, GlareLoss
+from lightly_glare.models import (
+    DEFAULT_OUTPUT_DIM,
+    GLARE,
+    AttentionRegionSampler,
+    GlareProjectionHead,
+)
+from lightly_glare.transforms import (
+    PATCH_AUGMENTATIONS,
+    GlareTransform,
+    build_patch_augmentation,
+)
 from lightly_glare.weights import create_vit
 
-#: A lightly-style batch: ``((views, geometry), targets, filenames)``.
-Batch = tuple[tuple[list[Tensor], Tensor], Any, Any]
+#: A lightly-style batch: ``([view_0, view_1, geometry], targets, filenames)``.
+Batch = tuple[list[Tensor], Any, Any]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops instead of going on."""
 
 
+class NoTrainingStepsError(ValueError):
+    """A run would take no optimizer step (and would export untrained weights)."""
+
+
+def steps_per_epoch(loader: DataLoader[Any]) -> int:
+    """Batches one pass over ``loader`` yields; refuses a loader that yields none.
+
+    A ``DataLoader`` with ``drop_last=True`` over fewer images than one batch
+    yields nothing: a loop over it would finish at once and export the
+    untrained model. Call this before training.
+
+    Args:
+        loader: The training loader.
+
+    Returns:
+        ``len(loader)``, at least 1.
+
+    Raises:
+        NoTrainingStepsError: If the loader yields no batch; the message names
+            the image count and the batch size.
+    """
+    steps = len(loader)
+    if steps == 0:
+        images = len(loader.dataset)  # type: ignore[arg-type]
+        raise NoTrainingStepsError(
+            f"No training step: {images} image(s) with batch_size="
+            f"{loader.batch_size} and drop_last={loader.drop_last} give 0 batches. "
+            "Add images, lower the batch size, or set drop_last=False."
+        )
+    return steps
+
+
+def check_loss(loss: Tensor, step: int, terms: Mapping[str, Tensor]) -> None:
+    """Stops training on a NaN or infinite loss, before the weights change.
+
+    Args:
+        loss: The step's total loss.
+        step: The step number, for the message.
+        terms: The loss's parts (``GlareLoss.last_terms``), for the message.
+
+    Raises:
+        NonFiniteLossError: If ``loss`` is not finite. The message names the
+            step and the value of every term.
+    """
+    if not torch.isfinite(loss):
+        values = {name: float(value) for name, value in terms.items()}
+        raise NonFiniteLossError(
+            f"Non-finite GLARE loss at step {step}: {values}. Check the start "
+            "checkpoint and the input images first (non-finite weights or "
+            "pixels), then lower the learning rate or raise the teacher "
+            "temperature."
+        )
+
+
 @dataclass
 class PretrainConfig:
-    """Optimisation settings (GLARE spec §8; DINO's defaults).
+    """Optimisation settings (DINO's defaults; docs/ARCHITECTURE.md).
 
     Attributes:
         steps: Optimizer steps.
@@ -79,6 +142,11 @@ class PretrainConfig:
     head_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise NoTrainingStepsError(
+                f"steps must be at least 1, got {self.steps}: the run would export "
+                "an untrained model."
+            )
         if not 0 <= self.head_warmup_steps < self.steps:
             raise ValueError(
                 f"head_warmup_steps must be in [0, steps) = [0, {self.steps}), "
@@ -134,7 +202,7 @@ def _endless(batches: Iterable[Batch]) -> Iterator[Batch]:
             empty = False
             yield batch
         if empty:
-            raise ValueError(
+            raise NoTrainingStepsError(
                 "No batches to train on: the data holds fewer images than one "
                 "batch (a DataLoader with drop_last=True yields nothing then)."
             )
@@ -172,6 +240,8 @@ def pretrain(
     Returns:
         The per-step losses and loss terms.
     """
+    if isinstance(batches, DataLoader):
+        steps_per_epoch(batches)
     peak = config.base_lr * batch_size / 256
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=peak)
     history = PretrainHistory()
@@ -180,9 +250,10 @@ def pretrain(
     adapters = model.backbone.adapters
     trained_adapters = [p for p in adapters.parameters() if p.requires_grad]
     try:
-        for step, ((views, geometry), _, _) in zip(
+        for step, (sample, _, _) in zip(
             range(config.steps), _endless(batches), strict=False
         ):
+            *views, geometry = sample
             for parameter in trained_adapters:
                 parameter.requires_grad_(step >= config.head_warmup_steps)
             for group in optimizer.param_groups:
@@ -197,12 +268,7 @@ def pretrain(
                 torch.device(device).type, dtype=torch.bfloat16, enabled=config.amp
             ):
                 loss = criterion(model(views, geometry.to(device)))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"Non-finite GLARE loss at step {step}: "
-                    f"{ {k: float(v) for k, v in criterion.last_terms.items()} }. "
-                    "Lower the learning rate or raise the teacher temperature."
-                )
+            check_loss(loss, step, criterion.last_terms)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad > 0:
@@ -233,28 +299,44 @@ def _progress(
     )
 
 
+#: Settings of a short continual pre-training (a few dozen steps on 2 CPU
+#: cores), used by the experiment tools' options; the library's own defaults
+#: (DINO's) are those of :class:`FolderPretraining` and the components.
+SHORT_SCHEDULE: dict[str, Any] = {
+    "steps": 40,
+    "batch_size": 16,
+    "base_lr": 5e-3,
+    "momentum_start": 0.9,
+    "output_dim": 2048,
+    "hidden_dim": 512,
+}
+
+
 @dataclass
 class FolderPretraining:
     """GLARE continual pre-training of a local SSL checkpoint on an image folder.
 
     The whole job of :func:`pretrain_folder`, as used by ``tools/demo.py`` and
-    the experiment tools: build the ViT, loss and model, train, export.
+    the experiment tools: build the ViT, loss and model, train, export. The
+    field names are the components' argument names and the tools' flags
+    (``output_dim`` is ``--output-dim``).
 
     Attributes:
         arch: timm model name of the checkpoint.
         checkpoint: Local SSL checkpoint (any layout
             :func:`~lightly_glare.weights.create_vit` reads).
         folder: Unlabeled images (searched recursively).
-        indices: Train on these images only, by position in the folder's
-            sorted file list (``ImageFolderDataset.files``); None: all.
         img_size: Input size of the views (a multiple of the patch size).
         steps: Optimizer steps.
+        indices: Train on these images only, by position in the folder's
+            sorted file list (``ImageFolderDataset.files``); None: all.
         batch_size: Images per step.
         seed: Seed of head initialisation, data order and augmentations.
         weights: Weight of each term (``global``, ``regional``,
             ``local_distortion``, ``local_matching``); a term left out has
             weight 1, a term weighted 0 is not computed.
-        output_dim: Output size of the projection heads (spec: 8192).
+        output_dim: Output size of the projection heads
+            (:class:`~lightly_glare.models.GlareProjectionHead`).
         hidden_dim: Hidden size of the heads (DINO: 2048).
         workers: DataLoader worker processes.
         base_lr: Learning rate per 256 images.
@@ -262,10 +344,13 @@ class FolderPretraining:
             DINO's 0.996 suits long schedules; over a few dozen steps the
             teacher (which is exported) then keeps about 1 % of what the
             student learned, so short runs need a lower value (0.9).
-        head_warmup_steps: See :class:`PretrainConfig`.
-        amp: bf16 autocast; None: on CUDA only (GLARE spec §8).
+        amp: bf16 autocast; None: on CUDA only.
         num_regions: Most regions drawn per image from the teacher's attention
             heads, at most one per head (None: the sampler's default, 6).
+        head_warmup_steps: See :class:`PretrainConfig`.
+        patch_augmentation: The student's patch distortion for L_loc1, by name
+            (``"blur"``, ``"noise"``, ``"color_jitter"``, ``"mask"``; see
+            :func:`~lightly_glare.transforms.build_patch_augmentation`).
     """
 
     arch: str
@@ -277,7 +362,7 @@ class FolderPretraining:
     batch_size: int = 16
     seed: int = 0
     weights: Mapping[str, float] = field(default_factory=dict)
-    output_dim: int = 8192
+    output_dim: int = DEFAULT_OUTPUT_DIM
     hidden_dim: int = 2048
     workers: int = 2
     base_lr: float = 5e-4
@@ -285,6 +370,7 @@ class FolderPretraining:
     amp: bool | None = None
     num_regions: int | None = None
     head_warmup_steps: int = 0
+    patch_augmentation: str = "blur"
 
 
 def pretrain_folder(
@@ -306,6 +392,9 @@ def pretrain_folder(
 
     Returns:
         The export's path and the training history.
+
+    Raises:
+        NoTrainingStepsError: If the chosen images fill no batch.
     """
     torch.manual_seed(job.seed)
     vit = create_vit(job.arch, checkpoint=job.checkpoint, img_size=job.img_size)
@@ -320,12 +409,17 @@ def pretrain_folder(
         local_distortion_weight=weights["local_distortion"],
         local_matching_weight=weights["local_matching"],
     ).to(device)
+    distortion = None
+    if LOCAL_DISTORTION in criterion.active_terms:
+        distortion = build_patch_augmentation(job.patch_augmentation)
     model = GLARE(
         vit,
+        head=GlareProjectionHead(
+            vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
+        ),
         terms=criterion.active_terms,
-        output_dim=job.output_dim,
-        hidden_dim=job.hidden_dim,
         region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
+        patch_augmentation=distortion,
     ).to(device)
     log(f"  terms {model.terms}; {model.backbone.report}")
     folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
@@ -368,41 +462,68 @@ def pretrain_folder(
     return model.export_backbone(out, extra_meta=meta), history
 
 
+#: The :class:`FolderPretraining` fields the tools' options set.
+PRETRAINING_OPTIONS = (
+    "steps",
+    "batch_size",
+    "base_lr",
+    "momentum_start",
+    "output_dim",
+    "hidden_dim",
+    "num_regions",
+    "head_warmup_steps",
+    "patch_augmentation",
+    "workers",
+)
+
+
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of a short continual pre-training to a tool's parser.
 
-    ``--pretrain-steps``, ``--pretrain-batch``, ``--base-lr``,
-    ``--ema-momentum``, ``--head-dim``, ``--head-hidden``, ``--num-regions``,
-    ``--head-warmup-steps`` and ``--workers``,
-    with defaults sized for a few dozen steps on 2 CPU cores; read them back
-    with :func:`pretraining_job`.
+    One option per :class:`FolderPretraining` field in
+    :data:`PRETRAINING_OPTIONS`, named after it (``--output-dim`` sets
+    ``output_dim``), with the defaults of :data:`SHORT_SCHEDULE` (a few dozen
+    steps on 2 CPU cores); read them back with :func:`pretraining_job`.
 
     Args:
         parser: The tool's parser.
     """
     group = parser.add_argument_group("GLARE continual pre-training")
-    group.add_argument("--pretrain-steps", type=int, default=40)
-    group.add_argument("--pretrain-batch", type=int, default=16)
+    group.add_argument(
+        "--steps", type=int, default=SHORT_SCHEDULE["steps"], help="optimizer steps"
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=SHORT_SCHEDULE["batch_size"],
+        help="images per step",
+    )
     group.add_argument(
         "--base-lr",
         type=float,
-        default=5e-3,
+        default=SHORT_SCHEDULE["base_lr"],
         help="learning rate per 256 images (DINO: 5e-4 for 100-epoch schedules; "
         "10x for the few dozen steps a CPU affords)",
     )
     group.add_argument(
-        "--ema-momentum",
+        "--momentum-start",
         type=float,
-        default=0.9,
+        default=SHORT_SCHEDULE["momentum_start"],
         help="teacher EMA momentum at step 0, cosine to 1 (DINO: 0.996 for long "
         "schedules; over a few dozen steps the exported teacher would then keep "
         "~1 %% of what the student learned)",
     )
     group.add_argument(
-        "--head-dim", type=int, default=2048, help="head output size (spec: 8192)"
+        "--output-dim",
+        type=int,
+        default=SHORT_SCHEDULE["output_dim"],
+        help=f"head output size (library default: {DEFAULT_OUTPUT_DIM})",
     )
     group.add_argument(
-        "--head-hidden", type=int, default=512, help="head hidden size (DINO: 2048)"
+        "--hidden-dim",
+        type=int,
+        default=SHORT_SCHEDULE["hidden_dim"],
+        help="head hidden size (DINO: 2048)",
     )
     group.add_argument(
         "--num-regions",
@@ -416,6 +537,12 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="first steps that train only the heads, adapters fixed (LP-FT)",
+    )
+    group.add_argument(
+        "--patch-augmentation",
+        choices=sorted(PATCH_AUGMENTATIONS),
+        default="blur",
+        help="the student's patch distortion for the local distortion term",
     )
     group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
 
@@ -450,16 +577,8 @@ def pretraining_job(
         checkpoint=checkpoint,
         folder=folder,
         img_size=img_size,
-        steps=args.pretrain_steps,
-        indices=indices,
-        batch_size=args.pretrain_batch,
         seed=seed,
         weights=dict(weights or {}),
-        output_dim=args.head_dim,
-        hidden_dim=args.head_hidden,
-        workers=args.workers,
-        base_lr=args.base_lr,
-        momentum_start=args.ema_momentum,
-        num_regions=args.num_regions,
-        head_warmup_steps=args.head_warmup_steps,
+        indices=indices,
+        **{name: getattr(args, name) for name in PRETRAINING_OPTIONS},
     )

@@ -42,9 +42,9 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     args = [
         "--work-dir",
         str(tmp_path),
-        "--pretrain-steps",
+        "--steps",
         "2",
-        "--pretrain-batch",
+        "--batch-size",
         "4",
         "--finetune-iters",
         "2",

@@ -14,12 +14,14 @@ from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
     GLARE,
     AttentionRegionSampler,
+    GlareProjectionHead,
     UniAdapterViT,
     load_adapted_backbone,
 )
 from lightly_glare.training import (
     FolderPretraining,
     NonFiniteLossError,
+    NoTrainingStepsError,
     PretrainConfig,
     add_pretraining_arguments,
     learning_rate,
@@ -27,6 +29,7 @@ from lightly_glare.training import (
     pretrain,
     pretrain_folder,
     pretraining_job,
+    steps_per_epoch,
 )
 from lightly_glare.transforms import GlareTransform
 from tests.conftest import make_vit, real_photo
@@ -47,9 +50,7 @@ def small_model() -> tuple[GLARE, GlareLoss]:
     criterion = GlareLoss(output_dim=32)
     model = GLARE(
         make_vit(),
-        output_dim=32,
-        hidden_dim=32,
-        head_bottleneck_dim=8,
+        head=GlareProjectionHead(48, hidden_dim=32, bottleneck_dim=8, output_dim=32),
         adapter_bottleneck=8,
     )
     return model, criterion
@@ -196,7 +197,7 @@ def test_pretrain_folder_rejects_unknown_terms_and_too_few_images(
         )
     (tmp_path / "b").mkdir()
     one_image = _folder_job(tmp_path / "b", indices=[0])  # batch 2, drop_last
-    with pytest.raises(ValueError, match="fewer images than one batch"):
+    with pytest.raises(NoTrainingStepsError, match="1 image.s. with batch_size=2"):
         pretrain_folder(one_image, tmp_path / "y.pth", log=lambda _: None)
 
 
@@ -214,7 +215,7 @@ def test_pretrain_folder_draws_at_most_num_regions(
     monkeypatch.setattr(AttentionRegionSampler, "forward", spy)
     parser = argparse.ArgumentParser()
     add_pretraining_arguments(parser)
-    args = parser.parse_args(["--num-regions", "2", "--pretrain-steps", "2"])
+    args = parser.parse_args(["--num-regions", "2", "--steps", "2"])
     job = pretraining_job(args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0)
     assert job.num_regions == 2
     pretrain_folder(
@@ -269,3 +270,23 @@ def test_adapters_stay_trainable_after_an_error_in_the_warmup(
         config = PretrainConfig(steps=3, head_warmup_steps=2)
         pretrain(model, criterion, loader, config, batch_size=2)
     assert all(p.requires_grad for p in model.backbone.adapters.parameters())
+
+
+def test_a_run_with_zero_steps_is_refused_naming_images_and_batch(
+    tmp_path: Path, loader: DataLoader
+) -> None:
+    """drop_last with fewer images than a batch: refused, not an untrained export."""
+    few = DataLoader(loader.dataset, batch_size=8, drop_last=True)
+    message = r"4 image\(s\) with batch_size=8 and drop_last=True give 0 batches"
+    with pytest.raises(NoTrainingStepsError, match=message):
+        steps_per_epoch(few)
+    model, criterion = small_model()
+    with pytest.raises(NoTrainingStepsError, match=message):
+        pretrain(model, criterion, few, PretrainConfig(steps=2), batch_size=8)
+    with pytest.raises(NoTrainingStepsError, match="steps must be at least 1"):
+        PretrainConfig(steps=0)
+    job = _folder_job(tmp_path, batch_size=8)
+    with pytest.raises(NoTrainingStepsError, match="batch_size=8"):
+        pretrain_folder(job, tmp_path / "never.pth", log=lambda _: None)
+    assert not (tmp_path / "never.pth").exists()
+    assert steps_per_epoch(loader) == 2

@@ -33,7 +33,7 @@ Writes ``results.json`` and ``results.md`` into ``--work-dir``.
 
 Example:
     python tools/classification_transfer.py --work-dir work_dirs/cls_elpv \\
-        --seeds 0 1 2 --pretrain-steps 60
+        --seeds 0 1 2 --steps 60
 """
 
 from __future__ import annotations
@@ -163,13 +163,13 @@ def task_labels(records: list[ElpvRecord]) -> dict[str, Tensor]:
 def pretrain_settings(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {
         "seed": seed,
-        "steps": args.pretrain_steps,
-        "batch": args.pretrain_batch,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
         "base_lr": args.base_lr,
-        "ema_momentum": args.ema_momentum,
+        "momentum_start": args.momentum_start,
         "img_size": args.img_size,
-        "head_dim": args.head_dim,
-        "head_hidden": args.head_hidden,
+        "output_dim": args.output_dim,
+        "hidden_dim": args.hidden_dim,
     }
 
 
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for number, seed in enumerate(args.seeds, start=1):
         clock.stage(
             f"3/5 seed {seed} ({number}/{len(args.seeds)}): GLARE pre-training "
-            f"({args.pretrain_steps} steps x {args.pretrain_batch} train images)"
+            f"({args.steps} steps x {args.batch_size} train images)"
         )
         began = clock.elapsed
         export = run_glare(

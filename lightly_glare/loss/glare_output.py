@@ -18,16 +18,19 @@ ALL_TERMS: tuple[str, ...] = (GLOBAL, REGIONAL, LOCAL_DISTORTION, LOCAL_MATCHING
 class MatchedPair:
     """Student and teacher projections of M matched items (patches or regions).
 
+    Teacher first, as in lightly's losses.
+
     Attributes:
-        student: Student head outputs, shape (M, K); carries gradients.
-        teacher: Teacher head outputs for the same items, shape (M, K).
+        teacher: Teacher head outputs, shape (M, K).
+        student: Student head outputs for the same items, shape (M, K); carries
+            gradients.
         valid: Which of the M pairs count, shape (M,) (bool); None: all of them.
             Fixed-size pair sampling (``GLARE(local_patches_per_view=...)``)
             pads images with fewer candidates than samples with invalid pairs.
     """
 
-    student: Tensor
     teacher: Tensor
+    student: Tensor
     valid: Tensor | None = None
 
 
@@ -36,8 +39,8 @@ class GlareOutput:
     """Everything :class:`~lightly_glare.loss.GlareLoss` needs from one step.
 
     Attributes:
-        student_global: Student [CLS] projections, one (B, K) tensor per view.
         teacher_global: Teacher [CLS] projections, one (B, K) tensor per view.
+        student_global: Student [CLS] projections, one (B, K) tensor per view.
         pairs: Matched student/teacher projections per non-global term
             (``"regional"``, ``"local_distortion"``, ``"local_matching"``); a term
             that was not computed is absent.
@@ -47,8 +50,8 @@ class GlareOutput:
             or None when the regional term was not computed.
     """
 
-    student_global: list[Tensor]
     teacher_global: list[Tensor]
+    student_global: list[Tensor]
     pairs: dict[str, MatchedPair] = field(default_factory=dict)
     patch_masks: Tensor | None = None
     region_masks: Tensor | None = None

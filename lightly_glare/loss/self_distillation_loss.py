@@ -34,8 +34,8 @@ class SelfDistillationLoss(nn.Module):
 
     Examples:
         >>> loss_fn = SelfDistillationLoss(output_dim=8192)
-        >>> student, teacher = torch.randn(50, 8192), torch.randn(50, 8192)
-        >>> loss = loss_fn(student, teacher)
+        >>> teacher, student = torch.randn(50, 8192), torch.randn(50, 8192)
+        >>> loss = loss_fn(teacher, student)  # teacher first, as lightly's losses
     """
 
     def __init__(
@@ -60,28 +60,29 @@ class SelfDistillationLoss(nn.Module):
 
     def forward(
         self,
-        student: Tensor,
-        teacher: Tensor,
-        teacher_temp: float | None = None,
+        teacher_out: Tensor,
+        student_out: Tensor,
         valid: Tensor | None = None,
+        teacher_temp: float | None = None,
     ) -> Tensor:
         """Computes the loss and updates the center.
 
         Args:
-            student: Student head outputs, shape (M, K).
-            teacher: Teacher head outputs for the same M items, shape (M, K).
-            teacher_temp: Overrides the teacher temperature (for warm-up).
+            teacher_out: Teacher head outputs, shape (M, K) (no gradient).
+            student_out: Student head outputs for the same M items, shape (M, K).
             valid: Optional boolean mask of the pairs that count, shape (M,);
                 invalid pairs enter neither the loss nor the center. None: all.
+            teacher_temp: Overrides the teacher temperature (for warm-up).
 
         Returns:
             The mean cross-entropy over the (valid) pairs (0 when there is none,
             still connected to the student graph).
         """
+        student, teacher = student_out, teacher_out
         if student.shape != teacher.shape or student.ndim != 2:
             raise ValueError(
-                "Expected student and teacher outputs of equal shape (M, K), got "
-                f"{tuple(student.shape)} and {tuple(teacher.shape)}."
+                "Expected teacher and student outputs of equal shape (M, K), got "
+                f"{tuple(teacher.shape)} and {tuple(student.shape)}."
             )
         if valid is not None and (
             valid.dtype != torch.bool or valid.shape != student.shape[:1]
@@ -129,3 +130,32 @@ class SelfDistillationLoss(nn.Module):
             1 - self.center_momentum
         )
         self.center.copy_(torch.where(count > 0, updated, self.center))
+
+
+class GlareRegionalLoss(SelfDistillationLoss):
+    """GLARE's regional term: self-distillation between matched region projections.
+
+    The projections of the same regions in the two views (pooled by
+    :class:`~lightly_glare.models.CrossAttentionRegionPooling` and projected by
+    the [CLS] head): teacher on one view against student on the other. Same
+    computation as :class:`SelfDistillationLoss`, with its own center.
+
+    Examples:
+        >>> loss_fn = GlareRegionalLoss(output_dim=8192)
+        >>> loss = loss_fn(teacher_regions, student_regions)  # (M, K) each
+    """
+
+
+class GlareLocalLoss(SelfDistillationLoss):
+    """GLARE's local terms: self-distillation between matched patch projections.
+
+    L_loc1 pairs each distorted student patch with the teacher's clean patch at
+    the same position; L_loc2 pairs each student patch with the teacher's
+    tokens of the other view at the geometrically matching position
+    (:func:`~lightly_glare.transforms.match_patches`). Fixed-size pair
+    sampling pads with invalid pairs, excluded by ``valid``.
+
+    Examples:
+        >>> loss_fn = GlareLocalLoss(output_dim=8192)
+        >>> loss = loss_fn(teacher_patches, student_patches, valid=valid)
+    """

@@ -5,10 +5,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import torch
-from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import update_momentum
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -24,21 +23,49 @@ from lightly_glare.loss.glare_output import (
 )
 from lightly_glare.models.adapted_vit import BackboneOutput, UniAdapterViT
 from lightly_glare.models.export import export_adapted_backbone
+from lightly_glare.models.heads import GlareProjectionHead
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import AttentionRegionSampler
-from lightly_glare.transforms.geometry import (
-    bilinear_gather,
-    map_patch_centers,
-    transfer_masks,
-)
+from lightly_glare.transforms.geometry import match_patches, transfer_masks
 from lightly_glare.transforms.patch_augmentations import (
     PatchAugmentation,
     PatchBlur,
     _rand,
 )
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 RegionMatch = Literal["geometry", "attention"]
 LocalPatches = Literal["distorted", "all"]
+
+
+def _deepcopy(module: ModuleT) -> ModuleT:
+    """``copy.deepcopy`` with an error that names the module that cannot be copied."""
+    try:
+        return copy.deepcopy(module)
+    except RuntimeError as error:  # e.g. torch.nn.utils.weight_norm's hooks
+        raise ValueError(
+            f"GLARE's EMA teacher copies the student's modules with copy.deepcopy, "
+            f"which failed ({error}). Heads built with the hook-based "
+            "torch.nn.utils.weight_norm (lightly's DINOProjectionHead) cannot be "
+            "copied: use lightly_glare.models.GlareProjectionHead (same function)."
+        ) from error
+
+
+def _reinitialised_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with freshly initialised weights.
+
+    Uses the module's own ``reset_parameters`` (e.g.
+    :meth:`GlareProjectionHead.reset_parameters`), else that of each submodule.
+    """
+    fresh = _deepcopy(module)
+    reset = getattr(fresh, "reset_parameters", None)
+    if callable(reset):
+        reset()
+        return fresh
+    for submodule in fresh.modules():
+        if callable(getattr(submodule, "reset_parameters", None)):
+            submodule.reset_parameters()  # type: ignore[operator]
+    return fresh
 
 
 def _sample_patches(
@@ -92,9 +119,16 @@ class GLARE(nn.Module):
     - local matching: each student patch of view a whose centre lies inside view
       b against the teacher's view-b tokens bilinearly interpolated there.
 
-    Heads (ours; the paper lists only adapters as trainable, but the checkpoints
-    one can get carry no DINO heads): trainable and EMA-tracked by default;
-    ``freeze_heads=True`` freezes the randomly initialised or loaded heads.
+    Every part is a module of its own, passed in or built with its defaults:
+    the heads (:class:`GlareProjectionHead`), the region sampler, the region
+    pooling and the patch augmentation. The teacher's copies are made with
+    ``copy.deepcopy``, so heads must be deep-copyable (lightly's
+    ``DINOProjectionHead`` uses the old hook-based weight norm and is not;
+    :class:`GlareProjectionHead` computes the same function and is).
+
+    Heads (ours; the paper lists only adapters as trainable): trainable and
+    EMA-tracked by default; ``freeze_heads=True`` freezes them (load the heads
+    of a DINO / iBOT checkpoint first, :meth:`load_heads`).
 
     Attributes:
         backbone: The adapted backbone holding the frozen ViT and the student's
@@ -124,14 +158,12 @@ class GLARE(nn.Module):
     def __init__(
         self,
         backbone: VisionTransformer | UniAdapterViT,
+        head: nn.Module | None = None,
+        patch_head: nn.Module | None = None,
+        share_patch_head: bool = False,
         terms: Collection[str] = ALL_TERMS,
         adapter_bottleneck: int = 64,
         adapter_scale: float = 0.1,
-        output_dim: int = 8192,
-        patch_output_dim: int | None = None,
-        hidden_dim: int = 2048,
-        head_bottleneck_dim: int = 256,
-        share_patch_head: bool = False,
         freeze_heads: bool = False,
         patch_augmentation: PatchAugmentation | None = None,
         region_sampler: AttentionRegionSampler | None = None,
@@ -146,21 +178,21 @@ class GLARE(nn.Module):
         Args:
             backbone: A timm ``VisionTransformer`` (adapters are inserted and the
                 backbone frozen) or an existing :class:`UniAdapterViT`.
+            head: Projection head of the [CLS] token and the regions, e.g. a
+                :class:`GlareProjectionHead` (the default, with its default
+                sizes) or lightly's ``DINOProjectionHead``. The teacher's is a
+                deep copy.
+            patch_head: Projection head of the patch tokens. None: a deep copy
+                of ``head`` with fresh initial weights (iBOT's untied heads), or
+                ``head`` itself with ``share_patch_head``.
+            share_patch_head: Use ``head`` for patches too (iBOT's tied variant).
+                Defaults to False (untied).
             terms: Terms to compute; pass ``GlareLoss.active_terms`` so that
                 switched-off terms cost nothing.
             adapter_bottleneck: Adapter bottleneck when wrapping a plain ViT.
                 Defaults to 64 (ours).
             adapter_scale: Adapter output scale when wrapping a plain ViT.
                 Defaults to 0.1 (UniAdapter).
-            output_dim: Output dimension of the [CLS]/region head. Defaults to
-                8192 (ours).
-            patch_output_dim: Output dimension of the patch head; None means
-                ``output_dim``.
-            hidden_dim: Hidden size of the 3-layer heads (DINO: 2048).
-            head_bottleneck_dim: Bottleneck before the weight-normalised last
-                layer (DINO: 256).
-            share_patch_head: Use the [CLS] head for patches too (iBOT's tied
-                variant). Defaults to False (untied).
             freeze_heads: Freeze the heads (the paper's literal reading: only
                 adapters train); load head weights before training then.
             patch_augmentation: Distortion applied to the student's views.
@@ -210,6 +242,8 @@ class GLARE(nn.Module):
                 "local_patches_per_view must be None or a positive integer, got "
                 f"{local_patches_per_view}."
             )
+        if share_patch_head and patch_head is not None:
+            raise ValueError("Pass either patch_head or share_patch_head=True.")
         self.terms = tuple(term for term in ALL_TERMS if term in terms)
         if patch_augmentation is None and LOCAL_DISTORTION in self.terms:
             patch_augmentation = PatchBlur()
@@ -220,16 +254,13 @@ class GLARE(nn.Module):
                 backbone, bottleneck=adapter_bottleneck, scale=adapter_scale
             )
         dim = self.backbone.embed_dim
-        patch_dim = output_dim if patch_output_dim is None else patch_output_dim
-
-        def new_head(out_dim: int) -> DINOProjectionHead:
-            return DINOProjectionHead(dim, hidden_dim, head_bottleneck_dim, out_dim)
-
-        def new_heads() -> tuple[DINOProjectionHead, DINOProjectionHead]:
-            head = new_head(output_dim)
-            return head, head if share_patch_head else new_head(patch_dim)
-
-        self.student_head, self.student_patch_head = new_heads()
+        self.student_head = head or GlareProjectionHead(dim)
+        if share_patch_head:
+            self.student_patch_head = self.student_head
+        else:
+            self.student_patch_head = patch_head or _reinitialised_copy(
+                self.student_head
+            )
         if freeze_heads:
             self.student_head.requires_grad_(False)
             self.student_patch_head.requires_grad_(False)
@@ -240,18 +271,9 @@ class GLARE(nn.Module):
         self.min_region_patches = min_region_patches
         self.local_distortion_patches = local_distortion_patches
         self.local_patches_per_view = local_patches_per_view
-        # lightly's heads use torch.nn.utils.weight_norm, which cannot be
-        # deep-copied: the teacher gets fresh heads loaded with the student's state.
-        teacher_head, teacher_patch_head = new_heads()
-        self.teacher = nn.ModuleDict(
-            {
-                "adapters": copy.deepcopy(self.backbone.adapters),
-                "head": teacher_head,
-                "patch_head": teacher_patch_head,
-                "region_pooling": copy.deepcopy(self.region_pooling),
-            }
-        )
-        self.teacher.load_state_dict(self._student_modules().state_dict())
+        # One deep copy of all student modules: a head shared between [CLS]
+        # and patches stays shared in the teacher.
+        self.teacher = _deepcopy(self._student_modules())
         self.teacher.requires_grad_(False)
 
     @property
@@ -388,13 +410,13 @@ class GLARE(nn.Module):
         self, student: BackboneOutput, teacher: BackboneOutput
     ) -> GlareOutput:
         if GLOBAL not in self.terms:
-            return GlareOutput(student_global=[], teacher_global=[])
+            return GlareOutput(teacher_global=[], student_global=[])
         student_cls = self.student_head(student.tokens[:, 0])  # (2B, K)
         with torch.no_grad():
             teacher_cls = self.teacher["head"](teacher.tokens[:, 0])  # (2B, K)
         return GlareOutput(
-            student_global=list(student_cls.chunk(2)),
             teacher_global=list(teacher_cls.chunk(2)),
+            student_global=list(student_cls.chunk(2)),
         )
 
     def _project_pair(
@@ -408,7 +430,7 @@ class GLARE(nn.Module):
         with torch.no_grad():
             teacher = self.teacher[head](teacher_tokens)  # (M, K)
         return MatchedPair(
-            student=student_head(student_tokens), teacher=teacher, valid=valid
+            teacher=teacher, student=student_head(student_tokens), valid=valid
         )
 
     def _local_pair(
@@ -479,10 +501,10 @@ class GLARE(nn.Module):
         teacher_patches = self._patch_tokens(teacher).chunk(2)  # 2 x (B, N, D)
         targets, inside = [], []
         for a, b in ((0, 1), (1, 0)):
-            coords, inside_b = map_patch_centers(
-                geometry[:, a], geometry[:, b], grid, grid
-            )  # (B, N, 2), (B, N)
-            targets.append(bilinear_gather(teacher_patches[b], coords, grid))  # (B,N,D)
+            target, inside_b = match_patches(
+                teacher_patches[b], geometry[:, a], geometry[:, b], grid
+            )  # (B, N, D), (B, N)
+            targets.append(target)
             inside.append(inside_b)
         return self._local_pair(
             self._patch_tokens(student),  # (2B, N, D): views a = 0, 1

@@ -25,6 +25,7 @@ from lightly_glare.openmmlab import mmcv_compat
 from lightly_glare.openmmlab import (  # noqa: F401
     backbone,
     checkpoint,
+    components,
     datasets,
     hooks,
     pretrain,

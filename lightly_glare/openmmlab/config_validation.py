@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 ClassT = TypeVar("ClassT", bound=type)
+FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 #: Attribute marking an ``__init__`` that already validates its arguments.
 _VALIDATING: Final = "__lightly_glare_validates_arguments__"
@@ -84,11 +85,11 @@ def _resolved_hints(function: Callable[..., Any]) -> dict[str, Any]:
         return hints
 
 
-def argument_spec(cls: type) -> ArgumentSpec:
+def argument_spec(cls: type | Callable[..., Any]) -> ArgumentSpec:
     """What ``cls(...)`` accepts, following ``**kwargs`` to the base classes.
 
     Args:
-        cls: The class.
+        cls: The class, or a builder function registered in its place.
 
     Returns:
         Its positional parameters, accepted keywords and their annotations.
@@ -96,13 +97,18 @@ def argument_spec(cls: type) -> ArgumentSpec:
     positional: tuple[str, ...] | None = None
     names: list[str] = []
     hints: dict[str, Any] = {}
-    for owner in cls.__mro__:
-        if "__init__" not in vars(owner):
-            continue
-        if owner is object:
-            break
-        init = inspect.unwrap(vars(owner)["__init__"])
-        parameters = list(inspect.signature(init).parameters.values())[1:]  # self
+    owners = cls.__mro__ if isinstance(cls, type) else (cls,)
+    for owner in owners:
+        if isinstance(cls, type):
+            if "__init__" not in vars(owner):
+                continue
+            if owner is object:
+                break
+            init = inspect.unwrap(vars(owner)["__init__"])
+            parameters = list(inspect.signature(init).parameters.values())[1:]
+        else:  # a function: every parameter counts
+            init = inspect.unwrap(owner)
+            parameters = list(inspect.signature(init).parameters.values())
         if positional is None:
             positional = tuple(
                 p.name
@@ -218,6 +224,26 @@ def check_arguments(
                 f"{module} argument {key!r} expects {describe(spec.hints[key])}, "
                 f"got {type(value).__name__} {value!r:.100}."
             )
+
+
+def validate_function_arguments(function: FunctionT) -> FunctionT:
+    """Decorator: a builder function registered under a class's name checks
+    its arguments like :func:`validate_arguments` does for classes.
+
+    Args:
+        function: The builder.
+
+    Returns:
+        The validating builder (same name and signature).
+    """
+    spec = argument_spec(function)
+
+    @functools.wraps(function)
+    def validating(*args: Any, **kwargs: Any) -> Any:
+        check_arguments(function.__name__, spec, args, kwargs)
+        return function(*args, **kwargs)
+
+    return validating  # type: ignore[return-value]
 
 
 def validate_arguments(cls: ClassT) -> ClassT:

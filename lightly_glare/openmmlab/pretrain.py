@@ -25,15 +25,21 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from lightly_glare.loss import GlareLoss
+from lightly_glare.loss import LOCAL_DISTORTION
 from lightly_glare.models import GLARE
+from lightly_glare.models.glare import LocalPatches, RegionMatch
+from lightly_glare.openmmlab import components  # noqa: F401  (registers the parts)
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrain_data import derive_seed
 from lightly_glare.training import NonFiniteLossError
-from lightly_glare.weights.ssl_checkpoints import create_vit
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
 PretrainInputs = tuple[list[Tensor], Tensor]
+
+
+def _build(cfg: dict[str, Any] | None, default_type: str, **defaults: Any) -> Any:
+    """Builds a part from ``MODELS``; ``defaults`` fill keys the config omits."""
+    return MODELS.build({"type": default_type, **defaults, **(cfg or {})})
 
 
 def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
@@ -85,12 +91,21 @@ class GlarePretrainDataPreprocessor(BaseDataPreprocessor):
 @MODELS.register_module()
 @validate_arguments
 class GlarePretrainer(BaseModel):
-    """GLARE continual pre-training of a frozen timm ViT as an mmengine model.
+    """GLARE continual pre-training as an mmengine model, composed from parts.
 
-    Builds the ViT with :func:`~lightly_glare.weights.create_vit` (loading a
-    local SSL checkpoint strictly; nothing is downloaded),
-    :class:`~lightly_glare.loss.GlareLoss` and
-    :class:`~lightly_glare.models.GLARE` with the loss's active terms.
+    Every part is a nested config built from mmseg's ``MODELS`` registry (see
+    :mod:`~lightly_glare.openmmlab.components`), as mmpretrain composes its
+    DINO model from ``backbone``, ``neck`` and ``head``:
+
+    - ``backbone``: a frozen ViT with UniAdapters (``UniAdapterViT``);
+    - ``head`` / ``patch_head``: projection heads (``GlareProjectionHead``;
+      ``input_dim`` is filled in from the backbone);
+    - ``region_sampler``, ``region_pooling`` (``dim`` filled in);
+    - ``patch_augmentation``: the student's distortion for L_loc1
+      (``PatchBlur``, ``PatchNoise``, ``PatchColorJitter``, ``PatchMasking``);
+    - ``loss``: ``GlareLoss`` with the term weights (output sizes filled in
+      from the heads; its teacher-temperature warm-up counts iterations here).
+
     ``forward(inputs, mode='loss')`` returns ``{'loss': total, 'term_<name>':
     ..., 'teacher_temp': ...}``: mmengine sums the keys containing ``loss``, so
     the parts are logged under ``term_*`` (detached) and the logged ``loss`` is
@@ -100,79 +115,69 @@ class GlarePretrainer(BaseModel):
 
     Everything that changes over training depends only on the number of steps
     taken (``num_steps``, a buffer in the state dict): the teacher temperature
-    (linear warm-up over ``warmup_teacher_temp_iters``, as DINO's over epochs)
     and the generator of the patch augmentation and the region sampler (seeded
     with ``seed``, the step and the rank). A resumed run therefore repeats an
     uninterrupted one.
 
     Args:
-        arch (str): timm model name, e.g. ``'vit_small_patch14_dinov2'``.
-        img_size (int): Input size of the ViT (a checkpoint's position
-            embedding is resampled). Defaults to 224.
-        checkpoint (str, optional): Local SSL checkpoint of the ViT (DINO,
-            DINOv2, iBOT or timm layout). None keeps random weights (tests, or
-            when an mmengine checkpoint is loaded afterwards). Defaults to None.
-        checkpoint_key (str, optional): Sub-dict of the checkpoint holding the
-            weights (see :func:`~lightly_glare.weights.normalize_state_dict`).
-            Defaults to None.
-        vit_cfg (dict, optional): Further keyword arguments of
-            ``timm.create_model`` (e.g. ``drop_path_rate``; ``depth`` for tiny
-            test models). Defaults to None.
-        output_dim (int): Output dimension of the projection heads.
-            Defaults to 8192.
-        hidden_dim (int): Hidden size of the heads. Defaults to 2048.
-        head_bottleneck_dim (int): Bottleneck before the heads' last layer.
-            Defaults to 256.
-        adapter_bottleneck (int): UniAdapter bottleneck. Defaults to 64.
-        adapter_scale (float): UniAdapter output scale. Defaults to 0.1.
-        global_weight (float): Weight of the global term. Defaults to 1.0.
-        regional_weight (float): Weight of the regional term. Defaults to 1.0.
-        local_distortion_weight (float): Weight of L_loc1. Defaults to 1.0.
-        local_matching_weight (float): Weight of L_loc2. Defaults to 1.0.
-        student_temp (float): Student temperature. Defaults to 0.1.
-        teacher_temp (float): Teacher temperature (after the warm-up).
-            Defaults to 0.04.
-        warmup_teacher_temp (float, optional): Teacher temperature at step 0,
-            e.g. 0.04 with ``teacher_temp=0.07`` (DINO). None: no warm-up.
-            Defaults to None.
-        warmup_teacher_temp_iters (int): Steps of the linear teacher-temperature
-            warm-up. Defaults to 0.
+        backbone (dict): Config of the adapted ViT, e.g.
+            ``dict(type='UniAdapterViT', arch='vit_small_patch16_224',
+            checkpoint='dino_deitsmall16_pretrain.pth')``.
+        head (dict, optional): Config of the [CLS] / region head. Defaults to
+            None (``GlareProjectionHead`` with its defaults).
+        patch_head (dict, optional): Config of the patch head. Defaults to None
+            (an untied head of ``head``'s architecture, or ``head`` itself with
+            ``share_patch_head``).
+        share_patch_head (bool): One head for [CLS], regions and patches.
+            Defaults to False.
+        region_sampler (dict, optional): Config of the region sampler.
+            Defaults to None (``AttentionRegionSampler()``).
+        region_pooling (dict, optional): Config of the region pooling.
+            Defaults to None (``CrossAttentionRegionPooling()``).
+        patch_augmentation (dict, optional): Config of the student's patch
+            distortion; built only when the L_loc1 weight is positive (it
+            exists for that term). Defaults to None (``PatchBlur()``).
+        loss (dict, optional): Config of the loss. Defaults to None
+            (``GlareLoss()``: every weight 1).
+        region_match (str): ``'geometry'`` or ``'attention'`` (see
+            :class:`~lightly_glare.models.GLARE`). Defaults to ``'geometry'``.
+        min_region_patches (int): Smallest region kept. Defaults to 2.
+        local_distortion_patches (str): ``'distorted'`` or ``'all'``.
+            Defaults to ``'distorted'``.
+        local_patches_per_view (int, optional): Patch pairs per image and view
+            of each local term (None: every valid patch). Defaults to None.
+        freeze_heads (bool): Train only the adapters. Defaults to False.
         seed (int): Seed of the per-step generator. Defaults to 0.
-        glare_cfg (dict, optional): Further keyword arguments of
-            :class:`~lightly_glare.models.GLARE` (e.g. ``region_match``).
-            Defaults to None.
         data_preprocessor (dict, optional): Config of the data preprocessor.
             Defaults to None (a :class:`GlarePretrainDataPreprocessor`).
         init_cfg (dict, optional): mmengine initialisation config (unused by
             default). Defaults to None.
 
     Examples:
-        >>> model = dict(type='GlarePretrainer', arch='vit_small_patch16_224',
-        ...              checkpoint='dino_deitsmall16_pretrain.pth')
+        >>> model = dict(
+        ...     type='GlarePretrainer',
+        ...     backbone=dict(type='UniAdapterViT', arch='vit_small_patch16_224',
+        ...                   checkpoint='dino_deitsmall16_pretrain.pth'),
+        ...     patch_augmentation=dict(type='PatchNoise'),
+        ...     loss=dict(type='GlareLoss', regional_weight=0.))
     """
 
     def __init__(
         self,
-        arch: str,
-        img_size: int = 224,
-        checkpoint: str | None = None,
-        checkpoint_key: str | None = None,
-        vit_cfg: dict[str, Any] | None = None,
-        output_dim: int = 8192,
-        hidden_dim: int = 2048,
-        head_bottleneck_dim: int = 256,
-        adapter_bottleneck: int = 64,
-        adapter_scale: float = 0.1,
-        global_weight: float = 1.0,
-        regional_weight: float = 1.0,
-        local_distortion_weight: float = 1.0,
-        local_matching_weight: float = 1.0,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float | None = None,
-        warmup_teacher_temp_iters: int = 0,
+        backbone: dict[str, Any],
+        head: dict[str, Any] | None = None,
+        patch_head: dict[str, Any] | None = None,
+        share_patch_head: bool = False,
+        region_sampler: dict[str, Any] | None = None,
+        region_pooling: dict[str, Any] | None = None,
+        patch_augmentation: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        region_match: RegionMatch = "geometry",
+        min_region_patches: int = 2,
+        local_distortion_patches: LocalPatches = "distorted",
+        local_patches_per_view: int | None = None,
+        freeze_heads: bool = False,
         seed: int = 0,
-        glare_cfg: dict[str, Any] | None = None,
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
@@ -180,51 +185,55 @@ class GlarePretrainer(BaseModel):
             data_preprocessor=data_preprocessor or GlarePretrainDataPreprocessor(),
             init_cfg=init_cfg,
         )
-        if warmup_teacher_temp_iters < 0:
-            raise ValueError(
-                "warmup_teacher_temp_iters must be >= 0, got "
-                f"{warmup_teacher_temp_iters}."
-            )
-        self.arch = arch
-        self.img_size = img_size
         self.seed = seed
-        vit = create_vit(
-            arch,
-            checkpoint=checkpoint,
-            img_size=img_size,
-            checkpoint_key=checkpoint_key,
-            **(vit_cfg or {}),
+        self.backbone_cfg = dict(backbone)
+        adapted = MODELS.build(backbone)
+        dim = adapted.embed_dim
+        head_module = _build(head, "GlareProjectionHead", input_dim=dim)
+        patch_module = (
+            None
+            if patch_head is None
+            else _build(patch_head, "GlareProjectionHead", input_dim=dim)
         )
-        self.criterion = GlareLoss(
-            output_dim=output_dim,
-            global_weight=global_weight,
-            regional_weight=regional_weight,
-            local_distortion_weight=local_distortion_weight,
-            local_matching_weight=local_matching_weight,
-            student_temp=student_temp,
-            teacher_temp=teacher_temp,
-            # GlareLoss's schedule unit ("epoch") is the optimizer step here.
-            warmup_teacher_temp=(
-                teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp
-            ),
-            warmup_teacher_temp_epochs=warmup_teacher_temp_iters,
+        loss_cfg = dict(loss or {"type": "GlareLoss"})
+        loss_cfg.setdefault("output_dim", head_module.output_dim)
+        loss_cfg.setdefault(
+            "patch_output_dim",
+            (patch_module or head_module).output_dim,
         )
+        self.criterion = MODELS.build(loss_cfg)
+        distortion = None
+        if LOCAL_DISTORTION in self.criterion.active_terms:
+            distortion = _build(patch_augmentation, "PatchBlur")
+        elif patch_augmentation is not None:
+            print_log(
+                f"patch_augmentation {patch_augmentation.get('type')} is not built: "
+                "the local distortion weight is 0, so the student sees clean views.",
+                logger="current",
+            )
         self.glare = GLARE(
-            vit,
+            adapted,
+            head=head_module,
+            patch_head=patch_module,
+            share_patch_head=share_patch_head,
             terms=self.criterion.active_terms,
-            output_dim=output_dim,
-            hidden_dim=hidden_dim,
-            head_bottleneck_dim=head_bottleneck_dim,
-            adapter_bottleneck=adapter_bottleneck,
-            adapter_scale=adapter_scale,
-            **(glare_cfg or {}),
+            freeze_heads=freeze_heads,
+            patch_augmentation=distortion,
+            region_sampler=_build(region_sampler, "AttentionRegionSampler"),
+            region_pooling=_build(
+                region_pooling, "CrossAttentionRegionPooling", dim=dim
+            ),
+            region_match=region_match,
+            min_region_patches=min_region_patches,
+            local_distortion_patches=local_distortion_patches,
+            local_patches_per_view=local_patches_per_view,
         )
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         print_log(
-            f"GlarePretrainer: {arch} at {img_size} px from "
-            f"{checkpoint or 'random weights'}; terms {self.glare.terms}; "
-            f"{self.glare.backbone.report}",
+            f"GlarePretrainer: {backbone.get('arch')} from "
+            f"{backbone.get('checkpoint') or 'random weights'}; terms "
+            f"{self.glare.terms}; {self.glare.backbone.report}",
             logger="current",
         )
 
@@ -237,7 +246,10 @@ class GlarePretrainer(BaseModel):
 
     def export_meta(self) -> dict[str, Any]:
         """Meta information stored with an exported backbone."""
-        return {"arch": self.arch, "img_size": self.img_size}
+        return {
+            "arch": self.backbone_cfg.get("arch"),
+            "img_size": self.backbone_cfg.get("img_size", 224),
+        }
 
     def forward(
         self,
@@ -272,7 +284,7 @@ class GlarePretrainer(BaseModel):
             self.num_steps += 1
         loss = self.criterion(
             self.glare(views, geometry, generator=generator), epoch=step
-        )
+        )  # the loss's warm-up "epoch" is the iteration here
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in self.criterion.last_terms.items()}
             raise NonFiniteLossError(

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 from mmengine.dataset import InfiniteSampler
-from mmseg.registry import DATA_SAMPLERS, DATASETS
+from mmseg.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 from torch.utils.data import Dataset
 
 from lightly_glare.data.image_folder import ImageFolderDataset
+from lightly_glare.openmmlab import components  # noqa: F401  (GlareTransform)
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.transforms import GlareTransform
 
 _SEED_STRIDE = 1_000_003  # a prime: distinct (seed, draw) pairs, distinct seeds
 
@@ -64,7 +64,7 @@ class GlareInfiniteSampler(InfiniteSampler):
 @DATASETS.register_module()
 @validate_arguments
 class GlarePretrainDataset(Dataset[dict[str, Any]]):
-    """An unlabeled image folder with :class:`GlareTransform` for pre-training.
+    """An unlabeled image folder with ``GlareTransform`` for pre-training.
 
     Item ``k`` is image ``k % len(self)`` (``k`` may exceed the length:
     :class:`GlareInfiniteSampler` passes ``epoch * len + index``) as
@@ -80,10 +80,11 @@ class GlarePretrainDataset(Dataset[dict[str, Any]]):
 
     Args:
         data_root (str): Folder with the images (searched recursively).
-        input_size (int): Side of the two square views. Defaults to 224.
+        transform (dict, optional): Config of the two-view transform, built
+            from mmseg's ``TRANSFORMS`` registry, e.g.
+            ``dict(type='GlareTransform', input_size=126, min_overlap=0.25)``.
+            Defaults to None (``GlareTransform()``, 224 px).
         seed (int): Augmentation seed. Defaults to 0.
-        transform_cfg (dict, optional): Further keyword arguments of
-            :class:`GlareTransform` (e.g. ``min_overlap``). Defaults to None.
         skip_bad (bool): Skip unreadable images (reported once) instead of
             failing. Defaults to False.
         min_size (int, optional): Reject images whose shorter side is smaller.
@@ -93,13 +94,12 @@ class GlarePretrainDataset(Dataset[dict[str, Any]]):
     def __init__(
         self,
         data_root: str,
-        input_size: int = 224,
+        transform: dict[str, Any] | None = None,
         seed: int = 0,
-        transform_cfg: dict[str, Any] | None = None,
         skip_bad: bool = False,
         min_size: int | None = None,
     ) -> None:
-        self.transform = GlareTransform(input_size, **(transform_cfg or {}))
+        self.transform = TRANSFORMS.build(transform or {"type": "GlareTransform"})
         self.images = ImageFolderDataset(
             data_root, skip_bad=skip_bad, min_size=min_size
         )
@@ -120,5 +120,5 @@ class GlarePretrainDataset(Dataset[dict[str, Any]]):
         image = self.images.load(index % len(self.images))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, index))
-            views, geometry = self.transform(image)
+            *views, geometry = self.transform(image)
         return {"inputs": (views, geometry)}

@@ -10,9 +10,11 @@ from lightly_glare.transforms.geometry import (
     crop_overlap,
     map_coords,
     map_patch_centers,
+    match_patches,
     nearest_patch_index,
     patch_centers,
     transfer_masks,
+    view_geometry,
 )
 from lightly_glare.transforms.glare_transform import (
     Box,
@@ -50,8 +52,10 @@ __all__ = [
     "crop_overlap",
     "map_coords",
     "map_patch_centers",
+    "match_patches",
     "nearest_patch_index",
     "patch_centers",
     "patch_grid_mask_to_pixels",
     "transfer_masks",
+    "view_geometry",
 ]

@@ -35,13 +35,45 @@ __all__ = [
     "crop_overlap",
     "map_coords",
     "map_patch_centers",
+    "match_patches",
     "nearest_patch_index",
     "patch_centers",
     "transfer_masks",
+    "view_geometry",
 ]
 
 #: Number of values describing a view: (top, left, height, width, hflip).
 GEOMETRY_SIZE = 5
+
+
+def view_geometry(
+    box: tuple[int, int, int, int], hflip: bool, image_size: tuple[int, int]
+) -> list[float]:
+    """The geometry of one view: the single definition of the ``(5,)`` format.
+
+    Every other function here reads that format; :class:`GlareTransform` writes
+    it only through this function.
+
+    Args:
+        box: The crop box in pixels of the original image,
+            ``(top, left, height, width)``.
+        hflip: Whether the view was flipped horizontally after cropping.
+        image_size: Size ``(height, width)`` of the original image in pixels.
+
+    Returns:
+        ``[top, left, height, width, hflip]`` with ``top`` and ``height``
+        divided by the image height, ``left`` and ``width`` by its width, and
+        ``hflip`` 1.0 or 0.0.
+    """
+    top, left, height, width = box
+    image_height, image_width = image_size
+    return [
+        top / image_height,
+        left / image_width,
+        height / image_height,
+        width / image_width,
+        float(hflip),
+    ]
 
 
 def _check_grid(grid: tuple[int, int], name: str) -> tuple[int, int]:
@@ -231,6 +263,44 @@ def map_patch_centers(
     centers = patch_centers(grid_from, device=geometry_from.device, dtype=dtype)
     coords = centers.expand(geometry_from.shape[0], -1, -1)  # (B, h * w, 2)
     return map_coords(coords, geometry_from, geometry_to, grid_from, grid_to)
+
+
+def match_patches(
+    tokens_to: Tensor,
+    geometry_from: Tensor,
+    geometry_to: Tensor,
+    grid_from: tuple[int, int],
+    grid_to: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The tokens of view ``to`` at the centre of every patch of view ``from``.
+
+    GLARE's patch matching (L_loc2): each patch of one view is paired with the
+    other view's tokens bilinearly interpolated at the same image point.
+
+    Args:
+        tokens_to: Patch tokens of the target view, shape (B, h' * w', D),
+            row-major.
+        geometry_from: Crop geometry of the source view, shape (B, 5).
+        geometry_to: Crop geometry of the target view, shape (B, 5).
+        grid_from: Patch grid (h, w) of the source view.
+        grid_to: Patch grid (h', w') of the target view; None: ``grid_from``.
+
+    Returns:
+        ``(matched, inside)``: ``matched`` with shape (B, h * w, D) holds, for
+        every source patch, the target tokens at its centre; ``inside`` with
+        shape (B, h * w) tells which centres lie inside the target view (only
+        those pairs are meaningful).
+
+    Examples:
+        >>> matched, inside = match_patches(teacher_b, geometry[:, 0],
+        ...                                 geometry[:, 1], (14, 14))
+        >>> pairs = (matched[inside], student_a[inside])  # (M, D) each
+    """
+    grid_to = grid_from if grid_to is None else grid_to
+    coords, inside = map_patch_centers(
+        geometry_from, geometry_to, grid_from, grid_to
+    )  # (B, h * w, 2), (B, h * w)
+    return bilinear_gather(tokens_to, coords, grid_to), inside
 
 
 def nearest_patch_index(coords: Tensor, grid_to: tuple[int, int]) -> Tensor:

@@ -7,9 +7,12 @@ from collections.abc import Callable
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.transforms.utils import IMAGENET_NORMALIZE
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
+
+from lightly_glare.transforms.geometry import view_geometry
 
 __all__ = [
     "Box",
@@ -87,7 +90,7 @@ class RandomSolarization:
         return ImageOps.solarize(image, threshold=self.threshold)
 
 
-class GlareTransform:
+class GlareTransform(MultiViewTransform):
     """Two global views of an image and the geometry relating them, for GLARE.
 
     Implements GLARE's image-level augmentation (two views X and X' per image)
@@ -102,13 +105,20 @@ class GlareTransform:
         PIL images first.
 
     Output of this transform:
-        ``(views, geometry)``: ``views = [view_0, view_1]``, each a float tensor
-        (3, H, W); ``geometry`` a float32 tensor (2, 5) holding, per view,
-        ``(top, left, height, width, hflip)``: the crop box in normalised
-        original-image coordinates (``top``, ``height`` divided by the image
-        height; ``left``, ``width`` by its width) and 1.0 when the view was
-        flipped horizontally after cropping. torch's default collate turns a
-        batch into ``([V0 (B, 3, H, W), V1], G (B, 2, 5))``.
+        ``[view_0, view_1, geometry]``, as lightly's multi-view transforms
+        (views first, then their locations, like ``VICRegLTransform``'s grids):
+        each view a float tensor (3, H, W); ``geometry`` a float32 tensor
+        (2, 5) holding, per view, ``(top, left, height, width, hflip)`` (see
+        :func:`~lightly_glare.transforms.view_geometry`): the crop box in
+        normalised original-image coordinates and 1.0 when the view was flipped
+        horizontally after cropping. Both torch's default collate and lightly's
+        ``MultiViewCollate`` turn a batch into
+        ``[V0 (B, 3, H, W), V1 (B, 3, H, W), G (B, 2, 5)]``.
+
+    A :class:`~lightly.transforms.multi_view_transform.MultiViewTransform`:
+    ``transforms`` holds the two per-view photometric pipelines. The views are
+    not drawn independently (the second crop must overlap the first), hence
+    the own ``__call__``.
 
     Geometry first, photometry second: both crop boxes and both flips are
     drawn before any photometric augmentation, and the photometric
@@ -172,7 +182,7 @@ class GlareTransform:
         >>> transform = GlareTransform(input_size=224)
         >>> dataset = LightlyDataset("path/to/images", transform=transform)
         >>> loader = torch.utils.data.DataLoader(dataset, batch_size=64)
-        >>> for ((view0, view1), geometry), _, _ in loader:
+        >>> for (view0, view1, geometry), _, _ in loader:
         ...     output = model([view0, view1], geometry)  # geometry: (64, 2, 5)
     """
 
@@ -225,20 +235,22 @@ class GlareTransform:
         self.hf_prob = hf_prob
         self.min_overlap = min_overlap
         self.max_tries = max_tries
-        self.view_transforms = [
-            self._photometric(
-                cj_prob=cj_prob,
-                color_jitter=(cj_bright, cj_contrast, cj_sat, cj_hue),
-                random_gray_scale=random_gray_scale,
-                blur_prob=blur_prob,
-                sigmas=sigmas,
-                solarization_prob=solarization,
-                normalize=normalize,
-            )
-            for blur_prob, solarization in zip(
-                gaussian_blur, (0.0, solarization_prob), strict=True
-            )
-        ]
+        super().__init__(
+            [
+                self._photometric(
+                    cj_prob=cj_prob,
+                    color_jitter=(cj_bright, cj_contrast, cj_sat, cj_hue),
+                    random_gray_scale=random_gray_scale,
+                    blur_prob=blur_prob,
+                    sigmas=sigmas,
+                    solarization_prob=solarization,
+                    normalize=normalize,
+                )
+                for blur_prob, solarization in zip(
+                    gaussian_blur, (0.0, solarization_prob), strict=True
+                )
+            ]
+        )
 
     @staticmethod
     def _photometric(
@@ -297,24 +309,22 @@ class GlareTransform:
             return shifted
         return first
 
-    def __call__(self, image: Image.Image | Tensor) -> tuple[list[Tensor], Tensor]:
+    def __call__(self, image: Image.Image | Tensor) -> list[Tensor]:  # type: ignore[override]
         """Returns two augmented views of ``image`` and their geometry.
 
         Args:
             image: PIL image or tensor image (see the class docstring).
 
         Returns:
-            ``(views, geometry)`` with ``views`` two float tensors (3, H, W) and
-            ``geometry`` a float32 tensor (2, 5) of
-            ``(top, left, height, width, hflip)`` per view, normalised.
+            ``[view_0, view_1, geometry]``: two float tensors (3, H, W) and a
+            float32 tensor (2, 5) of ``(top, left, height, width, hflip)`` per
+            view, normalised.
         """
         pil = self._to_pil(image)
         boxes = self.sample_boxes(pil)
         flips = [bool(torch.rand(()) < self.hf_prob) for _ in boxes]
         views, rows = [], []
-        for box, flip, photometric in zip(
-            boxes, flips, self.view_transforms, strict=True
-        ):
+        for box, flip, photometric in zip(boxes, flips, self.transforms, strict=True):
             top, left, box_height, box_width = box
             view = F.resized_crop(
                 pil,
@@ -329,16 +339,8 @@ class GlareTransform:
             if flip:
                 view = F.hflip(view)
             views.append(photometric(view))
-            rows.append(
-                [
-                    top / pil.height,
-                    left / pil.width,
-                    box_height / pil.height,
-                    box_width / pil.width,
-                    float(flip),
-                ]
-            )
-        return views, torch.tensor(rows, dtype=torch.float32)  # (2, 5)
+            rows.append(view_geometry(box, flip, (pil.height, pil.width)))
+        return [*views, torch.tensor(rows, dtype=torch.float32)]  # + (2, 5)
 
     @staticmethod
     def _to_pil(image: Image.Image | Tensor) -> Image.Image:

@@ -149,9 +149,9 @@ def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
         "0",
         "--img-size",
         "56",
-        "--pretrain-steps",
+        "--steps",
         "2",
-        "--pretrain-batch",
+        "--batch-size",
         "4",
         "--workers",
         "0",
@@ -215,16 +215,16 @@ def test_ablation_refuses_to_reuse_a_run_made_with_other_settings(
     tmp_path: Path,
 ) -> None:
     tool = load_tool("segmentation_ablation")
-    made = tool.parse_args(["--work-dir", str(tmp_path), "--pretrain-steps", "30"])
+    made = tool.parse_args(["--work-dir", str(tmp_path), "--steps", "30"])
     run = tmp_path / "seed0.json"
     run.write_text(json.dumps({"args": tool.recorded_args(made)}))
     placed_elsewhere = ["--seeds", "4", "--device", "cpu", "--variants", "none"]
-    placed_elsewhere += ["--pretrain-steps", "30"]
+    placed_elsewhere += ["--steps", "30"]
     tool.check_same_settings(run, tool.parse_args([*placed_elsewhere, "--force"]))
-    with pytest.raises(ValueError, match="pretrain_steps: 30 -> 150"):
-        tool.check_same_settings(run, tool.parse_args(["--pretrain-steps", "150"]))
+    with pytest.raises(ValueError, match="steps: 30 -> 150"):
+        tool.check_same_settings(run, tool.parse_args(["--steps", "150"]))
     with pytest.raises(ValueError, match="eval_split"):
         tool.check_same_settings(
             run,
-            tool.parse_args(["--pretrain-steps", "30", "--eval-split", "holdout"]),
+            tool.parse_args(["--steps", "30", "--eval-split", "holdout"]),
         )

@@ -4,8 +4,10 @@ from lightly.loss import DINOLoss
 
 from lightly_glare.loss import (
     ALL_TERMS,
+    GlareLocalLoss,
     GlareLoss,
     GlareOutput,
+    GlareRegionalLoss,
     MatchedPair,
     SelfDistillationLoss,
 )
@@ -17,8 +19,8 @@ def make_output(batch: int = 4, dim: int = 32) -> GlareOutput:
         for i, term in enumerate(ALL_TERMS[1:])
     }
     return GlareOutput(
-        student_global=[torch.randn(batch, dim) for _ in range(2)],
         teacher_global=[torch.randn(batch, dim) for _ in range(2)],
+        student_global=[torch.randn(batch, dim) for _ in range(2)],
         pairs=pairs,
     )
 
@@ -79,7 +81,7 @@ def test_total_is_weighted_sum_of_terms() -> None:
     # Each pair term matches a standalone SelfDistillationLoss.
     pair = output.pairs["regional"]
     torch.testing.assert_close(
-        parts["regional"], SelfDistillationLoss(32)(pair.student, pair.teacher)
+        parts["regional"], SelfDistillationLoss(32)(pair.teacher, pair.student)
     )
 
 
@@ -89,10 +91,10 @@ def test_pair_validity_restricts_each_term_to_its_valid_pairs() -> None:
     for term, pair in output.pairs.items():
         pair.valid = torch.rand(pair.student.shape[0]) < 0.5
         pair.valid[0] = True
-        subsets[term] = MatchedPair(pair.student[pair.valid], pair.teacher[pair.valid])
+        subsets[term] = MatchedPair(pair.teacher[pair.valid], pair.student[pair.valid])
     masked, subset = GlareLoss(output_dim=32), GlareLoss(output_dim=32)
     masked(output)
-    subset(GlareOutput(output.student_global, output.teacher_global, subsets))
+    subset(GlareOutput(output.teacher_global, output.student_global, subsets))
     for term in ALL_TERMS:
         torch.testing.assert_close(masked.last_terms[term], subset.last_terms[term])
     for term, loss_fn in masked.pair_losses.items():
@@ -134,3 +136,54 @@ def test_invalid_weights() -> None:
         )
     with pytest.raises(ValueError, match=">= 0"):
         GlareLoss(global_weight=-1)
+
+
+def test_tensor_inputs_equal_the_glare_output_path() -> None:
+    """Teacher-first tensors, as in lightly's losses, give the same total."""
+    output = make_output()
+    from_output, from_tensors = GlareLoss(output_dim=32), GlareLoss(output_dim=32)
+    pairs = output.pairs
+    regional = pairs["regional"]
+    matching = pairs["local_matching"]
+    expected = from_output(output)
+    total = from_tensors(
+        output.teacher_global,
+        output.student_global,
+        regional=(regional.teacher, regional.student),
+        local_distortion=pairs["local_distortion"],
+        local_matching=(matching.teacher, matching.student, None),
+    )
+    torch.testing.assert_close(total, expected)
+    for term, value in from_output.last_terms.items():
+        torch.testing.assert_close(from_tensors.last_terms[term], value)
+
+
+def test_tensor_inputs_name_a_missing_term() -> None:
+    output = make_output()
+    criterion = GlareLoss(output_dim=32)
+    with pytest.raises(ValueError, match="'local_matching'.*inputs are missing"):
+        criterion(
+            output.teacher_global,
+            output.student_global,
+            regional=output.pairs["regional"],
+            local_distortion=output.pairs["local_distortion"],
+        )
+    with pytest.raises(ValueError, match="no \\[CLS\\] projections"):
+        GlareLoss(
+            output_dim=32,
+            regional_weight=0,
+            local_distortion_weight=0,
+            local_matching_weight=0,
+        )([], [])
+    with pytest.raises(ValueError, match="either a GlareOutput alone or tensors"):
+        criterion(output, output.student_global)
+
+
+def test_term_losses_are_teacher_first() -> None:
+    """GlareRegionalLoss / GlareLocalLoss: gradient reaches only the 2nd input."""
+    for loss_cls in (GlareRegionalLoss, GlareLocalLoss):
+        teacher = torch.randn(5, 16, requires_grad=True)
+        student = torch.randn(5, 16, requires_grad=True)
+        loss_cls(output_dim=16)(teacher, student).backward()
+        assert teacher.grad is None
+        assert student.grad is not None and student.grad.abs().sum() > 0

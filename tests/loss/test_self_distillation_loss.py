@@ -27,7 +27,7 @@ def test_matches_reference_and_updates_center(teacher_temp: float, m: int) -> No
     loss_fn.center.normal_()
     center_before = loss_fn.center.clone()
     student, teacher = torch.randn(m, 16), torch.randn(m, 16)
-    loss = loss_fn(student, teacher, teacher_temp=teacher_temp)
+    loss = loss_fn(teacher, student, teacher_temp=teacher_temp)
     expected = reference_loss(student, teacher, center_before, 0.1, teacher_temp)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(
@@ -39,7 +39,7 @@ def test_gradient_only_through_student() -> None:
     loss_fn = SelfDistillationLoss(output_dim=8)
     student = torch.randn(4, 8, requires_grad=True)
     teacher = torch.randn(4, 8, requires_grad=True)
-    loss_fn(student, teacher).backward()
+    loss_fn(teacher, student).backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     assert teacher.grad is None
 
@@ -48,7 +48,7 @@ def test_empty_pairs_give_zero_and_keep_center() -> None:
     loss_fn = SelfDistillationLoss(output_dim=8)
     loss_fn.center.fill_(0.5)
     student = torch.zeros(0, 8, requires_grad=True)
-    loss = loss_fn(student, torch.zeros(0, 8))
+    loss = loss_fn(torch.zeros(0, 8), student)
     assert loss.item() == 0.0 and torch.isfinite(loss)
     loss.backward()
     assert torch.equal(loss_fn.center, torch.full((1, 8), 0.5))
@@ -64,8 +64,8 @@ def test_valid_mask_counts_only_valid_pairs(m: int) -> None:
     valid = torch.zeros(m + 3, dtype=torch.bool)
     valid[torch.randperm(m + 3)[:m]] = True
     teacher[~valid] = 1e4  # padding that would dominate loss and center
-    loss = masked(student, teacher, valid=valid)
-    torch.testing.assert_close(loss, subset(student[valid], teacher[valid]))
+    loss = masked(teacher, student, valid=valid)
+    torch.testing.assert_close(loss, subset(teacher[valid], student[valid]))
     torch.testing.assert_close(masked.center, subset.center)
     loss.backward()
     assert student.grad is not None
@@ -77,7 +77,7 @@ def test_no_valid_pair_gives_zero_and_keeps_center() -> None:
     loss_fn.center.fill_(0.5)
     student = torch.randn(4, 8, requires_grad=True)
     valid = torch.zeros(4, dtype=torch.bool)
-    loss = loss_fn(student, torch.randn(4, 8), valid=valid)
+    loss = loss_fn(torch.randn(4, 8), student, valid=valid)
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(loss_fn.center, torch.full((1, 8), 0.5))

@@ -11,7 +11,7 @@ from lightly_glare.loss import (
     REGIONAL,
     GlareLoss,
 )
-from lightly_glare.models import GLARE, CrossAttentionRegionPooling
+from lightly_glare.models import GLARE, CrossAttentionRegionPooling, GlareProjectionHead
 from lightly_glare.models.adapted_vit import BackboneOutput
 from lightly_glare.models.glare import _sample_patches
 from lightly_glare.transforms import GlareTransform, PatchBlur
@@ -21,13 +21,12 @@ from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 DIM = 64  # small head output for fast tests
 
 
+def small_head(dim: int = DIM) -> GlareProjectionHead:
+    return GlareProjectionHead(48, hidden_dim=32, bottleneck_dim=16, output_dim=dim)
+
+
 def small_glare(variant: str = "plain", **kwargs: object) -> GLARE:
-    defaults: dict[str, object] = {
-        "output_dim": DIM,
-        "hidden_dim": 32,
-        "head_bottleneck_dim": 16,
-        "adapter_bottleneck": 8,
-    }
+    defaults: dict[str, object] = {"head": small_head(), "adapter_bottleneck": 8}
     defaults.update(kwargs)
     return GLARE(make_vit(variant), **defaults)  # type: ignore[arg-type]
 
@@ -45,7 +44,7 @@ def real_batch(size: int, batch: int = 4) -> tuple[list[torch.Tensor], torch.Ten
     transform = GlareTransform(input_size=size)
     photo = real_photo()
     torch.manual_seed(3)
-    views, geometry = default_collate([transform(photo) for _ in range(batch)])
+    *views, geometry = default_collate([transform(photo) for _ in range(batch)])
     return views, geometry
 
 

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lightly.data.multi_view_collate import MultiViewCollate
+from lightly.transforms.multi_view_transform import MultiViewTransform
 import torch
 import torchvision.transforms as T
 from lightly.data import LightlyDataset
@@ -60,7 +62,7 @@ def test_geometry_matches_the_pixels(
     flips = []
     for seed in range(8):
         torch.manual_seed(seed)
-        views, geometry = transform(source)
+        *views, geometry = transform(source)
         for view, geom in zip(views, geometry, strict=True):
             assert view.shape == (3, *size)
             flips.append(geom[4].item())
@@ -84,7 +86,7 @@ def test_min_overlap_holds() -> None:
     transform = GlareTransform(input_size=16, **GEOMETRY_ONLY)
     free = GlareTransform(input_size=16, min_overlap=0.0, **GEOMETRY_ONLY)
     torch.manual_seed(0)
-    geometry = torch.stack([transform(image)[1] for _ in range(200)])  # (200, 2, 5)
+    geometry = torch.stack([transform(image)[2] for _ in range(200)])  # (200, 2, 5)
     free_geometry = torch.stack([free(image)[1] for _ in range(200)])
     assert (crop_overlap(geometry[:, 0], geometry[:, 1]) >= 0.25 - 1e-6).all()
     # Without the condition some pairs do violate it: the test is not vacuous.
@@ -155,9 +157,9 @@ def test_photometric_augmentations_do_not_change_the_geometry() -> None:
     )
     for seed in range(10):
         torch.manual_seed(seed)
-        plain_views, plain_geometry = plain(image)
+        *plain_views, plain_geometry = plain(image)
         torch.manual_seed(seed)
-        views, geometry = full(image)
+        *views, geometry = full(image)
         assert torch.equal(geometry, plain_geometry)
         assert not torch.allclose(views[1], plain_views[1])
 
@@ -169,8 +171,8 @@ def test_reproducible_with_torch_seed() -> None:
     first = transform(image)
     torch.manual_seed(5)
     second = transform(image)
-    assert torch.equal(first[1], second[1])
-    assert all(torch.equal(a, b) for a, b in zip(first[0], second[0], strict=True))
+    assert len(first) == 3
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_picklable_for_dataloader_workers() -> None:
@@ -178,9 +180,9 @@ def test_picklable_for_dataloader_workers() -> None:
     copy = pickle.loads(pickle.dumps(transform))
     image = ramp_image()
     torch.manual_seed(2)
-    views, geometry = transform(image)
+    *views, geometry = transform(image)
     torch.manual_seed(2)
-    copy_views, copy_geometry = copy(image)
+    *copy_views, copy_geometry = copy(image)
     assert torch.equal(geometry, copy_geometry)
     assert torch.equal(views[0], copy_views[0])
 
@@ -194,14 +196,14 @@ def test_tensor_inputs_match_pil() -> None:
     for source in (image, as_uint8, as_float):
         torch.manual_seed(1)
         outputs.append(transform(source))
-    for views, geometry in outputs[1:]:
-        assert torch.equal(geometry, outputs[0][1])
-        for view, reference in zip(views, outputs[0][0], strict=True):
+    for *views, geometry in outputs[1:]:
+        assert torch.equal(geometry, outputs[0][2])
+        for view, reference in zip(views, outputs[0][:2], strict=True):
             assert torch.allclose(view, reference, atol=1e-5)
 
 
 def test_grayscale_input_gives_rgb_views() -> None:
-    views, _ = GlareTransform(input_size=32)(Image.new("L", (40, 40), 100))
+    *views, _ = GlareTransform(input_size=32)(Image.new("L", (40, 40), 100))
     assert all(view.shape == (3, 32, 32) for view in views)
 
 
@@ -209,7 +211,7 @@ def test_default_collate_shapes() -> None:
     transform = GlareTransform(input_size=32)
     image = ramp_image()
     batch = default_collate([transform(image) for _ in range(4)])
-    (view0, view1), geometry = batch
+    view0, view1, geometry = batch
     assert view0.shape == view1.shape == (4, 3, 32, 32)
     assert view0.dtype == torch.float32
     assert view0.min() < 0  # ImageNet normalisation by default
@@ -227,11 +229,30 @@ def test_lightly_dataset(tmp_path: Path) -> None:
     dataset = LightlyDataset(str(tmp_path), transform=GlareTransform(input_size=32))
     assert len(dataset) == 3
     loader = DataLoader(dataset, batch_size=3, num_workers=0)
-    ((view0, view1), geometry), targets, filenames = next(iter(loader))
+    (view0, view1, geometry), targets, filenames = next(iter(loader))
     assert view0.shape == view1.shape == (3, 3, 32, 32)
     assert geometry.shape == (3, 2, 5)
     assert sorted(filenames) == [f"image_{i}.png" for i in range(3)]
     assert targets.shape == (3,)
+
+
+def test_a_lightly_multi_view_transform_with_both_collates(tmp_path: Path) -> None:
+    """lightly's MultiViewCollate and torch's default collate give one batch."""
+    transform = GlareTransform(input_size=32)
+    assert isinstance(transform, MultiViewTransform)
+    assert len(transform.transforms) == 2  # one photometric pipeline per view
+    image = ramp_image()
+    items = []
+    for index in range(3):
+        torch.manual_seed(index)
+        items.append((transform(image), index, f"image_{index}.png"))
+    lightly_views, labels, names = MultiViewCollate()(items)
+    torch_views, torch_labels, torch_names = default_collate(items)
+    assert len(lightly_views) == len(torch_views) == 3  # view 0, view 1, geometry
+    for ours, theirs in zip(lightly_views, torch_views, strict=True):
+        assert torch.equal(ours, theirs)
+    assert torch_views[2].shape == (3, 2, 5)
+    assert torch.equal(labels, torch_labels) and list(names) == list(torch_names)
 
 
 @pytest.mark.parametrize(
