@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
 from lightly_glare.openmmlab.backbone import GlareViT
+from lightly_glare.openmmlab.config_validation import ConfigArgumentError
 from lightly_glare.openmmlab.hooks import GlareTeacherEMAHook
 from lightly_glare.openmmlab.pretrain import GlarePretrainer
 from lightly_glare.openmmlab.pretrain_data import (
@@ -36,13 +37,30 @@ from lightly_glare.openmmlab.pretrain_data import (
     GlarePretrainDataset,
 )
 from lightly_glare.training import NonFiniteLossError, parameter_groups
+from lightly_glare.transforms import PatchNoise
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import load_tool, real_photo
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "mmseg_configs" / "glare_pretrain_vit-s14-dinov2_aerial-126.py"
+#: The CPU-sized aerial pre-training config (not an ablation of it).
+CONFIG = next(
+    path
+    for path in sorted((ROOT / "mmseg_configs").rglob("*vit-s14-dinov2*aerial-126.py"))
+    if "ablations" not in path.parts
+)
 ARCH = "vit_tiny_patch16_224"
 VIT_CFG = {"depth": 2}  # vit_tiny with 2 blocks: a few 0.1 s per iteration
+#: --cfg-options that shrink a pre-training config to a tiny CPU run.
+TINY_MODEL: dict[str, Any] = {
+    "model.backbone.arch": ARCH,
+    "model.backbone.img_size": 32,
+    "model.backbone.checkpoint": None,
+    "model.backbone.adapter_bottleneck": 8,
+    "model.head.output_dim": 64,
+    "model.head.hidden_dim": 32,
+    "model.head.bottleneck_dim": 16,
+    "train_dataloader.dataset.transform.input_size": 32,
+}
 TERMS = ["term_global", "term_regional", "term_local_distortion", "term_local_matching"]
 
 
@@ -61,19 +79,12 @@ def tiny_cfg(work_dir: Path, data_root: Path, max_iters: int) -> Config:
     cfg = Config.fromfile(str(CONFIG))
     cfg.merge_from_dict(
         {
-            "model.arch": ARCH,
-            "model.img_size": 32,
-            "model.vit_cfg": VIT_CFG,
-            "model.checkpoint": None,
-            "model.output_dim": 64,
-            "model.hidden_dim": 32,
-            "model.head_bottleneck_dim": 16,
-            "model.adapter_bottleneck": 8,
+            **TINY_MODEL,
+            "model.backbone.vit_cfg": VIT_CFG,
             "train_dataloader.batch_size": 2,
             "train_dataloader.num_workers": 0,
             "train_dataloader.persistent_workers": False,
             "train_dataloader.dataset.data_root": str(data_root),
-            "train_dataloader.dataset.input_size": 32,
             "train_cfg.max_iters": max_iters,
             "default_hooks.logger.interval": 1,
             "log_processor.window_size": 1,  # log every step's own loss
@@ -384,7 +395,7 @@ def test_export_loads_into_mmseg_backbone(
 
 
 def test_dataset_draws_depend_on_seed_and_index(image_dir: Path) -> None:
-    dataset = GlarePretrainDataset(str(image_dir), input_size=32, seed=3)
+    dataset = GlarePretrainDataset(str(image_dir), transform=TRANSFORM, seed=3)
     (views_a, geometry_a) = dataset[5]["inputs"]
     torch.manual_seed(123)  # the global RNG does not matter
     (views_b, geometry_b) = dataset[5]["inputs"]
@@ -408,20 +419,29 @@ def test_ema_hook_momentum_schedule() -> None:
         GlareTeacherEMAHook(momentum_start=1.5)
 
 
+TRANSFORM = {"type": "GlareTransform", "input_size": 32}
+
+
 def tiny_pretrainer(**kwargs: Any) -> GlarePretrainer:
     return GlarePretrainer(
-        ARCH,
-        img_size=32,
-        vit_cfg=VIT_CFG,
-        output_dim=64,
-        hidden_dim=32,
-        head_bottleneck_dim=16,
+        backbone={
+            "type": "UniAdapterViT",
+            "arch": ARCH,
+            "img_size": 32,
+            "vit_cfg": VIT_CFG,
+        },
+        head={
+            "type": "GlareProjectionHead",
+            "output_dim": 64,
+            "hidden_dim": 32,
+            "bottleneck_dim": 16,
+        },
         **kwargs,
     )
 
 
 def one_batch(image_dir: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
-    dataset = GlarePretrainDataset(str(image_dir), input_size=32)
+    dataset = GlarePretrainDataset(str(image_dir), transform=TRANSFORM)
     views, geometry = dataset[0]["inputs"]
     return (
         [v[None].repeat(2, 1, 1, 1) for v in views],
@@ -441,9 +461,68 @@ def test_non_finite_loss_raises(image_dir: Path) -> None:
         model(batch)
 
 
+def test_parts_are_built_from_nested_configs(image_dir: Path) -> None:
+    """Each part comes from its own config; sizes flow from backbone and heads."""
+    model = tiny_pretrainer(
+        patch_head={
+            "type": "GlareProjectionHead",
+            "output_dim": 48,
+            "hidden_dim": 32,
+            "bottleneck_dim": 16,
+        },
+        region_sampler={"type": "AttentionRegionSampler", "num_regions": 2},
+        region_pooling={"type": "CrossAttentionRegionPooling", "learnable": True},
+        patch_augmentation={"type": "PatchNoise", "patch_ratio": 0.5},
+        loss={"type": "GlareLoss", "regional_weight": 0.5},
+        local_patches_per_view=3,
+    )
+    glare = model.glare
+    assert isinstance(glare.patch_augmentation, PatchNoise)
+    assert glare.patch_augmentation.patch_ratio == 0.5
+    assert glare.region_sampler.num_regions == 2
+    assert glare.region_pooling.learnable and glare.region_pooling.dim == 192
+    assert (glare.student_head.input_dim, glare.student_head.output_dim) == (192, 64)
+    assert glare.student_patch_head.output_dim == 48
+    assert model.criterion.weights["regional"] == 0.5
+    assert model.criterion.global_loss.center.shape[-1] == 64
+    assert model.criterion.pair_losses["local_matching"].output_dim == 48
+    assert glare.local_patches_per_view == 3
+    out = model(one_batch(image_dir))
+    assert torch.isfinite(out["loss"])
+
+
+def test_unknown_key_in_a_nested_config_is_named() -> None:
+    with pytest.raises(ConfigArgumentError, match="'patch_ration'.*'patch_ratio'"):
+        tiny_pretrainer(patch_augmentation={"type": "PatchBlur", "patch_ration": 0.2})
+    with pytest.raises(ConfigArgumentError, match="'regional_wieght'"):
+        tiny_pretrainer(loss={"type": "GlareLoss", "regional_wieght": 0.0})
+    with pytest.raises(ConfigArgumentError, match="UniAdapterViT.*'adapter_bottlenck'"):
+        GlarePretrainer(
+            backbone={"type": "UniAdapterViT", "arch": ARCH, "adapter_bottlenck": 8}
+        )
+    with pytest.raises(ConfigArgumentError, match="GlareTransform.*'input_sise'"):
+        GlarePretrainDataset(
+            "unused", transform={"type": "GlareTransform", "input_sise": 32}
+        )
+
+
+def test_patch_augmentation_is_built_only_for_the_distortion_term() -> None:
+    model = tiny_pretrainer(
+        patch_augmentation={"type": "PatchMasking"},
+        loss={"type": "GlareLoss", "local_distortion_weight": 0.0},
+    )
+    assert model.glare.patch_augmentation is None  # the student sees clean views
+    assert "local_distortion" not in model.glare.terms
+
+
 def test_teacher_temperature_warmup_follows_steps(image_dir: Path) -> None:
     model = tiny_pretrainer(
-        teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_iters=2
+        loss={
+            "type": "GlareLoss",
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp": 0.04,
+            "warmup_teacher_temp_epochs": 2,
+        }
     )
     batch = one_batch(image_dir)
     temps = [float(model(batch)["teacher_temp"]) for _ in range(4)]
@@ -455,31 +534,39 @@ def test_teacher_temperature_warmup_follows_steps(image_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "arch", "size", "batch", "iters", "out", "hidden"),
+    ("pattern", "arch", "size", "batch", "iters", "out", "hidden"),
     [
-        (CONFIG.name, "vit_small_patch14_dinov2", 126, 16, 300, 2048, 512),
         (
-            "glare_pretrain_vit-b16_224.py",
-            "vit_base_patch16_224",
-            224,
-            64,
-            20000,
-            8192,
+            "*vit-s14-dinov2*aerial-126.py",
+            "vit_small_patch14_dinov2",
+            126,
+            16,
+            300,
             2048,
+            512,
         ),
+        ("*vit-b16*224.py", "vit_base_patch16_224", 224, 64, 20000, 8192, 2048),
     ],
 )
 def test_pretrain_configs(
-    name: str, arch: str, size: int, batch: int, iters: int, out: int, hidden: int
+    pattern: str, arch: str, size: int, batch: int, iters: int, out: int, hidden: int
 ) -> None:
-    cfg = Config.fromfile(str(CONFIG.parent / name))
+    (path,) = (
+        p for p in (ROOT / "mmseg_configs").rglob(pattern) if "ablations" not in p.parts
+    )
+    cfg = Config.fromfile(str(path))
     assert cfg.default_scope == "mmseg"
     assert cfg.custom_imports.imports == ["lightly_glare.openmmlab"]
-    assert cfg.model.type == "GlarePretrainer"
-    assert (cfg.model.arch, cfg.model.img_size) == (arch, size)
-    assert (cfg.model.output_dim, cfg.model.hidden_dim) == (out, hidden)
+    model = cfg.model
+    assert model.type == "GlarePretrainer"
+    assert model.backbone.type == "UniAdapterViT"
+    assert (model.backbone.arch, model.backbone.img_size) == (arch, size)
+    assert model.head.type == "GlareProjectionHead"
+    assert (model.head.output_dim, model.head.hidden_dim) == (out, hidden)
+    assert model.loss.type == "GlareLoss"
     assert cfg.train_dataloader.batch_size == batch
-    assert cfg.train_dataloader.dataset.input_size == size
+    transform = cfg.train_dataloader.dataset.transform
+    assert (transform.type, transform.input_size) == ("GlareTransform", size)
     assert cfg.train_cfg.max_iters == iters
     optimizer = cfg.optim_wrapper.optimizer
     assert optimizer.lr == pytest.approx(5e-4 * batch / 256)
@@ -503,7 +590,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, root: str, out: str) -> N
     optim_wrapper = build_optim_wrapper(
         ddp, dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-2))
     )
-    dataset = GlarePretrainDataset(root, input_size=32)
+    dataset = GlarePretrainDataset(root, transform=TRANSFORM)
     sampler = GlareInfiniteSampler(dataset, seed=0)  # this rank's share
     batches = DataLoader(dataset, 2, sampler=sampler, collate_fn=default_collate)
     hook = GlareTeacherEMAHook()
@@ -557,19 +644,13 @@ def train_command(
 ) -> list[str]:
     """``tools/train.py`` on the shipped config, shrunk with --cfg-options."""
     options = {
-        "model.arch": ARCH,
-        "model.img_size": 32,
-        "model.vit_cfg.depth": VIT_CFG["depth"],
-        "model.checkpoint": checkpoint,
-        "model.output_dim": 64,
-        "model.hidden_dim": 32,
-        "model.head_bottleneck_dim": 16,
-        "model.adapter_bottleneck": 8,
+        **TINY_MODEL,
+        "model.backbone.vit_cfg.depth": VIT_CFG["depth"],
+        "model.backbone.checkpoint": checkpoint,
         "train_dataloader.batch_size": 2,
         "train_dataloader.num_workers": 0,
         "train_dataloader.persistent_workers": False,
         "train_dataloader.dataset.data_root": data_root,
-        "train_dataloader.dataset.input_size": 32,
         "train_cfg.max_iters": max_iters,
         "default_hooks.logger.interval": 1,
         "log_processor.window_size": 1,
