@@ -12,8 +12,14 @@ from torch.utils.data import DataLoader
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import GLARE
-from lightly_glare.training import PretrainConfig, learning_rate, parameter_groups
+from lightly_glare.models import GLARE, GlareProjectionHead
+from lightly_glare.training import (
+    PretrainConfig,
+    check_loss,
+    learning_rate,
+    parameter_groups,
+    steps_per_epoch,
+)
 from lightly_glare.transforms import GlareTransform
 from lightly_glare.weights import create_vit
 
@@ -23,9 +29,8 @@ class GlareModule(pl.LightningModule):
         super().__init__()
         vit = create_vit(arch, checkpoint=checkpoint, img_size=input_size)
         self.criterion = GlareLoss(output_dim=output_dim)
-        self.model = GLARE(
-            vit, terms=self.criterion.active_terms, output_dim=output_dim
-        )
+        head = GlareProjectionHead(vit.embed_dim, output_dim=output_dim)
+        self.model = GLARE(vit, head=head, terms=self.criterion.active_terms)
         self.peak_lr = 5e-4 * batch_size / 256
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -36,10 +41,10 @@ class GlareModule(pl.LightningModule):
             group["lr"] = learning_rate(self.global_step, self.peak_lr, schedule)
 
     def training_step(self, batch, batch_idx):
-        (views, geometry), _, _ = batch
-        loss = self.criterion(self.model(views, geometry), epoch=self.current_epoch)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"Non-finite loss: {self.criterion.last_terms}")
+        (view_0, view_1, geometry), _, _ = batch
+        output = self.model([view_0, view_1], geometry)
+        loss = self.criterion(output, epoch=self.current_epoch)
+        check_loss(loss, self.global_step, self.criterion.last_terms)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True)
         for name, value in self.criterion.last_terms.items():
             self.log(f"loss/{name}", value, sync_dist=True)
@@ -74,6 +79,7 @@ def main(argv=None, strategy="auto", devices="auto"):
         drop_last=True,
         num_workers=args.workers,
     )
+    steps_per_epoch(dataloader)  # refuses a run with no batch
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     trainer = pl.Trainer(
         max_epochs=args.epochs,
