@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GLOBAL, GlareLoss
-from lightly_glare.models import GLARE
+from lightly_glare.models import GLARE, GlareProjectionHead
 from lightly_glare.transforms import GlareTransform
 
 Batch = tuple[list[torch.Tensor], torch.Tensor]
@@ -112,17 +112,20 @@ def build(
 ) -> tuple[GLARE, GlareLoss]:
     size = args.img_size - args.img_size % (14 if "patch14" in name else 16)
     vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=size)
-    dims = {"output_dim": args.output_dim, "patch_output_dim": args.patch_output_dim}
+    patch_dim = args.patch_output_dim or args.output_dim
     weights: dict[str, Any] = {
         f"{term}_weight": 1.0 if term in terms else 0.0 for term in ALL_TERMS
     }
-    criterion = GlareLoss(**dims, **weights)
+    criterion = GlareLoss(
+        output_dim=args.output_dim, patch_output_dim=patch_dim, **weights
+    )
+    dim = vit.embed_dim
     model = GLARE(
         cast(VisionTransformer, vit),
+        head=GlareProjectionHead(dim, args.hidden_dim, output_dim=args.output_dim),
+        patch_head=GlareProjectionHead(dim, args.hidden_dim, output_dim=patch_dim),
         terms=criterion.active_terms,
-        hidden_dim=args.hidden_dim,
         local_patches_per_view=local_patches_per_view,
-        **dims,
     )
     if terms == (GLOBAL,):
         model.patch_augmentation = None
@@ -151,8 +154,9 @@ def loader_batches(
         persistent_workers=workers > 0,
     )
     while True:
-        for (views, geometry), _, _ in loader:
-            yield [v.to(device, non_blocking=True) for v in views], geometry.to(device)
+        for sample, _, _ in loader:
+            *views, geometry = (x.to(device, non_blocking=True) for x in sample)
+            yield views, geometry
 
 
 def time_steps(
