@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 from lightly.loss import DINOLoss
 from torch import Tensor, nn
@@ -21,9 +20,7 @@ from lightly_glare.loss.self_distillation_loss import GlareLocalLoss, GlareRegio
 from lightly_glare.models.heads import DEFAULT_OUTPUT_DIM
 
 #: A term's matched projections: a pair, or ``(teacher, student[, valid])``.
-PairLike = Union[
-    MatchedPair, tuple[Tensor, Tensor], tuple[Tensor, Tensor, Union[Tensor, None]]
-]
+PairLike = MatchedPair | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor | None]
 
 
 class GlareLoss(nn.Module):

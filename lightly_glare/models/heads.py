@@ -86,7 +86,9 @@ class GlareProjectionHead(nn.Module):
         self.norm_last_layer = norm_last_layer
         sizes = [input_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
-        for index, (size_in, size_out) in enumerate(zip(sizes, sizes[1:])):
+        for index, (size_in, size_out) in enumerate(
+            zip(sizes[:-1], sizes[1:], strict=True)
+        ):
             if index > 0:
                 layers.append(nn.GELU())
             layers.append(nn.Linear(size_in, size_out))
@@ -97,8 +99,10 @@ class GlareProjectionHead(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """DINO's initialisation: truncated normal (std 0.02) weights, zero biases,
-        last-layer norms g = 1."""
+        """DINO's initialisation.
+
+        Truncated normal (std 0.02) weights, zero biases, last-layer norms g = 1.
+        """
         for module in self.mlp:
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -135,8 +139,11 @@ def _accept_checkpoint_keys(
     prefix: str,
     *_: Any,
 ) -> None:
-    """Renames DINO/iBOT (``weight_g``/``weight_v``) and lightly (``layers.*``)
-    keys in place to this head's names before a load."""
+    """Renames checkpoint keys in place to this head's names before a load.
+
+    DINO/iBOT (``last_layer.weight_g`` / ``weight_v``) and lightly
+    (``layers.*``) forms are accepted.
+    """
     for key in list(state_dict):
         if not key.startswith(prefix):
             continue

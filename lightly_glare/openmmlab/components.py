@@ -72,7 +72,6 @@ for _component in MODEL_COMPONENTS:
 TRANSFORMS.register_module(module=validate_arguments(GlareTransform))
 
 
-@MODELS.register_module(name="UniAdapterViT")
 @validate_function_arguments
 def UniAdapterViT(  # noqa: N802  (registered under the class's name)
     arch: str,
@@ -114,3 +113,6 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
         **(vit_cfg or {}),
     )
     return _UniAdapterViT(vit, bottleneck=adapter_bottleneck, scale=adapter_scale)
+
+
+MODELS.register_module(name="UniAdapterViT", module=UniAdapterViT)

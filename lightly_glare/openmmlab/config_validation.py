@@ -227,8 +227,10 @@ def check_arguments(
 
 
 def validate_function_arguments(function: FunctionT) -> FunctionT:
-    """Decorator: a builder function registered under a class's name checks
-    its arguments like :func:`validate_arguments` does for classes.
+    """Decorator: a builder function checks its arguments like a class does.
+
+    For builders registered under a class's name (:func:`validate_arguments`
+    does the same for classes).
 
     Args:
         function: The builder.

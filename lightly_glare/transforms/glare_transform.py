@@ -309,7 +309,7 @@ class GlareTransform(MultiViewTransform):
             return shifted
         return first
 
-    def __call__(self, image: Image.Image | Tensor) -> list[Tensor]:  # type: ignore[override]
+    def __call__(self, image: Image.Image | Tensor) -> list[Tensor]:
         """Returns two augmented views of ``image`` and their geometry.
 
         Args:

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightly.data.multi_view_collate import MultiViewCollate
-from lightly.transforms.multi_view_transform import MultiViewTransform
 import torch
 import torchvision.transforms as T
 from lightly.data import LightlyDataset
+from lightly.data.multi_view_collate import MultiViewCollate
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 
