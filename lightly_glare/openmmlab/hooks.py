@@ -25,7 +25,7 @@ from mmseg.registry import HOOKS
 from lightly_glare.models.export import replace_durably
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrain import GlarePretrainer
-from lightly_glare.training import NonFiniteLossError
+from lightly_glare.training import NonFiniteLossError, NoTrainingStepsError
 
 #: Suffix of the files :class:`AtomicCheckpointHook` writes before renaming them.
 PARTIAL_SUFFIX = ".partial"
@@ -72,6 +72,20 @@ class GlareTeacherEMAHook(Hook):
         return float(
             cosine_schedule(step, max_iters, self.momentum_start, self.momentum_end)
         )
+
+    def before_train(self, runner: Any) -> None:
+        """Refuses a run that would take no step (and export an untrained model).
+
+        Raises:
+            NoTrainingStepsError: If ``train_cfg.max_iters`` is below 1 or the
+                run is already complete (e.g. resumed at its last iteration).
+        """
+        if runner.iter >= runner.max_iters:
+            raise NoTrainingStepsError(
+                f"No training step: the run is at iteration {runner.iter} of "
+                f"train_cfg.max_iters={runner.max_iters}. Set max_iters above "
+                f"{runner.iter} (or use another --work-dir to start afresh)."
+            )
 
     def after_train_iter(
         self,

@@ -36,7 +36,11 @@ from lightly_glare.openmmlab.pretrain_data import (
     GlareInfiniteSampler,
     GlarePretrainDataset,
 )
-from lightly_glare.training import NonFiniteLossError, parameter_groups
+from lightly_glare.training import (
+    NonFiniteLossError,
+    NoTrainingStepsError,
+    parameter_groups,
+)
 from lightly_glare.transforms import PatchNoise
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import load_tool, real_photo
@@ -407,6 +411,14 @@ def test_dataset_draws_depend_on_seed_and_index(image_dir: Path) -> None:
     first = [index for index, _ in zip(sampler, range(8), strict=False)]
     assert sorted(first) == list(range(8))  # epoch 0: 0..3, epoch 1: 4..7
     assert sorted(first[:4]) == [0, 1, 2, 3]
+
+
+def test_a_run_with_no_iteration_is_refused(image_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "work", image_dir, max_iters=0)
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(NoTrainingStepsError, match="train_cfg.max_iters=0"):
+        runner.train()
+    assert not list((tmp_path / "work").glob("*.pth"))
 
 
 def test_ema_hook_momentum_schedule() -> None:
