@@ -57,7 +57,7 @@ def pretrainer_from_config(cfg: Config, source: str) -> GlarePretrainer:
             f"{source} is not a GLARE pre-training config (model type "
             f"{cfg.model.get('type')!r}, expected 'GlarePretrainer')."
         )
-    model_cfg["checkpoint"] = None
+    model_cfg["backbone"] = {**model_cfg["backbone"], "checkpoint": None}
     init_default_scope(cfg.get("default_scope", "mmseg"))
     return GlarePretrainer(**model_cfg)
 
