@@ -12,6 +12,10 @@ from lightly_glare.loss import (
     SelfDistillationLoss,
 )
 
+#: Weights that leave only the global term.
+ONLY_GLOBAL = {"regional_weight": 0, "local_distortion_weight": 0,
+               "local_matching_weight": 0}  # fmt: skip
+
 
 def make_output(batch: int = 4, dim: int = 32) -> GlareOutput:
     pairs = {
@@ -128,12 +132,7 @@ def test_teacher_temperature_warmup() -> None:
 
 def test_invalid_weights() -> None:
     with pytest.raises(ValueError, match="positive"):
-        GlareLoss(
-            global_weight=0,
-            regional_weight=0,
-            local_distortion_weight=0,
-            local_matching_weight=0,
-        )
+        GlareLoss(global_weight=0, **ONLY_GLOBAL)
     with pytest.raises(ValueError, match=">= 0"):
         GlareLoss(global_weight=-1)
 
@@ -169,12 +168,7 @@ def test_tensor_inputs_name_a_missing_term() -> None:
             local_distortion=output.pairs["local_distortion"],
         )
     with pytest.raises(ValueError, match="no \\[CLS\\] projections"):
-        GlareLoss(
-            output_dim=32,
-            regional_weight=0,
-            local_distortion_weight=0,
-            local_matching_weight=0,
-        )([], [])
+        GlareLoss(output_dim=32, **ONLY_GLOBAL)([], [])
     with pytest.raises(ValueError, match="either a GlareOutput alone or tensors"):
         criterion(output, output.student_global)
 

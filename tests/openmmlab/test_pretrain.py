@@ -434,22 +434,15 @@ def test_ema_hook_momentum_schedule() -> None:
 TRANSFORM = {"type": "GlareTransform", "input_size": 32}
 
 
+def tiny_head(output_dim: int = 64) -> dict[str, Any]:
+    return {"type": "GlareProjectionHead", "output_dim": output_dim,
+            "hidden_dim": 32, "bottleneck_dim": 16}  # fmt: skip
+
+
 def tiny_pretrainer(**kwargs: Any) -> GlarePretrainer:
-    return GlarePretrainer(
-        backbone={
-            "type": "UniAdapterViT",
-            "arch": ARCH,
-            "img_size": 32,
-            "vit_cfg": VIT_CFG,
-        },
-        head={
-            "type": "GlareProjectionHead",
-            "output_dim": 64,
-            "hidden_dim": 32,
-            "bottleneck_dim": 16,
-        },
-        **kwargs,
-    )
+    backbone = {"type": "UniAdapterViT", "arch": ARCH, "img_size": 32,
+                "vit_cfg": VIT_CFG}  # fmt: skip
+    return GlarePretrainer(backbone=backbone, head=tiny_head(), **kwargs)
 
 
 def one_batch(image_dir: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -476,12 +469,7 @@ def test_non_finite_loss_raises(image_dir: Path) -> None:
 def test_parts_are_built_from_nested_configs(image_dir: Path) -> None:
     """Each part comes from its own config; sizes flow from backbone and heads."""
     model = tiny_pretrainer(
-        patch_head={
-            "type": "GlareProjectionHead",
-            "output_dim": 48,
-            "hidden_dim": 32,
-            "bottleneck_dim": 16,
-        },
+        patch_head=tiny_head(output_dim=48),
         region_sampler={"type": "AttentionRegionSampler", "num_regions": 2},
         region_pooling={"type": "CrossAttentionRegionPooling", "learnable": True},
         patch_augmentation={"type": "PatchNoise", "patch_ratio": 0.5},
