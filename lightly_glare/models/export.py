@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,82 @@ from lightly_glare.models.adapted_vit import UniAdapterViT
 #: Value of ``meta["format"]`` in an exported adapted backbone.
 EXPORT_FORMAT = "lightly-glare-adapted-vit"
 EXPORT_VERSION = 1
+#: How many keys an error message lists before "... and N more".
+LISTED_KEYS = 5
+#: The fix named when a file to load holds NaN or infinite weights.
+LOAD_FIX = (
+    "Such weights come from a diverged run or a damaged file and make every "
+    "loss NaN: use an earlier checkpoint of that run, or a fresh copy of the file."
+)
+#: The fix named when weights to save hold NaN or infinite values.
+SAVE_FIX = (
+    "The training diverged; nothing was written (an existing file is kept): "
+    "export an earlier checkpoint of the run."
+)
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+class NonFiniteWeightsError(CheckpointMismatchError):
+    """A checkpoint, or weights about to be saved, hold NaN or infinite values."""
+
+
+def listed(items: Sequence[str]) -> str:
+    """The first :data:`LISTED_KEYS` items, and how many more there are.
+
+    Args:
+        items: Keys or descriptions, most informative first.
+
+    Returns:
+        E.g. ``"['a', 'b', 'c', 'd', 'e'] ... and 145 more"``.
+    """
+    more = len(items) - LISTED_KEYS
+    return f"{list(items[:LISTED_KEYS])}" + (
+        f" ... and {more} more" if more > 0 else ""
+    )
+
+
+def check_finite(state: Mapping[str, object], source: str, fix: str = LOAD_FIX) -> None:
+    """Raises if a floating-point tensor of ``state`` holds NaN or inf.
+
+    Args:
+        state: A flat mapping of names to tensors (other values are skipped).
+        source: What ``state`` is, for the message (e.g. the file name).
+        fix: What the user should do, appended to the message.
+
+    Raises:
+        NonFiniteWeightsError: Names ``source``, how many tensors are affected
+            and the first of them with their count of non-finite values.
+    """
+    bad = []
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            count = int((~torch.isfinite(value)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {value.numel()} values)")
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{source} holds NaN or infinite weights in {len(bad)} of "
+            f"{len(state)} tensors: {listed(bad)}. {fix}"
+        )
+
+
+def _flat_tensors(obj: object, prefix: str = "") -> dict[str, Tensor]:
+    """The tensors inside nested dicts, lists and tuples, by dotted path."""
+    if isinstance(obj, Tensor):
+        return {prefix.rstrip("."): obj}
+    if isinstance(obj, Mapping):
+        items: Any = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return {}
+    found: dict[str, Tensor] = {}
+    for key, value in items:
+        found.update(_flat_tensors(value, f"{prefix}{key}."))
+    return found
 
 
 def architecture_of(backbone: UniAdapterViT) -> dict[str, Any]:
@@ -58,16 +131,22 @@ def replace_durably(partial: Path, target: Path) -> None:
 def save_atomic(obj: object, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename.
 
-    A kill during saving never leaves a truncated file at ``path``.
+    A kill during saving never leaves a truncated file at ``path``, and
+    weights holding NaN or inf are never written.
 
     Args:
-        obj: What to save.
+        obj: What to save: tensors, possibly nested in dicts, lists, tuples.
         path: Destination file.
 
     Returns:
         The destination path.
+
+    Raises:
+        NonFiniteWeightsError: A floating-point tensor of ``obj`` holds NaN or
+            inf; nothing is written and an existing ``path`` is kept.
     """
     path = Path(path)
+    check_finite(_flat_tensors(obj), f"Refusing to write {path}: it", SAVE_FIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -105,6 +184,10 @@ def export_adapted_backbone(
 
     Returns:
         The destination path.
+
+    Raises:
+        NonFiniteWeightsError: A weight holds NaN or inf (a diverged run);
+            nothing is written.
     """
     state = {f"vit.{k}": v for k, v in backbone.vit.state_dict().items()}
     chosen = backbone.adapters if adapters is None else adapters
@@ -132,6 +215,7 @@ def load_exported_checkpoint(
     Raises:
         CheckpointMismatchError: The file is not an exported adapted backbone
             or cannot be read (e.g. truncated).
+        NonFiniteWeightsError: A weight holds NaN or inf.
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -146,7 +230,9 @@ def load_exported_checkpoint(
             f"{meta.get('format')!r}, expected {EXPORT_FORMAT!r}). Load plain SSL "
             "checkpoints with lightly_glare.weights.load_ssl_checkpoint."
         )
-    return checkpoint["state_dict"], meta
+    state: dict[str, Tensor] = checkpoint["state_dict"]
+    check_finite(state, str(path))
+    return state, meta
 
 
 def load_adapted_backbone(backbone: UniAdapterViT, path: str | Path) -> dict[str, Any]:
@@ -197,31 +283,49 @@ def check_architecture(
         )
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+def check_state_dict(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    diagnosis: str = "",
+) -> None:
     """Raises if ``state`` does not have exactly ``model``'s keys and shapes.
+
+    The message leads with the counts and ``diagnosis``, then lists the first
+    :data:`LISTED_KEYS` missing keys, unexpected keys and shape mismatches
+    each (in the model's, respectively the checkpoint's, key order: embeddings
+    first), with how many more there are.
 
     Args:
         model: The model to load into.
         state: The state dict to load.
         source: Where ``state`` comes from, for the message.
+        diagnosis: Lines that explain the mismatch (e.g. the architecture the
+            file seems to hold), placed right after the first line.
 
     Raises:
         CheckpointMismatchError: Lists missing keys, unexpected keys and shape
             mismatches.
     """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
         f"{key}: checkpoint {tuple(state[key].shape)}, model "
         f"{tuple(expected[key].shape)}"
-        for key in set(expected) & set(state)
-        if state[key].shape != expected[key].shape
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    kinds = (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
     )
     if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            f"Checkpoint {source} does not match {type(model).__name__}:\n"
-            f"  missing keys ({len(missing)}): {missing}\n"
-            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches ({len(shapes)}): {shapes}"
-        )
+        counts = ", ".join(f"{len(items)} {name}" for name, items in kinds if items)
+        lines = [
+            f"Checkpoint {source} does not match {type(model).__name__} ({counts})."
+        ]
+        lines += [diagnosis] if diagnosis else []
+        lines += [f"  {name} ({len(items)}): {listed(items)}" for name, items in kinds]
+        raise CheckpointMismatchError("\n".join(lines))

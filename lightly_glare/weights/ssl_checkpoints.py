@@ -17,13 +17,21 @@ are recognised and re-keyed to timm's ``VisionTransformer`` names:
   (``{"model": {"teacher.backbone.*", "student.backbone.*", ...}}``) and
   ``teacher_checkpoint.pth`` (``{"teacher": {"backbone.*", "dino_head.*",
   "ibot_head.*"}}``).
+- UDI (ViT-S/16 with an extra class token): ``cls_token`` of shape
+  ``(1, T, D)`` with ``T`` > 1 class tokens and a position embedding for the
+  ``T`` prefix tokens and the patches. The first class token (the global one)
+  becomes timm's ``cls_token``, the others its ``reg_token`` (prefix tokens that
+  get positions, ``no_embed_class=False``): build the ViT with
+  ``reg_tokens=T - 1`` (:func:`create_vit` does so by itself).
 - timm state dicts, with or without ``module.`` (DDP) prefixes.
 
 The position embedding is resampled (bicubic, no antialiasing) to the model's
 patch grid. A different patch size is an error, never a resize. Every load is
 strict: missing or unexpected keys and shape mismatches raise
 :class:`~lightly_glare.models.CheckpointMismatchError` (a ``ValueError``) that
-lists them and says which architecture the file seems to hold.
+leads with the architecture the file seems to hold and lists the first of
+them, and weights holding NaN or inf raise
+:class:`~lightly_glare.models.export.NonFiniteWeightsError`.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from torch import Tensor
 from lightly_glare.models.export import (
     EXPORT_FORMAT,
     CheckpointMismatchError,
+    check_finite,
     check_state_dict,
 )
 
@@ -104,7 +113,7 @@ def _unwrap(
             return _unwrap(checkpoint[checkpoint_key], None, source)
         state, _ = _unwrap(checkpoint, None, source)
         prefix = f"{checkpoint_key}."
-        if any(_strip_prefixes(key).startswith(prefix) for key in state):
+        if any(strip_prefixes(key).startswith(prefix) for key in state):
             return state, checkpoint_key
         raise CheckpointMismatchError(
             f"{source} has no entry or key prefix {checkpoint_key!r}; top-level "
@@ -117,7 +126,15 @@ def _unwrap(
     return checkpoint, None
 
 
-def _strip_prefixes(key: str) -> str:
+def strip_prefixes(key: str) -> str:
+    """Removes the wrapper prefixes :data:`PREFIXES` from the start of ``key``.
+
+    Args:
+        key: A checkpoint key, e.g. ``"module.backbone.blocks.0.norm1.weight"``.
+
+    Returns:
+        The key without them, e.g. ``"blocks.0.norm1.weight"``.
+    """
     stripped = True
     while stripped:
         stripped = False
@@ -135,7 +152,7 @@ def _select_branch(
         present = [
             name
             for name in BRANCH_PREFIXES
-            if any(_strip_prefixes(key).startswith(f"{name}.") for key in state)
+            if any(strip_prefixes(key).startswith(f"{name}.") for key in state)
         ]
         if not present:
             return state
@@ -143,14 +160,36 @@ def _select_branch(
     logger.info("%s: using its %r network", source, branch)
     prefix = f"{branch}."
     return {
-        _strip_prefixes(key)[len(prefix) :]: value
+        strip_prefixes(key)[len(prefix) :]: value
         for key, value in state.items()
-        if _strip_prefixes(key).startswith(prefix)
+        if strip_prefixes(key).startswith(prefix)
     }
 
 
+def network_state_dict(
+    checkpoint: Any, checkpoint_key: str | None, source: str
+) -> dict[str, Any]:
+    """The state dict of one network (e.g. the teacher) of a checkpoint.
+
+    Args:
+        checkpoint: The object loaded from the file.
+        checkpoint_key: Entry or key prefix of the network; see
+            :func:`normalize_state_dict`.
+        source: Name of the checkpoint, for messages.
+
+    Returns:
+        Its entries, keys as in the file (wrapper prefixes kept).
+
+    Raises:
+        CheckpointMismatchError: The file holds no state dict or has no entry
+            or key prefix ``checkpoint_key``.
+    """
+    state, branch = _unwrap(checkpoint, checkpoint_key, source)
+    return _select_branch(state, branch, source)
+
+
 def _timm_key(key: str) -> str:
-    key = CHUNKED_BLOCK.sub(r"blocks.\1.", _strip_prefixes(key))
+    key = CHUNKED_BLOCK.sub(r"blocks.\1.", strip_prefixes(key))
     for pattern, replacement in RENAMES:
         key = pattern.sub(replacement, key)
     return key
@@ -185,6 +224,7 @@ def describe_state_dict(state: Mapping[str, Tensor]) -> str:
     layer_scale = "blocks.0.ls1.gamma" in state
     reg = state.get("reg_token")
     registers = int(reg.shape[1]) if reg is not None and reg.dim() == 3 else 0
+    classes = class_token_count(state)
     size_name, paper_name = _SIZES.get(dim, ("", f"{dim}d"))
     parts = [f"embed_dim {dim}", f"depth {depth}"]
     if fc1 is not None:
@@ -193,7 +233,12 @@ def describe_state_dict(state: Mapping[str, Tensor]) -> str:
     if pos is not None and pos.dim() == 3:
         length = int(pos.shape[1])
         grid = next(
-            (g for p in (0, 1, 1 + registers) if (g := _grid_of(length - p))), None
+            (
+                g
+                for p in (0, classes, classes + registers)
+                if (g := _grid_of(length - p))
+            ),
+            None,
         )
         if grid is not None:
             parts.append(
@@ -202,6 +247,8 @@ def describe_state_dict(state: Mapping[str, Tensor]) -> str:
         else:
             parts.append(f"{length} positions")
     parts.append("LayerScale" if layer_scale else "no LayerScale")
+    if classes > 1:
+        parts.append(f"{classes} class tokens")
     parts.append(f"{registers} register tokens")
     if layer_scale and patch_size == 14:
         candidate = f"vit_{size_name}_patch14_{f'reg{registers}_' * bool(registers)}"
@@ -211,6 +258,52 @@ def describe_state_dict(state: Mapping[str, Tensor]) -> str:
     if size_name and timm.is_model(candidate):
         parts[-1] += f"; timm: {candidate}"
     return f"ViT-{paper_name}/{patch_size} ({', '.join(parts)})"
+
+
+def class_token_count(state: Mapping[str, Tensor]) -> int:
+    """How many class tokens a state dict in timm key names holds.
+
+    Args:
+        state: E.g. a normalised checkpoint; ``cls_token`` has shape
+            ``(1, T, D)`` (``T`` = 2 in UDI's checkpoints).
+
+    Returns:
+        ``T``; 1 when there is no ``cls_token`` of that form.
+    """
+    cls = state.get("cls_token")
+    return int(cls.shape[1]) if cls is not None and cls.dim() == 3 else 1
+
+
+def _split_class_tokens(
+    state: dict[str, Tensor], model: VisionTransformer, source: str
+) -> None:
+    """Moves the class tokens after the first one to ``reg_token`` (UDI).
+
+    timm adds the position embedding to ``[cls_token, reg_token, patches]``
+    (``no_embed_class=False``), as UDI's ViT does to its ``T`` class tokens and
+    patches, so the model computes what UDI computes; the first class token
+    stays first (the global one).
+    """
+    classes = class_token_count(state)
+    if classes == 1:
+        return
+    registers = 0 if model.reg_token is None else int(model.reg_token.shape[1])
+    if classes - 1 != registers or model.no_embed_class or "reg_token" in state:
+        raise CheckpointMismatchError(
+            f"{source} holds {classes} class tokens (cls_token "
+            f"{tuple(state['cls_token'].shape)}, as UDI's ViT). They load into a "
+            f"timm ViT with one class token and {classes - 1} register tokens "
+            "that carry the others as prefix tokens (token 0, the first class "
+            "token, stays the global one). The model has "
+            f"{registers} register tokens"
+            + (" and no_embed_class=True" if model.no_embed_class else "")
+            + (", and the file has register tokens too" if "reg_token" in state else "")
+            + f": build it with reg_tokens={classes - 1} and no_embed_class=False "
+            "(create_vit does so by itself; GlareViT: arch=dict(..., "
+            f"reg_tokens={classes - 1}))."
+        )
+    cls = state["cls_token"]  # (1, T, D)
+    state["cls_token"], state["reg_token"] = cls[:, :1], cls[:, 1:]
 
 
 def _adapt_position_embedding(
@@ -279,14 +372,12 @@ def _normalize(
     source: str,
 ) -> tuple[dict[str, Tensor], str]:
     """:func:`normalize_state_dict`, plus a description of the file's ViT."""
-    state, branch = _unwrap(checkpoint, checkpoint_key, source)
-    state = _select_branch(state, branch, source)
     model_keys = set(model.state_dict())
-    renamed: dict[str, Tensor] = {}
-    for key, value in state.items():
-        key = _timm_key(key)
-        if isinstance(value, Tensor) and (key in model_keys or not DROPPED.match(key)):
-            renamed[key] = value
+    renamed = {
+        key: value
+        for key, value in _timm_tensors(checkpoint, checkpoint_key, source).items()
+        if key in model_keys or not DROPPED.match(key)
+    }
     description = describe_state_dict(renamed)
     patch = renamed.get("patch_embed.proj.weight")
     expected = model.patch_embed.proj.weight.shape  # (D, C, p, p)
@@ -297,8 +388,21 @@ def _normalize(
             f"trained with (the file looks like {description}). Patch kernels "
             "are never resized."
         )
+    _split_class_tokens(renamed, model, source)
     _adapt_position_embedding(renamed, model, source)
     return renamed, description
+
+
+def _timm_tensors(
+    checkpoint: Any, checkpoint_key: str | None, source: str
+) -> dict[str, Tensor]:
+    """The tensors of the chosen network, with timm key names (heads kept)."""
+    state = network_state_dict(checkpoint, checkpoint_key, source)
+    return {
+        _timm_key(key): value
+        for key, value in state.items()
+        if isinstance(value, Tensor)
+    }
 
 
 def normalize_state_dict(
@@ -312,10 +416,10 @@ def normalize_state_dict(
 
     Picks the network (``teacher`` unless ``checkpoint_key`` says otherwise),
     strips ``module.``/``backbone.``/``encoder.`` prefixes, un-chunks DINOv2's
-    blocks, renames ``register_tokens``, drops heads and mask tokens, and
-    converts the position embedding to the model's grid (see the module
-    docstring for the layouts). Keys are not checked here:
-    :func:`load_ssl_checkpoint` does that strictly.
+    blocks, renames ``register_tokens``, drops heads and mask tokens, moves
+    extra class tokens (UDI) to ``reg_token``, and converts the position
+    embedding to the model's grid (see the module docstring for the layouts).
+    Keys are not checked here: :func:`load_ssl_checkpoint` does that strictly.
 
     Args:
         checkpoint: The object loaded from the file.
@@ -334,17 +438,34 @@ def normalize_state_dict(
 
     Raises:
         CheckpointMismatchError: The file holds no state dict, has no entry
-            ``checkpoint_key``, its patch size differs from the model's, or
-            its position embedding cannot be converted.
+            ``checkpoint_key``, its patch size differs from the model's, its
+            extra class tokens do not fit the model's register tokens, or its
+            position embedding cannot be converted.
     """
     return _normalize(checkpoint, model, checkpoint_key, source)[0]
 
 
-def _read_checkpoint(path: Path) -> Any:
-    """``torch.load(weights_only=True)``, also accepting DINO's ``args``."""
+def read_ssl_checkpoint(path: str | Path) -> Any:
+    """Reads an SSL checkpoint file with ``torch.load(weights_only=True)``.
+
+    DINO's and iBOT's training checkpoints store their ``argparse.Namespace``;
+    it only holds attributes, so it is allowed (no pickled code runs).
+
+    Args:
+        path: Local checkpoint file.
+
+    Returns:
+        The loaded object (usually a dict).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointMismatchError: The file cannot be read (truncated, not a
+            torch file, or holding other Python objects).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SSL checkpoint {path} not found.")
     try:
-        # DINO and iBOT training checkpoints store their argparse.Namespace;
-        # it only holds attributes, so allowing it runs no code.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt files
@@ -353,6 +474,40 @@ def _read_checkpoint(path: Path) -> Any:
             f"{error}\nIf the file is a training checkpoint holding other Python "
             "objects, extract the backbone state dict from it where you trust it."
         ) from error
+
+
+def _refuse_export(checkpoint: Any, path: Path) -> None:
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT:
+        raise CheckpointMismatchError(
+            f"{path} is a lightly-glare adapted-backbone export (ViT + adapters); "
+            "load it with lightly_glare.models.load_adapted_backbone, or with "
+            "GlareViT(checkpoint_type='glare')."
+        )
+
+
+def _load(
+    model: VisionTransformer,
+    checkpoint: Any,
+    path: Path,
+    checkpoint_key: str | None,
+) -> None:
+    """:func:`load_ssl_checkpoint` on the object read from ``path``."""
+    _refuse_export(checkpoint, path)
+    state, description = _normalize(checkpoint, model, checkpoint_key, str(path))
+    model_description = describe_state_dict(model.state_dict())
+    diagnosis = (
+        f"  the file looks like: {description}\n  the model is: {model_description}"
+    )
+    if description != model_description:
+        diagnosis += (
+            "\n  fix: build the architecture the file holds (e.g. "
+            "create_vit(TIMM_NAME, checkpoint)), or load a checkpoint of the "
+            "model's architecture."
+        )
+    check_state_dict(model, state, source=str(path), diagnosis=diagnosis)
+    check_finite(state, str(path))
+    model.load_state_dict(state, strict=True)
 
 
 def load_ssl_checkpoint(
@@ -369,7 +524,7 @@ def load_ssl_checkpoint(
     Args:
         model: The timm ``VisionTransformer`` (e.g. ``vit_small_patch16_224``,
             ``vit_base_patch16_224``, ``vit_small_patch14_dinov2``,
-            ``vit_small_patch14_reg4_dinov2``).
+            ``vit_small_patch14_reg4_dinov2``; with ``reg_tokens=1`` for UDI).
         path: Local checkpoint file.
         checkpoint_key: Entry (or key prefix) holding the weights; see
             :func:`normalize_state_dict`.
@@ -378,30 +533,14 @@ def load_ssl_checkpoint(
         FileNotFoundError: ``path`` does not exist.
         CheckpointMismatchError: The file cannot be read, is a lightly-glare
             export (load those with ``load_adapted_backbone``), or its keys or
-            shapes do not match the model; the message lists the missing and
-            unexpected keys and the shape mismatches, and describes the
-            architecture the file seems to hold.
+            shapes do not match the model; the message first describes the
+            architecture the file seems to hold and the model's, then lists
+            the first missing and unexpected keys and shape mismatches.
+        NonFiniteWeightsError: A weight holds NaN or inf; the message names the
+            first such keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SSL checkpoint {path} not found.")
-    checkpoint = _read_checkpoint(path)
-    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-    if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT:
-        raise CheckpointMismatchError(
-            f"{path} is a lightly-glare adapted-backbone export (ViT + adapters); "
-            "load it with lightly_glare.models.load_adapted_backbone, or with "
-            "GlareViT(checkpoint_type='glare')."
-        )
-    state, description = _normalize(checkpoint, model, checkpoint_key, str(path))
-    try:
-        check_state_dict(model, state, source=str(path))
-    except CheckpointMismatchError as error:
-        raise CheckpointMismatchError(
-            f"{error}\n  the file looks like: {description}\n"
-            f"  the model is: {describe_state_dict(model.state_dict())}"
-        ) from None
-    model.load_state_dict(state, strict=True)
+    _load(model, read_ssl_checkpoint(path), path, checkpoint_key)
 
 
 def create_vit(
@@ -423,13 +562,19 @@ def create_vit(
         **kwargs: Further arguments of ``timm.create_model``; ``num_classes``
             defaults to 0 (no classification head).
 
+    A checkpoint with ``T`` > 1 class tokens (UDI) gets a ViT with
+    ``reg_tokens=T - 1`` unless ``reg_tokens`` is given: the extra class tokens
+    become prefix tokens after the first (global) one.
+
     Returns:
         The ViT.
 
     Raises:
         ValueError: ``pretrained=True`` was passed (nothing is downloaded).
         TypeError: ``name`` is not a timm ``VisionTransformer``.
+        FileNotFoundError: ``checkpoint`` does not exist.
         CheckpointMismatchError: See :func:`load_ssl_checkpoint`.
+        NonFiniteWeightsError: See :func:`load_ssl_checkpoint`.
     """
     if kwargs.pop("pretrained", False):
         raise ValueError(
@@ -438,9 +583,22 @@ def create_vit(
     if img_size is not None:
         kwargs["img_size"] = img_size
     kwargs.setdefault("num_classes", 0)
+    path = None if checkpoint is None else Path(checkpoint)
+    loaded = None if path is None else read_ssl_checkpoint(path)
+    if path is not None and "reg_tokens" not in kwargs:
+        tensors = _timm_tensors(loaded, checkpoint_key, str(path))
+        if (classes := class_token_count(tensors)) > 1:
+            logger.info(
+                "%s holds %d class tokens: the ViT carries the %d after the "
+                "first as prefix tokens (reg_tokens)",
+                path,
+                classes,
+                classes - 1,
+            )
+            kwargs["reg_tokens"] = classes - 1
     model = timm.create_model(name, pretrained=False, **kwargs)
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{name!r} is a {type(model).__name__}, not a timm ViT.")
-    if checkpoint is not None:
-        load_ssl_checkpoint(model, checkpoint, checkpoint_key=checkpoint_key)
+    if path is not None:
+        _load(model, loaded, path, checkpoint_key)
     return model
