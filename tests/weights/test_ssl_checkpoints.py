@@ -17,7 +17,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models import CheckpointMismatchError, UniAdapterViT
-from lightly_glare.models.export import export_adapted_backbone
+from lightly_glare.models.export import (
+    LISTED_KEYS,
+    NonFiniteWeightsError,
+    export_adapted_backbone,
+)
 from lightly_glare.weights import (
     create_vit,
     describe_state_dict,
@@ -41,18 +45,21 @@ def official_backbone(
     registers: int = 0,
     chunks: int = 0,
     fill: bool = True,
+    class_tokens: int = 1,
 ) -> dict[str, Tensor]:
     """A DINO (``dinov2=False``) or DINOv2 ``VisionTransformer.state_dict()``.
 
     ``fill=False`` gives zero-memory expanded tensors (only shapes matter).
+    ``class_tokens=2`` gives UDI's ViT (its ``num_class_token``): one
+    ``cls_token`` parameter holding both tokens, positions for both.
     """
 
     def t(*shape: int) -> Tensor:
         return torch.randn(shape) if fill else torch.zeros(()).expand(shape)
 
     state = {
-        "cls_token": t(1, 1, dim),
-        "pos_embed": t(1, 1 + grid * grid, dim),  # [CLS] position first
+        "cls_token": t(1, class_tokens, dim),
+        "pos_embed": t(1, class_tokens + grid * grid, dim),  # [CLS] positions first
         "patch_embed.proj.weight": t(dim, 3, patch, patch),
         "patch_embed.proj.bias": t(dim),
     }
@@ -287,6 +294,56 @@ def test_dinov2_register_model_computes_what_dinov2_computes(tmp_path: Path) -> 
         torch.testing.assert_close(model.forward_features(images), expected)
 
 
+@pytest.mark.parametrize("wrapper", ["plain", "dino_training"])
+def test_udi_two_class_tokens_compute_what_udi_computes(
+    wrapper: str, tmp_path: Path
+) -> None:
+    """UDI's ViT: [cls_1, cls_2, patches] + pos_embed, blocks, norm.
+
+    ``create_vit`` builds the ViT with one register token for the second class
+    token; every token (both class tokens and the patches) must equal a forward
+    written from UDI's layout.
+    """
+    official = official_backbone(48, 2, 8, 4, class_tokens=2)
+    official = {k: v * 0.2 if "norm" not in k else v for k, v in official.items()}
+    path = tmp_path / "udi.pth"
+    torch.save(WRAPPERS[wrapper](official), path)
+    kwargs = {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8}
+    model = create_vit("vit_small_patch16_224", path, img_size=32, **kwargs).eval()
+    assert model.num_prefix_tokens == 2 and not model.no_embed_class
+    images = torch.randn(2, 3, 32, 32)
+    patches = F.conv2d(
+        images,
+        official["patch_embed.proj.weight"],
+        official["patch_embed.proj.bias"],
+        stride=8,
+    )  # (B, D, 4, 4)
+    x = patches.flatten(2).transpose(1, 2)  # (B, 16, D)
+    x = torch.cat([official["cls_token"].expand(2, -1, -1), x], 1)  # (B, 2 + 16, D)
+    x = x + official["pos_embed"]
+    with torch.no_grad():
+        for block in model.blocks:
+            x = block(x)
+        expected = model.norm(x)
+        tokens = model.forward_features(images)
+    torch.testing.assert_close(tokens, expected)
+    assert torch.equal(model.cls_token, official["cls_token"][:, :1])  # global
+
+    plain = make_vit(depth=2)  # one class token, no register token
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_ssl_checkpoint(plain, path)
+    assert "2 class tokens" in str(error.value)
+    assert "reg_tokens=1" in str(error.value)
+    load_ssl_checkpoint(make_vit(depth=2, reg_tokens=1), path)  # strict, no error
+
+
+def test_udi_file_is_described_with_its_class_tokens() -> None:
+    state = official_backbone(384, 1, 16, 14, fill=False, class_tokens=2)
+    description = describe_state_dict(state)
+    assert "14x14 position grid = 224 px" in description
+    assert "2 class tokens" in description
+
+
 def test_dinov2_student_can_be_selected_by_key_prefix(tmp_path: Path) -> None:
     official = official_backbone(48, 2, 8, 4)
     path = tmp_path / "model_final.pth"
@@ -366,16 +423,34 @@ def test_wrong_key_set_lists_the_keys_and_the_files_architecture(
     assert "the file looks like: ViT-48d/8 (embed_dim 48, depth 3" in message
 
 
-def test_wrong_width_names_shapes_and_architectures(tmp_path: Path) -> None:
+def test_wrong_width_leads_with_the_diagnosis_and_caps_the_list(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "vit_b.pth"
-    torch.save(official_backbone(768, 12, 16, 14, fill=False), path)
+    official = official_backbone(768, 12, 16, 14, fill=False)
+    torch.save(official, path)
     model = empty_vit("vit_small_patch16_224")
     with pytest.raises(CheckpointMismatchError) as error:
         load_ssl_checkpoint(model, path)
     message = str(error.value)
+    expected = model.state_dict()
+    differing = sum(  # every tensor of a ViT-B is wider than a ViT-S's
+        official[key].shape != expected[official_timm_key(key)].shape
+        for key in official
+    )
+    assert differing > 100
+    first, diagnosis, _ = message.split("\n", 2)
+    assert f"({differing} shape mismatches)" in first
+    assert "looks like: ViT-B/16" in diagnosis
+    assert "timm: vit_base_patch16_224" in diagnosis
+    assert message.index("the model is: ViT-S/16") < message.index(
+        "  shape mismatches ("
+    )
+    assert "fix: build the architecture the file holds" in message
     assert "cls_token: checkpoint (1, 1, 768), model (1, 1, 384)" in message
-    assert "looks like: ViT-B/16" in message and "timm: vit_base_patch16_224" in message
-    assert "the model is: ViT-S/16" in message
+    assert f"... and {differing - LISTED_KEYS} more" in message
+    assert message.count("checkpoint (") == LISTED_KEYS
+    assert len(message) < 2000
 
 
 def test_wrong_patch_size_is_an_error_not_a_resize(tmp_path: Path) -> None:
@@ -394,6 +469,49 @@ def test_unknown_position_grid_is_an_error(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "bad_pos.pth")
     with pytest.raises(CheckpointMismatchError, match="cannot infer the patch grid"):
         load_ssl_checkpoint(make_vit(), tmp_path / "bad_pos.pth")
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "dino_training"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_file_and_keys(
+    wrapper: str, bad: float, tmp_path: Path
+) -> None:
+    official = official_backbone(48, 3, 8, 4)
+    poisoned = ["blocks.0.attn.qkv.weight", "blocks.2.mlp.fc1.bias", "norm.weight"]
+    for key in poisoned:
+        official[key].view(-1)[:3] = bad
+    path = tmp_path / "diverged.pth"
+    torch.save(WRAPPERS[wrapper](official), path)
+    model = make_vit()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(NonFiniteWeightsError) as error:
+        load_ssl_checkpoint(model, path)
+    message = str(error.value)
+    assert str(path) in message and "NaN or infinite" in message
+    assert f"in {len(poisoned)} of {len(model.state_dict())} tensors" in message
+    assert all(f"{key} (3 of" in message for key in poisoned)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(NonFiniteWeightsError, match="diverged.pth"):
+        create_vit(
+            "vit_small_patch16_224",
+            path,
+            embed_dim=48,
+            depth=3,
+            num_heads=3,
+            patch_size=8,
+            img_size=32,
+        )
+
+
+def test_many_non_finite_tensors_are_capped(tmp_path: Path) -> None:
+    state = {
+        key: torch.full_like(v, float("nan"))
+        for key, v in make_vit().state_dict().items()
+    }
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(NonFiniteWeightsError) as error:
+        load_ssl_checkpoint(make_vit(), tmp_path / "nan.pth")
+    assert f"... and {len(state) - LISTED_KEYS} more" in str(error.value)
 
 
 def test_glare_export_is_refused_with_advice(tmp_path: Path) -> None:
