@@ -114,8 +114,12 @@ class GlareViT(BaseModule):
     strict: a missing or unexpected key raises
     :class:`~lightly_glare.models.CheckpointMismatchError` naming the keys
     (mmseg's own ``VisionTransformer`` loads with ``strict=False`` and silently
-    trains from scratch on a mismatch). A positional embedding of another image
-    size is resampled to ``img_size``.
+    trains from scratch on a mismatch), and weights holding NaN or inf raise
+    :class:`~lightly_glare.models.export.NonFiniteWeightsError` naming the
+    file and the keys. A positional embedding of another image size is
+    resampled to ``img_size``. A UDI checkpoint (two class tokens) needs
+    ``arch=dict(..., reg_tokens=1)``: the second class token is carried as a
+    prefix token.
 
     Fine-tuning (spec §9): by default the whole network trains, adapters
     included; ``freeze_backbone=True`` trains only the adapters. The final norm,
@@ -216,6 +220,7 @@ class GlareViT(BaseModule):
             FileNotFoundError: ``checkpoint`` does not exist.
             CheckpointMismatchError: Its keys, shapes or architecture do not match
                 this model; the message lists the differences.
+            NonFiniteWeightsError: A weight holds NaN or inf.
         """
         if self.checkpoint is None:
             print_log(

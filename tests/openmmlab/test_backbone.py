@@ -16,6 +16,7 @@ from lightly_glare.models import (
     UniAdapterViT,
     export_adapted_backbone,
 )
+from lightly_glare.models.export import NonFiniteWeightsError
 from lightly_glare.openmmlab.backbone import GlareViT
 from tests.conftest import VIT_VARIANTS, make_vit
 
@@ -176,6 +177,50 @@ def test_ssl_checkpoint_wrong_keys_fail_naming_them(tmp_path: Path) -> None:
     backbone = build("plain", checkpoint=str(path), checkpoint_type="ssl")
     with pytest.raises(CheckpointMismatchError, match=r"blocks\.1\.mlp\.fc1\.bias"):
         backbone.init_weights()
+
+
+@pytest.mark.parametrize("checkpoint_type", ["glare", "ssl"])
+def test_non_finite_checkpoint_is_refused(checkpoint_type: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{checkpoint_type}.pth"
+    if checkpoint_type == "glare":
+        export_adapted_backbone(adapted("plain"), path)
+        checkpoint = torch.load(path, weights_only=True)
+        state = checkpoint["state_dict"]
+        key = "adapters.2.down.weight"
+    else:
+        state = checkpoint = make_vit("plain", depth=4).state_dict()
+        key = "blocks.2.attn.proj.weight"
+    state[key][0, :4] = float("nan")
+    torch.save(checkpoint, path)  # written by another tool, not by an export
+    backbone = build("plain", checkpoint=str(path), checkpoint_type=checkpoint_type)
+    with pytest.raises(NonFiniteWeightsError) as error:
+        backbone.init_weights()
+    assert str(path) in str(error.value) and f"{key} (4 of" in str(error.value)
+
+
+def test_udi_checkpoint_loads_with_one_register_token(tmp_path: Path) -> None:
+    """UDI's two class tokens: the second is carried as timm's register token."""
+    vit = make_vit("plain", depth=4, reg_tokens=1)
+    state = vit.state_dict()
+    state["cls_token"] = torch.cat([state["cls_token"], state.pop("reg_token")], 1)
+    path = tmp_path / "udi.pth"
+    torch.save(state, path)  # UDI's layout: cls_token (1, 2, D)
+    backbone = build(
+        "plain",
+        arch={**tiny_arch("plain"), "reg_tokens": 1},
+        checkpoint=str(path),
+        checkpoint_type="ssl",
+    ).eval()
+    backbone.init_weights()
+    images = torch.rand(2, 3, 32, 32)
+    expected = vit.forward_intermediates(
+        images, indices=[0, 1, 2, 3], norm=False, intermediates_only=True
+    )
+    for got, want in zip(backbone(images), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    plain = build("plain", checkpoint=str(path), checkpoint_type="ssl")
+    with pytest.raises(CheckpointMismatchError, match="reg_tokens=1"):
+        plain.init_weights()
 
 
 def test_wrong_adapter_size_fails(tmp_path: Path) -> None:
