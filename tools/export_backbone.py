@@ -28,6 +28,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, safe globals)
+from lightly_glare.models.export import CheckpointMismatchError, check_state_dict
 from lightly_glare.openmmlab.pretrain import GlarePretrainer
 
 
@@ -63,8 +64,23 @@ def pretrainer_from_config(cfg: Config, source: str) -> GlarePretrainer:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads an mmengine checkpoint without unpickling code."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """Reads an mmengine checkpoint without unpickling code.
+
+    Raises:
+        SystemExit: The file is missing or unreadable (truncated, corrupt, not
+            a torch file), with a one-line message naming it.
+    """
+    if not Path(path).is_file():
+        raise SystemExit(f"export_backbone: checkpoint {path} not found.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt files
+        cause = (str(error).strip().splitlines() or [""])[0]
+        raise SystemExit(
+            f"export_backbone: cannot read checkpoint {path} "
+            f"({type(error).__name__}: {cause}); it is truncated, corrupt or not "
+            "a checkpoint written by tools/train.py."
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise SystemExit(f"{path} is not an mmengine checkpoint (no state_dict).")
     return checkpoint
@@ -86,6 +102,12 @@ def export(
 
     Returns:
         The destination path.
+
+    Raises:
+        SystemExit: ``checkpoint`` cannot be read or stores no config.
+        CheckpointMismatchError: The checkpoint does not fit its config's
+            model (the first differing keys named), or its weights hold NaN or
+            inf (``NonFiniteWeightsError``; nothing is written).
     """
     state = load_checkpoint(checkpoint)
     meta = state.get("meta", {})
@@ -96,6 +118,7 @@ def export(
     else:
         raise SystemExit(f"{checkpoint} stores no config: pass --config.")
     model = pretrainer_from_config(cfg, str(config or checkpoint))
+    check_state_dict(model, state["state_dict"], source=str(checkpoint))
     model.load_state_dict(state["state_dict"], strict=True)
     return model.glare.export_backbone(
         out,
@@ -111,7 +134,10 @@ def export(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    path = export(args.checkpoint, args.out, args.which, args.config)
+    try:
+        path = export(args.checkpoint, args.out, args.which, args.config)
+    except CheckpointMismatchError as error:
+        raise SystemExit(f"export_backbone: {error}") from None
     print(f"Exported the {args.which} backbone to {path}")
 
 
