@@ -288,19 +288,18 @@ def _split_class_tokens(
     if classes == 1:
         return
     registers = 0 if model.reg_token is None else int(model.reg_token.shape[1])
+    model_form = f"{registers} register tokens, no_embed_class={model.no_embed_class}"
+    if "reg_token" in state:
+        model_form += "; the file has register tokens too: no exact conversion"
     if classes - 1 != registers or model.no_embed_class or "reg_token" in state:
         raise CheckpointMismatchError(
             f"{source} holds {classes} class tokens (cls_token "
             f"{tuple(state['cls_token'].shape)}, as UDI's ViT). They load into a "
-            f"timm ViT with one class token and {classes - 1} register tokens "
-            "that carry the others as prefix tokens (token 0, the first class "
-            "token, stays the global one). The model has "
-            f"{registers} register tokens"
-            + (" and no_embed_class=True" if model.no_embed_class else "")
-            + (", and the file has register tokens too" if "reg_token" in state else "")
-            + f": build it with reg_tokens={classes - 1} and no_embed_class=False "
-            "(create_vit does so by itself; GlareViT: arch=dict(..., "
-            f"reg_tokens={classes - 1}))."
+            f"timm ViT with one class token and {classes - 1} register tokens, "
+            "which carry the others as prefix tokens (token 0, the first class "
+            f"token, stays the global one); the model has {model_form}. Build it "
+            f"with reg_tokens={classes - 1} and no_embed_class=False (create_vit "
+            f"does so by itself; GlareViT: arch=dict(..., reg_tokens={classes - 1}))."
         )
     cls = state["cls_token"]  # (1, T, D)
     state["cls_token"], state["reg_token"] = cls[:, :1], cls[:, 1:]
@@ -495,16 +494,14 @@ def _load(
     """:func:`load_ssl_checkpoint` on the object read from ``path``."""
     _refuse_export(checkpoint, path)
     state, description = _normalize(checkpoint, model, checkpoint_key, str(path))
-    model_description = describe_state_dict(model.state_dict())
     diagnosis = (
-        f"  the file looks like: {description}\n  the model is: {model_description}"
+        f"  the file looks like: {description}\n"
+        f"  the model is: {describe_state_dict(model.state_dict())}\n"
+        "  fix: build the architecture the file holds (its timm name is above "
+        "when known), or pass a checkpoint of the model's architecture; if the two "
+        "agree, the file's key names are in no supported layout (DINO, iBOT, "
+        "DINOv2, UDI, timm)."
     )
-    if description != model_description:
-        diagnosis += (
-            "\n  fix: build the architecture the file holds (e.g. "
-            "create_vit(TIMM_NAME, checkpoint)), or load a checkpoint of the "
-            "model's architecture."
-        )
     check_state_dict(model, state, source=str(path), diagnosis=diagnosis)
     check_finite(state, str(path))
     model.load_state_dict(state, strict=True)
