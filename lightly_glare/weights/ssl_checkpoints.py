@@ -72,7 +72,8 @@ PREFIXES = ("module.", "backbone.", "encoder.")
 #: Entries that SSL checkpoints have and a backbone does not: projection heads
 #: of DINO/iBOT (``head.*``) and DINOv2 (``dino_head.*``, ``ibot_head.*``), and
 #: the mask tokens of iBOT (``masked_embed``) and DINOv2 (``mask_token``). They
-#: are dropped unless the model has a parameter of that name.
+#: are dropped unless the model has a parameter of that name (the heads are
+#: read by :func:`lightly_glare.weights.load_projection_heads`).
 DROPPED = re.compile(r"^(head\.|dino_head\.|ibot_head\.|masked_embed$|mask_token$)")
 #: DINOv2's "BlockChunk" layout ``blocks.<chunk>.<i>.``: ``<i>`` is the global
 #: block index (chunks are padded with ``nn.Identity`` to keep it).
@@ -310,8 +311,8 @@ def _adapt_position_embedding(
 ) -> None:
     """Converts ``state["pos_embed"]`` to the model's convention and grid.
 
-    The file's number of prefix positions (0, or 1 for [CLS]) is inferred
-    from its length. A [CLS] position in the file and none in the model (timm's
+    The file's number of prefix positions (the model's, 1 for [CLS], or 0) is
+    inferred from its length. A [CLS] position in the file and none in the model (timm's
     ``no_embed_class``, used by DINOv2 models with registers) is added to
     ``cls_token``, exactly as DINOv2 adds it before inserting the registers;
     the reverse case gets a zero [CLS] position. The patch positions are then
