@@ -57,7 +57,10 @@ from lightly_glare.weights import (
 # The roads scene: 70 train / 30 val tiles. (The buildings scene has 35 / 14
 # tiles, and its val rows hold 1.8 % building pixels: a frozen-feature probe
 # reaches building IoU 0.75 on train tiles but 0.04 on val, docs/RESULTS.md.)
-SEG_CONFIG = "mmseg_configs/glare_aerial_roads.py"
+SEG_CONFIG = (
+    "mmseg_configs/segmentation/"
+    "upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-roads-126x126.py"
+)
 METAINFO = AERIAL_ROADS_METAINFO
 
 

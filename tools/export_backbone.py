@@ -14,7 +14,8 @@ Examples:
     python tools/export_backbone.py work_dirs/pretrain/iter_300.pth \
         work_dirs/pretrain/glare_backbone.pth
     python tools/export_backbone.py work_dirs/pretrain/iter_300.pth out.pth \
-        --which student --config mmseg_configs/glare_pretrain_vit-b16_224.py
+        --which student \
+        --config mmseg_configs/pretrain/glare_vit-b16_1xb64-20k_unlabeled-224.py
 """
 
 from __future__ import annotations

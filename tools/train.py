@@ -15,7 +15,10 @@ Examples:
     python tools/train.py mmseg_configs/glare_ade20k.py --work-dir work_dirs/ade
     python tools/train.py mmseg_configs/glare_ade20k.py \
         --cfg-options model.backbone.checkpoint=glare_vit-b16.pth
-    bash tools/dist_train.sh mmseg_configs/glare_ade20k.py 8 --amp
+    bash tools/dist_train.sh mmseg_configs/glare_ade20k.py 4 --amp  # 4xb4
+    python tools/train.py \
+        mmseg_configs/pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py \
+        --cfg-options model.backbone.checkpoint=dinov2_vits14.pth
 """
 
 from __future__ import annotations

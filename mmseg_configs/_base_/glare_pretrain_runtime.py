@@ -2,8 +2,9 @@
 # plain loop of lightly_glare/training.py as mmengine pieces. AdamW (no decay on
 # norms and biases), gradient clipping 3.0, 10 % linear warm-up then cosine to
 # 1e-6, EMA teacher with cosine momentum 0.996 -> 1 (GlareTeacherEMAHook).
-# Entry configs set the model, the data folder and the size-dependent values:
-# optim_wrapper.optimizer.lr (5e-4 * batch / 256), param_scheduler, max_iters.
+# Entry configs (mmseg_configs/pretrain/) set the backbone, the head sizes, the
+# data folder and the size-dependent values: optim_wrapper.optimizer.lr
+# (5e-4 * batch / 256), param_scheduler, max_iters.
 default_scope = 'mmseg'
 custom_imports = dict(
     imports=['lightly_glare.openmmlab'], allow_failed_imports=False)
@@ -12,18 +13,56 @@ batch_size = 16
 max_iters = 300
 warmup_iters = max_iters // 10
 
+# The model, composed from parts registered in mmseg's MODELS (see
+# lightly_glare/openmmlab/components.py), as mmpretrain composes DINO. An
+# inheriting config changes one part in one line, e.g.
+#   model = dict(patch_augmentation=dict(type='PatchNoise'))
+#   model = dict(loss=dict(regional_weight=0.))
+# (mmseg_configs/pretrain/ablations/ holds such configs).
 model = dict(
     type='GlarePretrainer',
-    arch='vit_small_patch16_224',
-    img_size=224,
-    checkpoint=None,
-    # DINO's temperatures; for DINO's warm-up set teacher_temp=0.07,
-    # warmup_teacher_temp=0.04 and warmup_teacher_temp_iters (e.g. 30 % of
-    # max_iters).
-    student_temp=0.1,
-    teacher_temp=0.04,
-    warmup_teacher_temp=None,
-    warmup_teacher_temp_iters=0,
+    # Frozen timm ViT from a local SSL checkpoint + trainable UniAdapters.
+    # vit_cfg: further timm.create_model arguments (e.g. depth for tests).
+    backbone=dict(
+        type='UniAdapterViT',
+        arch='vit_small_patch16_224',
+        img_size=224,
+        checkpoint=None,
+        checkpoint_key=None,
+        adapter_bottleneck=64,
+        adapter_scale=0.1,
+        vit_cfg=None),
+    # [CLS] / region head; input_dim is filled in from the backbone.
+    head=dict(
+        type='GlareProjectionHead',
+        output_dim=8192,
+        hidden_dim=2048,
+        bottleneck_dim=256),
+    # None: an untied patch head of the same architecture as `head`.
+    patch_head=None,
+    region_sampler=dict(type='AttentionRegionSampler', num_regions=None, mass=0.6),
+    region_pooling=dict(type='CrossAttentionRegionPooling'),  # dim filled in
+    # The student's distortion for L_loc1. Only patch_ratio here, which every
+    # patch augmentation (PatchBlur, PatchNoise, PatchColorJitter, PatchMasking)
+    # accepts, so that an inheriting config swaps the type in one line.
+    patch_augmentation=dict(type='PatchBlur', patch_ratio=0.3),
+    # Term weights and DINO's temperatures; output sizes are filled in from the
+    # heads. The warm-up unit is the iteration here: for DINO's warm-up set
+    # teacher_temp=0.07, warmup_teacher_temp=0.04 and warmup_teacher_temp_epochs
+    # to e.g. 30 % of max_iters.
+    loss=dict(
+        type='GlareLoss',
+        global_weight=1.0,
+        regional_weight=1.0,
+        local_distortion_weight=1.0,
+        local_matching_weight=1.0,
+        student_temp=0.1,
+        teacher_temp=0.04,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=0),
+    # Seeds the patch augmentation's and region sampler's generator (with the
+    # step and the rank).
+    seed=0,
     data_preprocessor=dict(type='GlarePretrainDataPreprocessor'))
 
 train_dataloader = dict(
@@ -35,8 +74,11 @@ train_dataloader = dict(
     # only, so --resume repeats an uninterrupted run.
     sampler=dict(type='GlareInfiniteSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='GlarePretrainDataset', data_root='data/unlabeled',
-                 input_size=224))
+    dataset=dict(
+        type='GlarePretrainDataset',
+        data_root='data/unlabeled',
+        transform=dict(type='GlareTransform', input_size=224),
+        seed=0))
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 val_cfg = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
+from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, MODELS
 
@@ -22,10 +25,36 @@ from lightly_glare.data import (
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "mmseg_configs"
-#: Segmentation configs (the glare_pretrain_* ones are tested with the pretrainer).
-SEG_CONFIGS = sorted(
-    p.name for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("glare_pretrain")
+#: The paper's entry configs (ViT-B/16 UperNet), named after their dataset.
+ENTRY_CONFIGS = [
+    f"glare_{key}.py" for key in ("ade20k", "cityscapes", "loveda", "pascal_context")
+]
+#: Every config except the ``_base_`` pieces, relative to CONFIG_DIR.
+ALL_CONFIGS = sorted(
+    str(p.relative_to(CONFIG_DIR))
+    for p in CONFIG_DIR.rglob("*.py")
+    if "_base_" not in p.relative_to(CONFIG_DIR).parts
 )
+#: UperNet fine-tuning configs (the pretrain/ ones: test_pretrain_configs.py).
+SEG_CONFIGS = [
+    name
+    for name in ALL_CONFIGS
+    if name in ENTRY_CONFIGS or name.startswith("segmentation/")
+]
+#: mmseg's config naming: ``{algorithm}_{backbone}[_{neck}]_{gpus}x{batch}-{schedule}_
+#: {data}-{crop}``, e.g. ``upernet_glare-vit-s16_mln_4xb4-160k_ade20k-512x512``.
+NAME_PATTERN = re.compile(
+    r"(?P<algorithm>[a-z0-9]+(?:-[a-z0-9]+)*)"
+    r"_(?P<components>[a-z0-9]+(?:-[a-z0-9]+)*(?:_[a-z0-9]+(?:-[a-z0-9]+)*)*?)"
+    r"_(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<schedule>\d+(?:k|iter))"
+    r"_(?P<data>[a-z0-9]+(?:-[a-z0-9]+)*?)-(?P<crop>\d+(?:x\d+)?)\.py"
+)
+#: Where each kind of config lives.
+FOLDERS = {
+    "segmentation": "upernet",
+    "pretrain": "glare",
+    "pretrain/ablations": "glare-",
+}
 
 
 class Expected(NamedTuple):
@@ -48,22 +77,25 @@ BENCHMARKS = {
     ),
     "loveda": Expected("LoveDADataset", "data/loveDA", 7, (512, 512), 80000),
 }
-#: Short entry name -> full mmseg-style name (ViT-B/16), and the ViT-S/16 twin.
-FULL_NAMES = {
-    "ade20k": "upernet_glare-vit-b16_mln_4xb4-160k_ade20k-512x512.py",
-    "pascal_context": "upernet_glare-vit-b16_mln_4xb4-80k_pascal-context-59-480x480.py",
-    "cityscapes": "upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.py",
-    "loveda": "upernet_glare-vit-b16_mln_4xb4-80k_loveda-512x512.py",
+#: The ViT-S/16 twin of each ViT-B/16 entry config.
+VIT_S16 = {
+    "ade20k": "segmentation/upernet_glare-vit-s16_mln_4xb4-160k_ade20k-512x512.py",
+    "pascal_context": "segmentation/"
+    "upernet_glare-vit-s16_mln_4xb4-80k_pascal-context-59-480x480.py",
+    "cityscapes": "segmentation/"
+    "upernet_glare-vit-s16_mln_4xb4-80k_cityscapes-512x1024.py",
+    "loveda": "segmentation/upernet_glare-vit-s16_mln_4xb4-80k_loveda-512x512.py",
 }
 BENCHMARK_CONFIGS = {
     name: (key, arch)
-    for key, full in FULL_NAMES.items()
+    for key, s16 in VIT_S16.items()
     for name, arch in (
         (f"glare_{key}.py", "vit_base_patch16_224"),
-        (full, "vit_base_patch16_224"),
-        (full.replace("vit-b16", "vit-s16"), "vit_small_patch16_224"),
+        (s16, "vit_small_patch16_224"),
     )
 }
+#: mmseg's ViT UperNet feature blocks (and the paper's baseline protocol).
+PAPER_OUT_INDICES = (2, 5, 8, 11)
 
 
 @functools.cache
@@ -87,19 +119,77 @@ OFFLINE = {
     "mri_tissue": ("MRITissueDataset", "data/mri", MRI_METAINFO),
 }
 OFFLINE_CONFIGS = {
-    name: key
+    "segmentation/upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_"
+    f"{key.replace('_', '-')}-126x126.py": key
     for key in OFFLINE
-    for name in (
-        f"glare_{key}.py",
-        "upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_"
-        f"{key.replace('_', '-')}-126x126.py",
-    )
 }
 
 
 def test_every_config_is_covered() -> None:
     assert set(BENCHMARK_CONFIGS) | set(OFFLINE_CONFIGS) == set(SEG_CONFIGS)
-    assert len(SEG_CONFIGS) == 18
+    assert len(SEG_CONFIGS) == 11
+
+
+def test_layout_entry_configs_and_folders_by_purpose() -> None:
+    """Top level: the four paper entry configs; the rest in folders by purpose."""
+    top = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
+    assert top == sorted(ENTRY_CONFIGS)
+    for name in ALL_CONFIGS:
+        if name in ENTRY_CONFIGS:
+            continue
+        folder, _, stem = name.rpartition("/")
+        assert folder in FOLDERS, name
+        assert stem.startswith(FOLDERS[folder]), name
+    assert any(name.startswith("pretrain/ablations/") for name in ALL_CONFIGS)
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in ALL_CONFIGS if name not in ENTRY_CONFIGS]
+)
+def test_config_name_follows_mmseg_pattern(name: str) -> None:
+    match = NAME_PATTERN.fullmatch(Path(name).name)
+    assert match, f"{name} does not follow {NAME_PATTERN.pattern}"
+    cfg = load(name)
+    # The name's batch is the per-GPU batch of the config.
+    assert cfg.train_dataloader.batch_size == int(match["batch"])
+    schedule = match["schedule"]
+    iters = (
+        int(schedule[:-4]) if schedule.endswith("iter") else 1000 * int(schedule[:-1])
+    )
+    assert cfg.train_cfg.max_iters == iters
+
+
+def _statements(path: Path) -> list[ast.stmt]:
+    return ast.parse(path.read_text()).body
+
+
+def test_no_config_is_a_bare_alias() -> None:
+    """No file only re-exports another (one name per setup), and no two configs
+    (entry, segmentation or pre-training) resolve to the same settings."""
+    for path in CONFIG_DIR.rglob("*.py"):
+        targets = [
+            target.id
+            for stmt in _statements(path)
+            if isinstance(stmt, ast.Assign)
+            for target in stmt.targets
+            if isinstance(target, ast.Name)
+        ]
+        assert targets != ["_base_"], f"{path} is a bare alias of its _base_"
+    resolved: dict[str, str] = {}
+    for name in ALL_CONFIGS:
+        text = load(name).pretty_text
+        assert text not in resolved, f"{name} duplicates {resolved.get(text)}"
+        resolved[text] = name
+
+
+def test_vit_s16_configs_are_their_entry_config_plus_the_vit_s16_piece() -> None:
+    for key, name in VIT_S16.items():
+        statements = _statements(CONFIG_DIR / name)
+        assert len(statements) == 2, name
+        assert ast.literal_eval(statements[0].value) == [
+            f"../glare_{key}.py",
+            "../_base_/models/upernet_glare-vit-s16_mln.py",
+        ]
 
 
 @pytest.mark.parametrize("name", SEG_CONFIGS)
@@ -115,10 +205,15 @@ def test_config_imports_plugin_and_uses_glare_vit(name: str) -> None:
     assert cfg.model.pretrained is None  # would be passed to GlareViT otherwise
     assert backbone.checkpoint_type == "glare"
     assert backbone.freeze_backbone is False  # spec §9: whole network fine-tuned
-    assert tuple(backbone.out_indices) == (3, 5, 7, 11)
     assert cfg.model.neck.type == "MultiLevelNeck"
     assert list(cfg.model.neck.scales) == [4, 2, 1, 0.5]
     assert cfg.model.decode_head.type == "UPerHead"
+
+
+@pytest.mark.parametrize("name", SEG_CONFIGS)
+def test_paper_protocol_out_indices(name: str) -> None:
+    """mmseg's ViT-B UperNet blocks (2, 5, 8, 11), for every 12-block ViT."""
+    assert tuple(load(name).model.backbone.out_indices) == PAPER_OUT_INDICES
 
 
 @pytest.mark.parametrize("name", SEG_CONFIGS)
@@ -129,14 +224,36 @@ def test_config_uses_fail_safe_hooks(name: str) -> None:
     assert [hook.type for hook in cfg.custom_hooks] == ["NonFiniteLossHook"]
 
 
-@pytest.mark.parametrize("short", sorted(FULL_NAMES) + sorted(OFFLINE))
-def test_short_name_aliases_full_config(short: str) -> None:
-    full = FULL_NAMES.get(short) or next(
-        name
-        for name, key in OFFLINE_CONFIGS.items()
-        if key == short and "_mln_" in name
+def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
+    """timm's / DINO's rule: no decay on 1-D parameters (every norm, bias and
+    LayerScale), the positional embedding and the class token; 0.01 elsewhere."""
+    cfg = load("glare_ade20k.py")
+    dim = 48
+    cfg.model.backbone.update(
+        arch=dict(embed_dim=dim, depth=4, num_heads=3, patch_size=16, init_values=1.0),
+        img_size=(64, 64),
+        out_indices=(0, 1, 2, 3),
+        checkpoint=None,
     )
-    assert load(f"glare_{short}.py").to_dict() == load(full).to_dict()
+    cfg.model.neck.update(in_channels=[dim] * 4, out_channels=dim)
+    cfg.model.decode_head.update(in_channels=[dim] * 4, channels=16)
+    cfg.model.auxiliary_head.update(in_channels=dim, channels=16)
+    init_default_scope("mmseg")
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    decay = {
+        id(param): group["weight_decay"]
+        for group in optim_wrapper.optimizer.param_groups
+        for param in group["params"]
+    }
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    assert any(".ls1." in name for name in names)  # LayerScale is covered
+    assert any("adapters" in name and "norm" in name for name in names)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        flat = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+        assert decay[id(param)] == (0.0 if flat else 0.01), name
 
 
 @pytest.mark.parametrize("name", sorted(OFFLINE_CONFIGS))

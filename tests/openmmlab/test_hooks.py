@@ -20,7 +20,10 @@ from lightly_glare.training import NonFiniteLossError
 from tests.conftest import real_photo
 
 CONFIG = (
-    Path(__file__).resolve().parents[2] / "mmseg_configs" / "glare_aerial_buildings.py"
+    Path(__file__).resolve().parents[2]
+    / "mmseg_configs"
+    / "segmentation"
+    / "upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-buildings-126x126.py"
 )
 SIZE = 56  # 4 x 4 patches of 14 px
 DIM = 48
@@ -43,7 +46,7 @@ def buildings_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_finetune_cfg(work_dir: Path, data_root: Path, max_iters: int) -> Config:
-    """glare_aerial_buildings.py with a 4-block, 48-dim GlareViT at 56 px."""
+    """The CPU aerial-buildings UperNet config, 4-block 48-dim GlareViT, 56 px."""
     cfg = Config.fromfile(str(CONFIG))
     channels = [DIM] * 4
     cfg.merge_from_dict(

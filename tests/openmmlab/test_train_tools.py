@@ -218,7 +218,10 @@ def test_glare_ade20k_config_trains_and_validates(tmp_path: Path) -> None:
 
 # ------------------------------------------ smoke run on real aerial data (CPU)
 
-SMOKE_CONFIG = "mmseg_configs/glare_aerial_buildings.py"
+SMOKE_CONFIG = (
+    "mmseg_configs/segmentation/"
+    "upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-buildings-126x126.py"
+)
 SPLITS = ("train", "val", "test")
 
 
@@ -264,8 +267,8 @@ def test_smoke_train_validate_test_resume_on_real_aerial_data(
 ) -> None:
     """tools/train.py -> mIoU; tools/test.py reproduces it; --resume continues.
 
-    glare_aerial_buildings.py as shipped (DINOv2 ViT-S/14 GLARE export, MLN,
-    UperNet) with 6 iterations of 4 tiles instead of 500 of 8.
+    The CPU aerial-buildings config as shipped (DINOv2 ViT-S/14 GLARE export,
+    MLN, UperNet) with 6 iterations of 4 tiles instead of 500 of 8.
     """
     work_dir = tmp_path / "work"
     run_tool(

@@ -3,6 +3,7 @@
 # benchmark configs). At 126 px the head, not the ViT, dominates a step: its 3x3
 # fusion conv alone is ~3 GFLOP per image at 256 channels. Measured on 2 idle
 # cores, 8 images per step: ~5 s at 512 channels, 2.6 s at 256, 1.7 s at 128.
+# Features from blocks (2, 5, 8, 11) of the 12-block ViT-S/14, as the ViT-B piece.
 _base_ = './upernet_glare-vit-b16_mln.py'
 
 norm_cfg = dict(type='BN', requires_grad=True)

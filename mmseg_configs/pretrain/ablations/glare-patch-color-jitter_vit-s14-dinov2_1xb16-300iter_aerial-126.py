@@ -1,0 +1,3 @@
+_base_ = '../glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py'
+# Ablation: colour jitter instead of blur as the student's patch distortion (L_loc1).
+model = dict(patch_augmentation=dict(type='PatchColorJitter'))

@@ -1,0 +1,21 @@
+# GLARE-adapted DINOv2 ViT-S/14 + UperNet on the offline mri_tissue set (3 classes),
+# 126x126 crops, 500 iterations of 8 images: sized for a CPU (2 cores: ~15 min).
+#
+#   python tools/prepare_data.py mri --out data/mri
+#   python tools/train.py mmseg_configs/segmentation/upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_mri-tissue-126x126.py \
+#       --cfg-options model.backbone.checkpoint=pretrain/glare_vit-s14-dinov2.pth
+# (a GLARE export, e.g. of ../pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py;
+# model.backbone.checkpoint_type=ssl for a plain DINOv2 checkpoint).
+_base_ = [
+    '../_base_/models/upernet_glare-vit-s14-dinov2_mln_cpu.py',
+    '../_base_/datasets/mri_tissue.py',
+    'mmseg::_base_/default_runtime.py',
+    '../_base_/schedules/adamw-poly_500iter.py',
+]
+crop_size = (126, 126)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(img_size=crop_size),
+    decode_head=dict(num_classes=3),
+    auxiliary_head=dict(num_classes=3))
