@@ -22,7 +22,9 @@ warmup_iters = max_iters // 10
 model = dict(
     type='GlarePretrainer',
     # Frozen timm ViT from a local SSL checkpoint + trainable UniAdapters.
-    # vit_cfg: further timm.create_model arguments (e.g. depth for tests).
+    # vit_cfg: further timm.create_model arguments (e.g. drop_path_rate; depth
+    # for tests). An empty dict rather than None, so that --cfg-options
+    # model.backbone.vit_cfg.depth=2 merges into it.
     backbone=dict(
         type='UniAdapterViT',
         arch='vit_small_patch16_224',
@@ -31,14 +33,15 @@ model = dict(
         checkpoint_key=None,
         adapter_bottleneck=64,
         adapter_scale=0.1,
-        vit_cfg=None),
+        vit_cfg=dict()),
     # [CLS] / region head; input_dim is filled in from the backbone.
     head=dict(
         type='GlareProjectionHead',
         output_dim=8192,
         hidden_dim=2048,
         bottleneck_dim=256),
-    # None: an untied patch head of the same architecture as `head`.
+    # None: an untied patch head of the same architecture as `head`. Another
+    # one replaces None with patch_head=dict(_delete_=True, type=...).
     patch_head=None,
     region_sampler=dict(type='AttentionRegionSampler', num_regions=None, mass=0.6),
     region_pooling=dict(type='CrossAttentionRegionPooling'),  # dim filled in
