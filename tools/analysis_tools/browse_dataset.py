@@ -7,7 +7,8 @@ the image's file name.
 
 Examples:
     python tools/analysis_tools/browse_dataset.py \
-        mmseg_configs/glare_aerial_roads.py --not-show --output-dir vis/roads
+        mmseg_configs/segmentation/upernet_*_aerial-roads-126x126.py \
+        --not-show --output-dir vis/roads  # the CPU aerial-roads config
 """
 
 from __future__ import annotations
