@@ -9,6 +9,8 @@ from typing import cast
 
 import torch.nn.functional as F
 from timm.layers.attention import Attention
+from timm.layers.format import Format
+from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
@@ -75,6 +77,28 @@ def _check_supported(vit: VisionTransformer) -> None:
                 "timm's standard `Block` with `Attention` (ViT, DeiT, DINO, "
                 "DINOv2 with LayerScale and registers)."
             )
+    if not isinstance(vit.patch_embed, PatchEmbed):
+        raise TypeError(
+            f"The patch embedding is a {type(vit.patch_embed).__name__}; "
+            "UniAdapterViT supports timm's `PatchEmbed` (no hybrid backbones)."
+        )
+
+
+def _enable_dynamic_img_size(vit: VisionTransformer) -> None:
+    """Lets ``vit`` take inputs of any size through timm's dynamic image size.
+
+    The patch embedding no longer insists on the size the ViT was built for and
+    keeps its (B, h, w, D) grid, from which ``VisionTransformer._pos_embed``
+    resamples the position embedding to (h, w) (bicubic, as timm's
+    ``resample_abs_pos_embed``) before flattening. At the built size the
+    embedding is used as is, so outputs there are unchanged.
+    """
+    # Final only as a TorchScript constant; timm reads it at every forward.
+    vit.dynamic_img_size = True  # type: ignore[misc]
+    patch_embed = cast(PatchEmbed, vit.patch_embed)
+    patch_embed.strict_img_size = False
+    patch_embed.flatten = False
+    patch_embed.output_fmt = Format.NHWC
 
 
 def attention_with_cls_map(
@@ -117,6 +141,11 @@ def attention_with_cls_map(
     return out, patch_row
 
 
+def _nearest_multiple(size: int, multiple: int) -> int:
+    """The positive multiple of ``multiple`` nearest to ``size``."""
+    return max(1, round(size / multiple)) * multiple
+
+
 class UniAdapterViT(nn.Module):
     """A frozen timm ``VisionTransformer`` with a trainable UniAdapter per block.
 
@@ -133,6 +162,11 @@ class UniAdapterViT(nn.Module):
     accepts an ``adapters`` argument: a GLARE teacher passes its EMA adapters and
     thereby shares this single copy of the frozen backbone weights with the
     student.
+
+    Inputs may have any size whose sides are multiples of the patch size: the
+    wrapped ViT is switched to timm's dynamic image size (``dynamic_img_size``),
+    which resamples the position embedding to the input's patch grid. At the
+    size the ViT was built for, outputs are those of the unwrapped ViT.
 
     Fused attention (SDPA) is kept in every block; when the last block's class
     attention map is requested it is computed explicitly from that block's own
@@ -162,7 +196,8 @@ class UniAdapterViT(nn.Module):
 
         Args:
             vit: A timm ``VisionTransformer`` (any size, patch 14 or 16,
-                LayerScale, register tokens).
+                LayerScale, register tokens). It is frozen and switched to
+                dynamic image size in place.
             bottleneck: Adapter bottleneck size. Defaults to 64 (ours).
             scale: Adapter output scale. Defaults to 0.1 (UniAdapter).
             dropout: Adapter dropout. Defaults to 0.
@@ -171,6 +206,7 @@ class UniAdapterViT(nn.Module):
         """
         super().__init__()
         _check_supported(vit)
+        _enable_dynamic_img_size(vit)
         self.vit = vit
         self.vit.requires_grad_(False)
         dim = int(vit.embed_dim)
@@ -215,8 +251,32 @@ class UniAdapterViT(nn.Module):
         return int(size[0])
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """Patch grid (h, w) of an input image of the given size."""
-        return height // self.patch_size, width // self.patch_size
+        """Patch grid (h, w) of an input image of the given size.
+
+        Args:
+            height: Image height H in pixels.
+            width: Image width W in pixels.
+
+        Returns:
+            ``(H / p, W / p)`` for patch size p (rounded up when the ViT pads
+            its inputs, timm's ``dynamic_img_pad``).
+
+        Raises:
+            ValueError: H or W is not a multiple of p (and the ViT does not
+                pad); the message names both numbers and the nearest valid size.
+        """
+        patch_embed = cast(PatchEmbed, self.vit.patch_embed)
+        patch = self.patch_size
+        if not patch_embed.dynamic_img_pad and (height % patch or width % patch):
+            raise ValueError(
+                f"Input size {height} x {width} is not a multiple of the patch "
+                f"size {patch}. Resize or crop the images so that both sides are "
+                f"multiples of {patch}, e.g. {_nearest_multiple(height, patch)} x "
+                f"{_nearest_multiple(width, patch)} (for GLARE views: "
+                "GlareTransform(input_size=...))."
+            )
+        grid = patch_embed.dynamic_feat_size((height, width))
+        return int(grid[0]), int(grid[1])
 
     def forward_features(
         self,
@@ -228,7 +288,8 @@ class UniAdapterViT(nn.Module):
         """Runs the adapted backbone.
 
         Args:
-            images: Input images with shape (B, 3, H, W).
+            images: Input images with shape (B, 3, H, W), H and W multiples of
+                the patch size (any such size; see :meth:`grid_size`).
             adapters: Adapters to use instead of ``self.adapters`` (e.g. a
                 teacher's EMA copy). Must have one adapter per block.
             return_cls_attention: Also return the last block's class-token
@@ -237,7 +298,11 @@ class UniAdapterViT(nn.Module):
                 to return, e.g. ``(3, 5, 7, 11)`` for UperNet.
 
         Returns:
-            A :class:`BackboneOutput`.
+            A :class:`BackboneOutput` with N = h * w patch tokens for the grid
+            (h, w) of :meth:`grid_size`.
+
+        Raises:
+            ValueError: Wrong number of adapters, image shape or image size.
         """
         adapters = self.adapters if adapters is None else adapters
         if len(adapters) != self.num_blocks:
@@ -249,6 +314,7 @@ class UniAdapterViT(nn.Module):
             raise ValueError(
                 f"Expected images of shape (B, 3, H, W), got {tuple(images.shape)}."
             )
+        self.grid_size(images.shape[2], images.shape[3])  # refuses invalid sizes
         wanted = [index % self.num_blocks for index in intermediate_indices]
         collected: dict[int, Tensor] = {}
         vit = self.vit

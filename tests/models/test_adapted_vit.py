@@ -1,10 +1,13 @@
 import pytest
 import timm
 import torch
+from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import default_collate
 
-from lightly_glare.models import UniAdapterViT
-from tests.conftest import VIT_VARIANTS, image_size, make_vit
+from lightly_glare.models import GLARE, UniAdapterViT
+from lightly_glare.transforms import GlareTransform
+from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 
 
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
@@ -105,3 +108,131 @@ def test_rejects_unsupported_models() -> None:
     with pytest.raises(TypeError, match="Block 0"):
         UniAdapterViT(vit)
     assert isinstance(make_vit(), VisionTransformer)
+
+
+def nonzero_adapters(adapted: UniAdapterViT) -> UniAdapterViT:
+    """Adapters whose output is large enough that their placement matters."""
+    with torch.no_grad():
+        for adapter in adapted.adapters:
+            adapter.up.weight.normal_(0.0, 0.5)
+            adapter.up.bias.normal_(0.0, 0.1)
+    return adapted
+
+
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_adapter_reads_the_stream_after_attention_outside_layerscale(
+    variant: str,
+) -> None:
+    """h = x + ls1(attn(norm1(x))); x' = h + ls2(mlp(norm2(h))) + adapter(h)."""
+    vit = make_vit(variant)
+    images = torch.randn(2, 3, image_size(vit), image_size(vit))
+    embedded: list[torch.Tensor] = []  # (B, P + N, D): the tokens entering block 0
+    handle = vit.blocks[0].register_forward_pre_hook(
+        lambda module, args: embedded.append(args[0])
+    )
+    vit.forward_features(images)  # timm's own forward, fixed image size
+    handle.remove()
+    adapted = nonzero_adapters(UniAdapterViT(vit))
+    depth = len(vit.blocks)
+    out = adapted.forward_features(images, intermediate_indices=range(depth))
+    assert out.intermediates is not None
+    x = embedded[0]
+    for block, adapter, actual in zip(
+        vit.blocks, adapted.adapters, out.intermediates, strict=True
+    ):
+        h = x + block.ls1(block.attn(block.norm1(x)))
+        x = h + block.ls2(block.mlp(block.norm2(h))) + adapter(h)
+        torch.testing.assert_close(actual, x)
+    torch.testing.assert_close(out.tokens, vit.norm(x))
+    # Preconditions: the adapter output is not negligible, and (DINOv2-like)
+    # LayerScale is not 1, so that a misplaced adapter changes the output.
+    if variant == "dinov2_like":
+        assert not torch.allclose(vit.blocks[0].ls2.gamma, torch.ones(48))
+    assert all(adapter(x).abs().mean() > 0.1 for adapter in adapted.adapters)
+
+
+def built_at(
+    adapted: UniAdapterViT, variant: str, size: tuple[int, int]
+) -> UniAdapterViT:
+    """A copy of ``adapted`` whose ViT is built at ``size``, its position
+    embedding resampled from ``adapted``'s with timm's ``resample_abs_pos_embed``
+    (what timm's dynamic image size does on the fly)."""
+    vit = adapted.vit
+    patch = adapted.patch_size
+    reference = UniAdapterViT(make_vit(variant, img_size=size))
+    state = adapted.state_dict()
+    state["vit.pos_embed"] = resample_abs_pos_embed(
+        vit.pos_embed,
+        new_size=[size[0] // patch, size[1] // patch],
+        old_size=list(vit.patch_embed.grid_size),
+        num_prefix_tokens=vit.num_prefix_tokens,
+    )
+    reference.load_state_dict(state)
+    return reference
+
+
+@pytest.mark.parametrize("grid", [(6, 6), (8, 8), (6, 8)])
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_other_input_sizes_resample_the_position_embedding(
+    variant: str, grid: tuple[int, int]
+) -> None:
+    vit = make_vit(variant)  # built for a 4 x 4 grid (32 px at patch 8)
+    adapted = nonzero_adapters(UniAdapterViT(vit))
+    patch = adapted.patch_size
+    size = (grid[0] * patch, grid[1] * patch)  # e.g. 48 x 48, 64 x 64, 48 x 64
+    reference = built_at(adapted, variant, size)
+    images = torch.randn(2, 3, *size)
+    kwargs = {"return_cls_attention": True, "intermediate_indices": (0, -1)}
+    out = adapted.forward_features(images, **kwargs)  # type: ignore[arg-type]
+    expected = reference.forward_features(images, **kwargs)  # type: ignore[arg-type]
+    assert adapted.grid_size(*size) == grid
+    assert out.tokens.shape == (2, vit.num_prefix_tokens + grid[0] * grid[1], 48)
+    torch.testing.assert_close(out.tokens, expected.tokens)
+    assert out.cls_attention is not None and expected.cls_attention is not None
+    assert out.cls_attention.shape == (2, 3, grid[0] * grid[1])
+    torch.testing.assert_close(out.cls_attention, expected.cls_attention)
+    assert out.intermediates is not None and expected.intermediates is not None
+    for actual, wanted in zip(out.intermediates, expected.intermediates, strict=True):
+        torch.testing.assert_close(actual, wanted)
+
+
+@pytest.mark.parametrize(
+    ("variant", "size", "fix"),
+    [("plain", (50, 64), "48 x 64"), ("dinov2_like", (28, 45), "28 x 42")],
+)
+def test_sizes_off_the_patch_grid_are_refused_up_front(
+    variant: str, size: tuple[int, int], fix: str
+) -> None:
+    adapted = UniAdapterViT(make_vit(variant))
+    patch = adapted.patch_size
+    message = (
+        rf"Input size {size[0]} x {size[1]} is not a multiple of the patch size "
+        rf"{patch}\. .* multiples of {patch}, e.g\. {fix} .*GlareTransform"
+    )
+    with pytest.raises(ValueError, match=message):
+        adapted.grid_size(*size)
+    with pytest.raises(ValueError, match=message):
+        adapted(torch.randn(1, 3, *size))
+
+
+def test_vits_that_pad_their_inputs_keep_padding() -> None:
+    vit = make_vit(dynamic_img_size=True, dynamic_img_pad=True)  # mmseg's GlareViT
+    adapted = UniAdapterViT(vit)
+    images = torch.randn(1, 3, 50, 60)
+    assert adapted.grid_size(50, 60) == (7, 8)  # rounded up
+    torch.testing.assert_close(adapted(images), vit.forward_features(images))
+
+
+def test_glare_trains_on_views_of_another_size_than_the_vit() -> None:
+    vit = make_vit()  # built at 32 px, patch 8
+    model = GLARE(vit)
+    transform = GlareTransform(input_size=48)  # a 6 x 6 patch grid
+    *views, geometry = default_collate([transform(real_photo()) for _ in range(2)])
+    assert views[0].shape == (2, 3, 48, 48)
+    output = model(views, geometry)
+    assert set(output.pairs) == {"regional", "local_distortion", "local_matching"}
+    assert len(output.student_global) == 2
+    assert all(torch.isfinite(glob).all() for glob in output.student_global)
+    for pair in output.pairs.values():
+        assert pair.student.shape == pair.teacher.shape
+        assert pair.student.shape[0] > 0 and torch.isfinite(pair.student).all()
