@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=EVAL_SPLITS,
         default="val",
         help="val: the held-out split (report); holdout: the last "
-        f"{HOLDOUT_FRACTION:.0%} of the train tiles by name, probe trained on the "
+        f"{HOLDOUT_FRACTION:.0%}% of the train tiles by name, probe trained on the "
         "rest (choose settings here, never on val)",
     )
     parser.add_argument(
