@@ -26,6 +26,7 @@ from lightly_glare.openmmlab import (  # noqa: F401
     backbone,
     checkpoint,
     components,
+    config_scope,
     datasets,
     hooks,
     pretrain,
