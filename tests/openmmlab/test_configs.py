@@ -186,7 +186,9 @@ def test_vit_s16_configs_are_their_entry_config_plus_the_vit_s16_piece() -> None
     for key, name in VIT_S16.items():
         statements = _statements(CONFIG_DIR / name)
         assert len(statements) == 2, name
-        assert ast.literal_eval(statements[0].value) == [
+        base = statements[0]
+        assert isinstance(base, ast.Assign)
+        assert ast.literal_eval(base.value) == [
             f"../glare_{key}.py",
             "../_base_/models/upernet_glare-vit-s16_mln.py",
         ]

@@ -187,9 +187,9 @@ def test_ablation_is_base_comment_and_one_override(name: str) -> None:
     assert len(lines) == 3, lines
     assert lines[0] == f"_base_ = '../{ABLATION_BASE}'"
     assert lines[1].startswith("# Ablation: ")
-    base, override = _statements(path)
+    _, override = _statements(path)
     assert isinstance(override, ast.Assign)
-    assert [target.id for target in override.targets] == ["model"]  # type: ignore[attr-defined]
+    assert [ast.unparse(target) for target in override.targets] == ["model"]
     # Only the overridden part differs from the base config.
     ablation, reference = load(name).to_dict(), load(ABLATION_BASE).to_dict()
     changed = {
@@ -235,6 +235,7 @@ def test_config_builds_with_the_configured_parts(name: str, tmp_path: Path) -> N
     assert glare.terms == model.criterion.active_terms == terms
     distortion = glare.patch_augmentation
     if "local_distortion" in terms:
+        assert distortion is not None
         assert type(distortion).__name__ == cfg.model.patch_augmentation.type
         assert distortion.patch_ratio == cfg.model.patch_augmentation.patch_ratio
     else:
