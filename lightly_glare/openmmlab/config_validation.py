@@ -49,8 +49,13 @@ _VALIDATING: Final = "__lightly_glare_validates_arguments__"
 _CALLABLE: Final[Any] = Callable
 
 
-class ConfigArgumentError(TypeError):
-    """A config gives a module an unknown argument or a value of the wrong type."""
+class ConfigArgumentError(TypeError, ValueError):
+    """A config gives a module an unknown argument or a value of the wrong type.
+
+    Both a ``TypeError`` and a ``ValueError``: code that catches the
+    ``ValueError`` a class raises for a bad argument value catches this too,
+    whether or not the class was registered (and so validated) in this process.
+    """
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,8 @@ class GlarePretrainer(BaseModel):
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         print_log(
-            f"GlarePretrainer: {backbone.get('arch')} from "
+            f"GlarePretrainer: {backbone.get('arch')} at "
+            f"{backbone.get('img_size')} px from "
             f"{backbone.get('checkpoint') or 'random weights'}; terms "
             f"{self.glare.terms}; {self.glare.backbone.report}",
             logger="current",

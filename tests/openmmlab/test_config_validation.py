@@ -19,7 +19,7 @@ from lightly_glare.openmmlab.config_validation import (
     validate_arguments,
 )
 from lightly_glare.openmmlab.pretrain_data import GlarePretrainDataset
-from tests.openmmlab.test_pretrain import ARCH, VIT_CFG, tiny_cfg
+from tests.openmmlab.test_pretrain import ARCH, VIT_CFG, tiny_cfg, tiny_head
 
 OUR_MODULES_DIR = Path(lightly_glare.openmmlab.__file__).parent
 
@@ -64,18 +64,15 @@ CASES = {
     "GlarePretrainer": Case(
         MODELS,
         lambda root: {
-            "arch": ARCH,
-            "img_size": 32,
-            "vit_cfg": VIT_CFG,
-            "output_dim": 16,
-            "hidden_dim": 16,
-            "head_bottleneck_dim": 8,
-        },
-        "teacher_tmp",
-        "teacher_temp",
-        "student_temp",
-        "0.1",
-        "float",
+            "backbone": {"type": "UniAdapterViT", "arch": ARCH, "img_size": 32,
+                         "vit_cfg": VIT_CFG},
+            "head": tiny_head(16),
+        },  # fmt: skip
+        "share_patch_haed",
+        "share_patch_head",
+        "min_region_patches",
+        "2",
+        "int",
     ),
     "GlarePretrainDataPreprocessor": Case(
         MODELS,
@@ -88,12 +85,13 @@ CASES = {
     ),
     "GlarePretrainDataset": Case(
         DATASETS,
-        lambda root: {"data_root": str(root), "input_size": 32},
-        "input_sise",
-        "input_size",
-        "input_size",
-        32.0,
-        "int",
+        lambda root: {"data_root": str(root),
+                      "transform": {"type": "GlareTransform", "input_size": 32}},
+        "min_sise",
+        "min_size",
+        "skip_bad",
+        "yes",
+        "bool",
     ),
     "GlareInfiniteSampler": Case(
         DATA_SAMPLERS,
