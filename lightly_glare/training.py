@@ -34,7 +34,7 @@ from lightly_glare.transforms import (
     GlareTransform,
     build_patch_augmentation,
 )
-from lightly_glare.weights import create_vit
+from lightly_glare.weights import create_vit, load_projection_heads
 
 #: A lightly-style batch: ``([view_0, view_1, geometry], targets, filenames)``.
 Batch = tuple[list[Tensor], Any, Any]
@@ -351,6 +351,11 @@ class FolderPretraining:
         patch_augmentation: The student's patch distortion for L_loc1, by name
             (``"blur"``, ``"noise"``, ``"color_jitter"``, ``"mask"``; see
             :func:`~lightly_glare.transforms.build_patch_augmentation`).
+        checkpoint_heads: Start the heads from the checkpoint's projection
+            heads when it has them (DINO / iBOT / DINOv2 training checkpoints;
+            ``output_dim`` and ``hidden_dim`` must then be the checkpoint's).
+        freeze_heads: Train only the adapters (load the checkpoint's heads
+            then: frozen random heads give the adapters no signal).
     """
 
     arch: str
@@ -371,6 +376,8 @@ class FolderPretraining:
     num_regions: int | None = None
     head_warmup_steps: int = 0
     patch_augmentation: str = "blur"
+    checkpoint_heads: bool = True
+    freeze_heads: bool = False
 
 
 def pretrain_folder(
@@ -418,9 +425,16 @@ def pretrain_folder(
             vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
         ),
         terms=criterion.active_terms,
+        freeze_heads=job.freeze_heads,
         region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
         patch_augmentation=distortion,
-    ).to(device)
+    )
+    if job.checkpoint_heads:
+        loaded = model.load_heads(
+            load_projection_heads(job.checkpoint, input_dim=vit.embed_dim)
+        )
+        log(f"  heads from the checkpoint: {', '.join(loaded) or 'none found'}")
+    model.to(device)
     log(f"  terms {model.terms}; {model.backbone.report}")
     folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
     indices = range(len(folder)) if job.indices is None else job.indices

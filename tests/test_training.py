@@ -14,6 +14,7 @@ from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
     GLARE,
     AttentionRegionSampler,
+    CheckpointMismatchError,
     GlareProjectionHead,
     UniAdapterViT,
     load_adapted_backbone,
@@ -33,6 +34,7 @@ from lightly_glare.training import (
 )
 from lightly_glare.transforms import GlareTransform
 from tests.conftest import make_vit, real_photo
+from tests.weights.test_heads import official_head
 
 
 @pytest.fixture
@@ -199,6 +201,25 @@ def test_pretrain_folder_rejects_unknown_terms_and_too_few_images(
     one_image = _folder_job(tmp_path / "b", indices=[0])  # batch 2, drop_last
     with pytest.raises(NoTrainingStepsError, match="1 image.s. with batch_size=2"):
         pretrain_folder(one_image, tmp_path / "y.pth", log=lambda _: None)
+
+
+def test_pretrain_folder_starts_from_the_checkpoint_heads(tmp_path: Path) -> None:
+    job = _folder_job(tmp_path, steps=1, freeze_heads=True)
+    backbone = torch.load(job.checkpoint, weights_only=True)
+    head = official_head(dim=384, hidden=32, bottleneck=256, out_dim=64)
+    dino = {f"backbone.{k}": v for k, v in backbone.items()}
+    dino |= {f"head.{k}": v for k, v in head.items()}
+    torch.save({"teacher": dino}, job.checkpoint)  # DINO's checkpoint.pth layout
+    with pytest.raises(CheckpointMismatchError, match="output_dim=64"):
+        pretrain_folder(job, tmp_path / "x.pth", log=lambda _: None)  # heads: 32
+    lines: list[str] = []
+    job.output_dim = 64
+    pretrain_folder(job, tmp_path / "y.pth", log=lines.append)
+    assert "  heads from the checkpoint: student head <- teacher head, teacher " \
+        "head <- teacher head, student patch head <- teacher head, teacher " \
+        "patch head <- teacher head" in lines  # fmt: skip
+    job.output_dim, job.checkpoint_heads = 32, False
+    pretrain_folder(job, tmp_path / "z.pth", log=lines.append)  # new heads
 
 
 def test_pretrain_folder_draws_at_most_num_regions(

@@ -37,6 +37,7 @@ from PIL import Image
 
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback, registries)
 from lightly_glare import visualization as viz
+from lightly_glare.cli import resolve_config
 from lightly_glare.data import AERIAL_ROADS_METAINFO, prepare_aerial
 from lightly_glare.evaluation.segmentation import (
     confusion_matrix,
@@ -57,9 +58,8 @@ from lightly_glare.weights import (
 # The roads scene: 70 train / 30 val tiles. (The buildings scene has 35 / 14
 # tiles, and its val rows hold 1.8 % building pixels: a frozen-feature probe
 # reaches building IoU 0.75 on train tiles but 0.04 on val, docs/RESULTS.md.)
-SEG_CONFIG = (
-    "mmseg_configs/segmentation/"
-    "upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-roads-126x126.py"
+SEG_CONFIG = (  # a shipped config name (lightly_glare.cli.resolve_config)
+    "segmentation/upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-roads-126x126"
 )
 METAINFO = AERIAL_ROADS_METAINFO
 
@@ -86,7 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--finetune-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seg-config", default=SEG_CONFIG)
+    parser.add_argument(
+        "--seg-config",
+        default=SEG_CONFIG,
+        help="segmentation config: a path or a shipped config name",
+    )
     add_pretraining_arguments(parser)
     return parser.parse_args(argv)
 
@@ -105,7 +109,7 @@ def finetune_config(
     """The mmengine ``Config`` of one UperNet fine-tuning run of the demo."""
     from mmengine.config import Config
 
-    cfg = Config.fromfile(args.seg_config)
+    cfg = Config.fromfile(str(resolve_config(args.seg_config)))
     cfg.merge_from_dict(
         {
             "work_dir": str(work_dir),

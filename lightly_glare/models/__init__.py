@@ -8,6 +8,8 @@ from lightly_glare.models.adapted_vit import (
 )
 from lightly_glare.models.export import (
     CheckpointMismatchError,
+    NonFiniteWeightsError,
+    check_finite,
     check_state_dict,
     export_adapted_backbone,
     load_adapted_backbone,
@@ -35,6 +37,8 @@ __all__ = [
     "AttentionRegionSampler",
     "BackboneOutput",
     "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "check_finite",
     "CrossAttentionRegionPooling",
     "TrainableReport",
     "UniAdapter",

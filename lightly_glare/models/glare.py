@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import torch
 from lightly.models.utils import update_momentum
@@ -22,7 +22,10 @@ from lightly_glare.loss.glare_output import (
     MatchedPair,
 )
 from lightly_glare.models.adapted_vit import BackboneOutput, UniAdapterViT
-from lightly_glare.models.export import export_adapted_backbone
+from lightly_glare.models.export import (
+    CheckpointMismatchError,
+    export_adapted_backbone,
+)
 from lightly_glare.models.heads import GlareProjectionHead
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import AttentionRegionSampler
@@ -32,6 +35,9 @@ from lightly_glare.transforms.patch_augmentations import (
     PatchBlur,
     _rand,
 )
+
+if TYPE_CHECKING:  # lightly_glare.weights imports this package
+    from lightly_glare.weights.heads import CheckpointHeads
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 RegionMatch = Literal["geometry", "attention"]
@@ -49,6 +55,13 @@ def _deepcopy(module: ModuleT) -> ModuleT:
             "torch.nn.utils.weight_norm (lightly's DINOProjectionHead) cannot be "
             "copied: use lightly_glare.models.GlareProjectionHead (same function)."
         ) from error
+
+
+def _sizes_of(head: nn.Module) -> str:
+    """``input_dim=..., output_dim=...`` of a head, for messages."""
+    names = ("input_dim", "hidden_dim", "bottleneck_dim", "output_dim", "num_layers")
+    sizes = [f"{name}={getattr(head, name)}" for name in names if hasattr(head, name)]
+    return ", ".join(sizes) or type(head).__name__
 
 
 def _reinitialised_copy(module: nn.Module) -> nn.Module:
@@ -275,6 +288,66 @@ class GLARE(nn.Module):
         # and patches stays shared in the teacher.
         self.teacher = _deepcopy(self._student_modules())
         self.teacher.requires_grad_(False)
+
+    def load_heads(self, heads: CheckpointHeads) -> list[str]:
+        """Loads the projection heads of a DINO / iBOT / DINOv2 checkpoint.
+
+        Call it before building the optimizer (the modules are loaded in
+        place). The student's heads take the checkpoint's student heads and
+        the teacher's copies its teacher heads; where the checkpoint holds only
+        one of the two (iBOT's released teacher files), both take it. Patch
+        heads (unless :attr:`student_patch_head` is the [CLS] head) take the
+        checkpoint's separate patch heads, or its [CLS] heads where it has none
+        (DINO, iBOT with a shared head): the patch tokens then start in the
+        prototype space the backbone was trained with, not in a random one.
+
+        Args:
+            heads: From :func:`lightly_glare.weights.load_projection_heads`.
+
+        Returns:
+            What was loaded, e.g. ``["student head <- student", ...]`` (empty
+            when the checkpoint has no heads).
+
+        Raises:
+            CheckpointMismatchError: A head of this model has other sizes than
+                the checkpoint's (the message names both and the fix).
+        """
+        other = {"student": "teacher", "teacher": "student"}
+        separate_patch_heads = (heads.student_patch or heads.teacher_patch) is not None
+        shared = self.student_patch_head is self.student_head
+        targets = {
+            ("student", "head"): self.student_head,
+            ("teacher", "head"): self.teacher["head"],
+            ("student", "patch_head"): self.student_patch_head,
+            ("teacher", "patch_head"): self.teacher["patch_head"],
+        }
+        plan = []
+        for (network, kind), module in targets.items():
+            if kind == "patch_head" and shared:
+                continue
+            use_patch = kind == "patch_head" and separate_patch_heads
+            suffix = "_patch" if use_patch else ""
+            source = network if getattr(heads, network + suffix) else other[network]
+            state = getattr(heads, source + suffix)
+            if state is not None:
+                label = f"{network} {kind.replace('_', ' ')}"
+                plan.append((module, state, label, f"{source}{suffix} head"))
+        for module, state, label, source in plan:  # all or nothing
+            try:
+                _deepcopy(module).load_state_dict(state, strict=True)
+            except RuntimeError as error:
+                sizes = heads.patch_sizes if "patch" in source else heads.sizes
+                raise CheckpointMismatchError(
+                    f"{heads.source}: the checkpoint's {source} has sizes "
+                    f"{sizes}, which this model's {label} ({_sizes_of(module)}) "
+                    "cannot hold. Build the head with the checkpoint's sizes "
+                    f"(output_dim={getattr(sizes, 'output_dim', '?')}) or do not "
+                    "load the checkpoint's heads."
+                ) from error
+        for module, state, _, _ in plan:
+            module.load_state_dict(state, strict=True)
+        loaded = [f"{label} <- {source}" for _, _, label, source in plan]
+        return loaded
 
     @property
     def teacher_adapters(self) -> nn.ModuleList:

@@ -1,7 +1,8 @@
 """GLARE continual pre-training as an mmengine model (registered in mmseg).
 
 Run it with ``tools/train.py`` and a config such as
-``mmseg_configs/glare_pretrain_vit-s14-dinov2_aerial-126.py``; the pieces:
+``mmseg_configs/pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py``;
+the pieces:
 
 - :class:`GlarePretrainer`: the GLARE model and its loss as an mmengine
   ``BaseModel`` (one ``train_step`` = forward, :class:`GlareLoss`, backward,
@@ -32,6 +33,7 @@ from lightly_glare.openmmlab import components  # noqa: F401  (registers the par
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrain_data import derive_seed
 from lightly_glare.training import NonFiniteLossError
+from lightly_glare.weights import load_projection_heads
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
 PretrainInputs = tuple[list[Tensor], Tensor]
@@ -147,6 +149,11 @@ class GlarePretrainer(BaseModel):
         local_patches_per_view (int, optional): Patch pairs per image and view
             of each local term (None: every valid patch). Defaults to None.
         freeze_heads (bool): Train only the adapters. Defaults to False.
+        checkpoint_heads (bool): Load the projection heads of the backbone's
+            checkpoint when it has them (DINO / iBOT / DINOv2 training
+            checkpoints; see :meth:`~lightly_glare.models.GLARE.load_heads`):
+            ``head`` must then have the checkpoint's sizes (a conflict is
+            refused naming both). Defaults to True.
         seed (int): Seed of the per-step generator. Defaults to 0.
         data_preprocessor (dict, optional): Config of the data preprocessor.
             Defaults to None (a :class:`GlarePretrainDataPreprocessor`).
@@ -177,6 +184,7 @@ class GlarePretrainer(BaseModel):
         local_distortion_patches: LocalPatches = "distorted",
         local_patches_per_view: int | None = None,
         freeze_heads: bool = False,
+        checkpoint_heads: bool = True,
         seed: int = 0,
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
@@ -228,6 +236,8 @@ class GlarePretrainer(BaseModel):
             local_distortion_patches=local_distortion_patches,
             local_patches_per_view=local_patches_per_view,
         )
+        if checkpoint_heads and backbone.get("checkpoint"):
+            self._load_checkpoint_heads(str(backbone["checkpoint"]))
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         print_log(
@@ -235,6 +245,20 @@ class GlarePretrainer(BaseModel):
             f"{backbone.get('img_size')} px from "
             f"{backbone.get('checkpoint') or 'random weights'}; terms "
             f"{self.glare.terms}; {self.glare.backbone.report}",
+            logger="current",
+        )
+
+    def _load_checkpoint_heads(self, checkpoint: str) -> None:
+        """Loads the heads ``checkpoint`` holds into the student and teacher."""
+        heads = load_projection_heads(
+            checkpoint, input_dim=self.glare.backbone.embed_dim
+        )
+        loaded = self.glare.load_heads(heads)
+        print_log(
+            f"Heads from {checkpoint}: {', '.join(loaded)}."
+            if loaded
+            else f"{checkpoint} holds no projection heads: the heads start "
+            "from random weights.",
             logger="current",
         )
 

@@ -64,8 +64,12 @@ CASES = {
     "GlarePretrainer": Case(
         MODELS,
         lambda root: {
-            "backbone": {"type": "UniAdapterViT", "arch": ARCH, "img_size": 32,
-                         "vit_cfg": VIT_CFG},
+            "backbone": {
+                "type": "UniAdapterViT",
+                "arch": ARCH,
+                "img_size": 32,
+                "vit_cfg": VIT_CFG,
+            },
             "head": tiny_head(16),
         },  # fmt: skip
         "share_patch_haed",
@@ -85,8 +89,10 @@ CASES = {
     ),
     "GlarePretrainDataset": Case(
         DATASETS,
-        lambda root: {"data_root": str(root),
-                      "transform": {"type": "GlareTransform", "input_size": 32}},
+        lambda root: {
+            "data_root": str(root),
+            "transform": {"type": "GlareTransform", "input_size": 32},
+        },
         "min_sise",
         "min_size",
         "skip_bad",

@@ -27,7 +27,11 @@ from mmengine.runner import Runner
 from torch.utils.data import DataLoader
 
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
-from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import (
+    CheckpointMismatchError,
+    UniAdapterViT,
+    load_adapted_backbone,
+)
 from lightly_glare.openmmlab.backbone import GlareViT
 from lightly_glare.openmmlab.config_validation import ConfigArgumentError
 from lightly_glare.openmmlab.hooks import GlareTeacherEMAHook
@@ -44,6 +48,7 @@ from lightly_glare.training import (
 from lightly_glare.transforms import PatchNoise
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import load_tool, real_photo
+from tests.weights.test_heads import official_head, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The CPU-sized aerial pre-training config (not an ablation of it).
@@ -628,15 +633,40 @@ def test_distributed_ranks_stay_identical(image_dir: Path, tmp_path: Path) -> No
 # --- tools/train.py as a user runs it (subprocesses) --------------------------
 
 
+def dino_checkpoint(path: Path, output_dim: int = 64) -> Path:
+    """A tiny ViT in DINO's training-checkpoint layout: teacher with its head.
+
+    The head has :func:`tiny_head`'s sizes (TINY_MODEL's) for ``output_dim``
+    64, so that it loads into the shipped config shrunk by TINY_MODEL.
+    """
+    vit = timm.create_model(ARCH, pretrained=False, num_classes=0, **VIT_CFG)
+    head = official_head(dim=192, hidden=32, bottleneck=16, out_dim=output_dim)
+    state = {f"module.backbone.{k}": v for k, v in vit.state_dict().items()}
+    state |= {f"module.head.{k}": v for k, v in head.items()}
+    torch.save({"teacher": state}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def ssl_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ViT in DINO's training-checkpoint layout (teacher, with a head)."""
-    vit = timm.create_model(ARCH, pretrained=False, num_classes=0, **VIT_CFG)
-    path = tmp_path_factory.mktemp("ssl") / "dino_tiny.pth"
-    state = {f"module.backbone.{k}": v for k, v in vit.state_dict().items()}
-    head = {"module.head.last_layer.weight_v": torch.randn(64, 16)}  # dropped
-    torch.save({"teacher": state | head}, path)
-    return path
+    return dino_checkpoint(tmp_path_factory.mktemp("ssl") / "dino_tiny.pth")
+
+
+def test_pretrainer_starts_from_the_checkpoint_heads(tmp_path: Path) -> None:
+    checkpoint = dino_checkpoint(tmp_path / "dino.pth")
+    head = {k.removeprefix("module.head."): v for k, v in
+            torch.load(checkpoint, weights_only=True)["teacher"].items()
+            if k.startswith("module.head.")}  # fmt: skip
+    backbone = {"type": "UniAdapterViT", "arch": ARCH, "img_size": 32,
+                "vit_cfg": VIT_CFG, "checkpoint": str(checkpoint)}  # fmt: skip
+    tokens = torch.randn(3, 192)
+    model = GlarePretrainer(backbone=backbone, head=tiny_head(), freeze_heads=True)
+    for module in (model.glare.student_head, model.glare.teacher["patch_head"]):
+        torch.testing.assert_close(module(tokens), reference(head, tokens))
+    fresh = GlarePretrainer(backbone=backbone, head=tiny_head(), checkpoint_heads=False)
+    assert not torch.allclose(fresh.glare.student_head(tokens), reference(head, tokens))
+    with pytest.raises(CheckpointMismatchError, match="output_dim=64"):
+        GlarePretrainer(backbone=backbone, head=tiny_head(output_dim=32))
 
 
 def train_command(
@@ -683,6 +713,7 @@ def test_train_tool_logs_progress_and_resumes_after_kill(
     command = train_command(tmp_path / "full", image_dir, ssl_checkpoint, 6)
     log = run_to_end(command)
     assert f"GlarePretrainer: {ARCH} at 32 px from {ssl_checkpoint}" in log
+    assert f"Heads from {ssl_checkpoint}: student head <- teacher head" in log
     assert "trainable adapter parameters" in log
     for step in range(1, 7):
         assert f"Iter(train) [{step}/6]" in log

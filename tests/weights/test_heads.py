@@ -34,13 +34,16 @@ def official_head(
     out_dim: int = K,
     patch_out_dim: int | None = None,
     norm_last_layer: bool = False,
+    dim: int = DIM,
+    hidden: int = HIDDEN,
+    bottleneck: int = BOTTLENECK,
 ) -> dict[str, Tensor]:
     """``DINOHead(...).state_dict()``; ``iBOTHead``'s when ``patch_out_dim``.
 
     ``norm_last_layer=False`` gives trained norms g (not all ones), so that a
     loader that ignored ``weight_g`` would fail.
     """
-    sizes = [DIM] + [HIDDEN] * (layers - 1) + [BOTTLENECK]
+    sizes = [dim] + [hidden] * (layers - 1) + [bottleneck]
     state: dict[str, Tensor] = {}
     for i in range(layers):  # nn.Sequential(Linear, GELU, Linear, GELU, Linear)
         state[f"mlp.{2 * i}.weight"] = torch.randn(sizes[i + 1], sizes[i])
@@ -50,7 +53,7 @@ def official_head(
         g = torch.ones(rows, 1) if norm_last_layer else torch.rand(rows, 1) + 0.5
         return {
             f"{name}.weight_g": g,
-            f"{name}.weight_v": torch.randn(rows, BOTTLENECK),
+            f"{name}.weight_v": torch.randn(rows, bottleneck),
         }
 
     state |= weight_norm_layer("last_layer", out_dim)
