@@ -295,7 +295,7 @@ class UniAdapterViT(nn.Module):
             return_cls_attention: Also return the last block's class-token
                 attention to the patches, per head.
             intermediate_indices: Blocks whose outputs (before the final norm)
-                to return, e.g. ``(3, 5, 7, 11)`` for UperNet.
+                to return, e.g. ``(2, 5, 8, 11)`` for UperNet.
 
         Returns:
             A :class:`BackboneOutput` with N = h * w patch tokens for the grid

@@ -138,7 +138,7 @@ class GlareViT(BaseModule):
             embedding is resampled on the fly, inputs padded to a multiple of the
             patch size). Defaults to 512.
         out_indices (Sequence[int]): Blocks whose outputs are returned.
-            Defaults to (3, 5, 7, 11).
+            Defaults to (2, 5, 8, 11) (mmseg's ViT UperNet and UDI's protocol).
         adapter_bottleneck (int): UniAdapter bottleneck size; must match the
             GLARE export. Defaults to 64.
         adapter_scale (float): UniAdapter output scale; must match the GLARE
@@ -172,7 +172,7 @@ class GlareViT(BaseModule):
         self,
         arch: str | dict[str, Any] = "vit_base_patch16_224",
         img_size: int | Sequence[int] = 512,
-        out_indices: Sequence[int] = (3, 5, 7, 11),
+        out_indices: Sequence[int] = (2, 5, 8, 11),
         adapter_bottleneck: int = 64,
         adapter_scale: float = 0.1,
         drop_path_rate: float = 0.0,

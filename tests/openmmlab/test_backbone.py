@@ -77,7 +77,7 @@ def vit_s16() -> GlareViT:
 def test_feature_shapes_vit_s16(
     vit_s16: GlareViT, size: tuple[int, int], grid: tuple[int, int]
 ) -> None:
-    assert vit_s16.out_indices == (3, 5, 7, 11)
+    assert vit_s16.out_indices == (2, 5, 8, 11)
     features = vit_s16(torch.rand(2, 3, *size))
     assert [tuple(f.shape) for f in features] == [(2, 384, *grid)] * 4
 
