@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lightly_glare.transforms import (
+from lightly_glare.models.geometry import (
     bilinear_gather,
     crop_overlap,
     map_coords,

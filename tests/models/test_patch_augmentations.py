@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from lightly_glare.transforms import (
+from lightly_glare.models.patch_augmentations import (
     PATCH_AUGMENTATIONS,
     PatchAugmentation,
     PatchBlur,
