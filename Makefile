@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) tools/demo.py --work-dir work_dirs/demo
+	$(PY) tools/experiments/demo.py --work-dir work_dirs/demo
 
 lint: install
 	$(PY) -m ruff check lightly_glare tests tools examples benchmarks

@@ -1,8 +1,8 @@
 """A plain-PyTorch GLARE pre-training loop with DINO's schedules.
 
-Used by ``tools/demo.py``; the Lightly-style examples in ``examples/`` spell the
-same loop out for copy-and-adapt, and the OpenMMLab path runs it through
-mmengine.
+Used by ``tools/experiments/demo.py``; the Lightly-style examples in
+``examples/`` spell the same loop out for copy-and-adapt, and the OpenMMLab
+path runs it through mmengine.
 """
 
 from __future__ import annotations
@@ -316,8 +316,8 @@ SHORT_SCHEDULE: dict[str, Any] = {
 class FolderPretraining:
     """GLARE continual pre-training of a local SSL checkpoint on an image folder.
 
-    The whole job of :func:`pretrain_folder`, as used by ``tools/demo.py`` and
-    the experiment tools: build the ViT, loss and model, train, export. The
+    The whole job of :func:`pretrain_folder`, as used by the experiment tools
+    (``tools/experiments/``): build the ViT, loss and model, train, export. The
     field names are the components' argument names and the tools' flags
     (``output_dim`` is ``--output-dim``).
 

@@ -736,7 +736,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         help="local checkpoint: a plain SSL checkpoint (DINO / DINOv2 / iBOT / "
-        "timm layout) or a GLARE export (tools/export_backbone.py); 'none' for "
+        "timm layout) or a GLARE export (lightly-glare export); 'none' for "
         "random weights, only together with --random-init",
     )
     group.add_argument(

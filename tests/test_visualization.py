@@ -422,7 +422,7 @@ TINY = ["--arch", "vit_tiny_patch16_224", "--img-size", "64"]
 
 @pytest.mark.parametrize("name", ["visualize_attention", "visualize_pca"])
 def test_tools_refuse_random_weights_without_flag(name: str, tmp_path: Path) -> None:
-    tool = load_tool(name)
+    tool = load_tool(f"analysis_tools/{name}")
     base = ["--image", str(PHOTO), "--out", str(tmp_path / "x.png"), *TINY]
     with pytest.raises(SystemExit, match="--random-init"):
         tool.main([*base, "--checkpoint", "none"])
@@ -436,7 +436,7 @@ def test_tools_refuse_random_weights_without_flag(name: str, tmp_path: Path) -> 
 def _run_tool(name: str, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / f"{name}.py"), *args],
+        [sys.executable, str(ROOT / "tools" / "analysis_tools" / f"{name}.py"), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

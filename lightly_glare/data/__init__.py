@@ -9,7 +9,7 @@
   :func:`prepare_aerial` (solaris scenes, mmseg layout), :func:`prepare_mri`
   (MNI152 template from nilearn, mmseg layout) and :func:`prepare_elpv`
   (solar-cell images, CC-BY-NC-SA-4.0: never redistribute). The command line
-  is ``tools/prepare_data.py``.
+  is ``tools/dataset_converters/prepare_data.py``.
 - Class names and palettes for the OpenMMLab dataset classes:
   ``AERIAL_BUILDINGS_METAINFO``, ``AERIAL_ROADS_METAINFO``, ``MRI_METAINFO``,
   ``ELPV_METAINFO``.

@@ -254,7 +254,7 @@ def test_tool_end_to_end_on_a_small_real_image_folder(tmp_path: Path) -> None:
     torch.save(
         timm.create_model("vit_small_patch14_dinov2", img_size=56).state_dict(), start
     )
-    tool = load_tool("classification_transfer")
+    tool = load_tool("experiments/classification_transfer")
     work = tmp_path / "work"
     result = tool.main(
         [

@@ -137,7 +137,7 @@ def test_load_segmentation_split_resizes_images_and_keeps_labels(
 def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
     """Two variants x one seed on the real MRI slices, a tiny schedule."""
     args = [
-        str(ROOT / "tools/segmentation_ablation.py"),
+        str(ROOT / "tools/experiments/segmentation_ablation.py"),
         "--work-dir",
         str(tmp_path),
         "--domains",
@@ -181,7 +181,7 @@ def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
 
 
 def test_ablation_holdout_split_is_the_last_train_tiles(tmp_path: Path) -> None:
-    tool = load_tool("segmentation_ablation")
+    tool = load_tool("experiments/segmentation_ablation")
     _write_split(tmp_path, "train", 8, size=28)
     _write_split(tmp_path, "val", 2, size=28)
     fit, held_out = tool.evaluation_splits(tmp_path, "holdout", 28, 2)
@@ -196,7 +196,7 @@ def test_ablation_holdout_split_is_the_last_train_tiles(tmp_path: Path) -> None:
 
 
 def test_ablation_weight_options_apply_to_the_terms_a_variant_keeps() -> None:
-    tool = load_tool("segmentation_ablation")
+    tool = load_tool("experiments/segmentation_ablation")
     args = tool.parse_args(["--weight", "local_matching=0.5", "--weight", "global=2"])
     assert args.term_weights == {"local_matching": 0.5, "global": 2.0}
     assert tool.variant_weights("glare", args.term_weights) == args.term_weights
@@ -214,7 +214,7 @@ def test_ablation_weight_options_apply_to_the_terms_a_variant_keeps() -> None:
 def test_ablation_refuses_to_reuse_a_run_made_with_other_settings(
     tmp_path: Path,
 ) -> None:
-    tool = load_tool("segmentation_ablation")
+    tool = load_tool("experiments/segmentation_ablation")
     made = tool.parse_args(["--work-dir", str(tmp_path), "--steps", "30"])
     run = tmp_path / "seed0.json"
     run.write_text(json.dumps({"args": tool.recorded_args(made)}))

@@ -108,7 +108,7 @@ def load(name: str) -> Config:
     return copy.deepcopy(_load(name))
 
 
-#: Offline real datasets (tools/prepare_data.py): short name -> expected.
+#: Offline real datasets (prepare_data tool): short name -> expected.
 OFFLINE = {
     "aerial_buildings": (
         "AerialBuildingsDataset",

@@ -20,7 +20,7 @@ GPU. A single seed on 30 validation tiles is a demonstration, not evidence: see
 docs/RESULTS.md.
 
 Example:
-    python tools/demo.py --work-dir work_dirs/demo
+    python tools/experiments/demo.py --work-dir work_dirs/demo
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ deterministic; its linear probe runs with the same seeds.
 Writes ``results.json`` and ``results.md`` into ``--work-dir``.
 
 Example:
-    python tools/classification_transfer.py --work-dir work_dirs/cls_elpv \\
+    python tools/experiments/classification_transfer.py --work-dir work_dirs/cls_elpv \\
         --seeds 0 1 2 --steps 60
 """
 

@@ -14,9 +14,9 @@ each evaluated with the same downstream protocol on the domain's held-out
 split (aerial: the solaris roads scene, 70 train / 30 val tiles; MRI: the
 MNI152 tissue slices, 96 / 27; a frozen-feature linear segmentation probe,
 :mod:`lightly_glare.evaluation.segmentation`; the full UperNet protocol is
-``tools/demo.py`` / ``tools/train.py``). Continual pre-training sees only the
-domain's unlabeled images (aerial: tiles of the train region and Landsat;
-MRI: the train slices), never the evaluation split; nothing is tuned on it.
+``tools/experiments/demo.py`` / ``tools/train.py``). Continual pre-training
+sees only the domain's unlabeled images (aerial: tiles of the train region and
+Landsat; MRI: the train slices), never the evaluation split; nothing is tuned on it.
 
 Settings (schedule, ``--num-regions``, ``--weight TERM=W``) are chosen with
 ``--eval-split holdout``: the probe trains on the first 75 % of the train tiles
@@ -30,7 +30,7 @@ its own ``--work-dir``. The summary
 (``summary.md``, ``summary.json``, ``miou.png``) is rebuilt from all run files.
 
 Example (2 CPU cores: about 1 minute per pre-training run at the defaults):
-    python tools/segmentation_ablation.py --work-dir work_dirs/ablation
+    python tools/experiments/segmentation_ablation.py --work-dir work_dirs/ablation
 """
 
 from __future__ import annotations

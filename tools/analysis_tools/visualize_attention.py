@@ -16,12 +16,12 @@ dinov2_vits14.pth``.
 
 Examples:
     # DINOv2 ViT-S/14 before and after GLARE, on two images
-    python tools/visualize_attention.py --image a.jpg --image b.jpg \\
+    python tools/analysis_tools/visualize_attention.py --image a.jpg --image b.jpg \\
         --checkpoint dinov2_vits14.pth --label DINOv2 \\
         --compare-checkpoint work_dirs/glare/backbone.pth --compare-label GLARE \\
         --out attention.png
     # DINO ViT-S/16
-    python tools/visualize_attention.py --image a.jpg \\
+    python tools/analysis_tools/visualize_attention.py --image a.jpg \\
         --arch vit_small_patch16_224 --checkpoint dino_deitsmall16_pretrain.pth \\
         --out attention.png
 """

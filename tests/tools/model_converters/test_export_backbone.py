@@ -1,4 +1,4 @@
-"""tools/export_backbone.py on files it cannot read: one line naming the file."""
+"""The export tool on files it cannot read: one line naming the file."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def test_unreadable_checkpoint_exits_with_one_line_naming_it(
     path = tmp_path / "iter_300.pth"
     make(path)
     with pytest.raises(SystemExit) as exit_info:
-        load_tool("export_backbone").main([str(path), str(tmp_path / "out.pth")])
+        load_tool("model_converters/export_backbone").main(
+            [str(path), str(tmp_path / "out.pth")]
+        )
     message = str(exit_info.value.code)
     assert message.startswith(f"export_backbone: cannot read checkpoint {path} (")
     assert "\n" not in message
@@ -45,14 +47,21 @@ def test_unreadable_checkpoint_exits_with_one_line_naming_it(
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
     absent = tmp_path / "absent.pth"
     with pytest.raises(SystemExit, match=f"checkpoint {absent} not found"):
-        load_tool("export_backbone").main([str(absent), str(tmp_path / "out.pth")])
+        load_tool("model_converters/export_backbone").main(
+            [str(absent), str(tmp_path / "out.pth")]
+        )
 
 
 def test_command_line_prints_no_traceback(tmp_path: Path) -> None:
     path = tmp_path / "iter_300.pth"
     truncated(path)
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "export_backbone.py"), str(path), "o"],
+        [
+            sys.executable,
+            str(ROOT / "tools/model_converters/export_backbone.py"),
+            str(path),
+            "o",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
