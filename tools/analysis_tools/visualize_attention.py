@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from backbone_args import add_backbone_arguments, backbones_from_args
 from PIL import Image
 
 from lightly_glare.visualization import (
-    add_backbone_arguments,
     attention_grid_figure,
     attention_maps,
-    backbones_from_args,
     preprocess_image,
 )
 

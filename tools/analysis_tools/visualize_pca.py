@@ -31,12 +31,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from backbone_args import add_backbone_arguments, backbones_from_args
 from numpy.typing import NDArray
 from PIL import Image
 
 from lightly_glare.visualization import (
-    add_backbone_arguments,
-    backbones_from_args,
     patch_tokens,
     pca_figure,
     pca_rgb,
