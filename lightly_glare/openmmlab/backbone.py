@@ -104,7 +104,7 @@ class GlareViT(BaseModule):
     Wraps :class:`~lightly_glare.models.UniAdapterViT` and returns the outputs
     (before the final norm) of the blocks ``out_indices`` as feature maps
     ``(B, D, H / p, W / p)``, ready for mmseg's ``MultiLevelNeck`` (scales 4, 2,
-    1, 0.5) and ``UPerHead`` (GLARE spec §9).
+    1, 0.5) and ``UPerHead`` (the paper's protocol, docs/ARCHITECTURE.md).
 
     Weights are loaded in :meth:`init_weights` (called by mmengine's Runner at
     the start of training) from either a GLARE export (``checkpoint_type=
@@ -121,7 +121,7 @@ class GlareViT(BaseModule):
     ``arch=dict(..., reg_tokens=1)``: the second class token is carried as a
     prefix token.
 
-    Fine-tuning (spec §9): by default the whole network trains, adapters
+    Fine-tuning (as in the paper): by default the whole network trains, adapters
     included; ``freeze_backbone=True`` trains only the adapters. The final norm,
     and blocks (with their adapters) after the last of ``out_indices``, never
     receive gradients and are frozen, so that DDP needs no

