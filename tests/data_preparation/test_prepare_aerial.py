@@ -13,13 +13,15 @@ from lightly_glare.data import (
     AERIAL_BUILDINGS_METAINFO,
     AERIAL_ROADS_METAINFO,
     ImageFolderDataset,
-    fetch_distribution,
     load_image_and_mask,
-    prepare_aerial,
-    read_member,
     stretch_to_uint8,
 )
-from lightly_glare.data.aerial import (
+from lightly_glare.data_preparation import (
+    fetch_distribution,
+    prepare_aerial,
+    read_member,
+)
+from lightly_glare.data_preparation.aerial import (
     AERIAL_SCENES,
     num_val_rows,
     rasterize_footprints,

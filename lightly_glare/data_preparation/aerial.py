@@ -65,13 +65,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lightly_glare.data.cache import DataDownloadError, fetch_distribution, read_member
 from lightly_glare.data.image_io import stretch_to_uint8
 from lightly_glare.data.metainfo import (
     AERIAL_BUILDINGS_METAINFO,
     AERIAL_ROADS_METAINFO,
 )
-from lightly_glare.data.preparation import (
+from lightly_glare.data_preparation.cache import (
+    DataDownloadError,
+    fetch_distribution,
+    read_member,
+)
+from lightly_glare.data_preparation.manifest import (
     PREPARATION_VERSION,
     Printer,
     StagedOutput,
@@ -396,7 +400,7 @@ def prepare_aerial(
         landsat: Add the Landsat-5 scene's tiles (``solaris==0.4.0``, 17.8 MB)
             to ``unlabeled``. Defaults to True.
         cache_dir: Download cache. Defaults to
-            :func:`~lightly_glare.data.cache.default_cache_dir`.
+            :func:`~lightly_glare.data_preparation.cache.default_cache_dir`.
         force: Rebuild even if ``out`` is already prepared. Defaults to False.
         log: Progress printer (e.g. ``print``). Defaults to silent.
 

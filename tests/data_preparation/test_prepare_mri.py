@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightly_glare.data import MRI_METAINFO, load_image_and_mask, prepare_mri
-from lightly_glare.data.mri import slice_splits, tissue_labels
+from lightly_glare.data import MRI_METAINFO, load_image_and_mask
+from lightly_glare.data_preparation import prepare_mri
+from lightly_glare.data_preparation.mri import slice_splits, tissue_labels
 
 pytest.importorskip("nibabel")
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from lightly_glare.data.cache import DistributionArchive, fetch_distribution
-from lightly_glare.data.preparation import (
+from lightly_glare.data_preparation.cache import DistributionArchive, fetch_distribution
+from lightly_glare.data_preparation.manifest import (
     PREPARATION_VERSION,
     Printer,
     StagedOutput,
@@ -125,7 +125,7 @@ def prepare_elpv(
             to 0.75.
         seed: Seed of the permutation. Defaults to 0.
         cache_dir: Download cache. Defaults to
-            :func:`~lightly_glare.data.cache.default_cache_dir`.
+            :func:`~lightly_glare.data_preparation.cache.default_cache_dir`.
         force: Rebuild even if ``out`` is already prepared. Defaults to False.
         log: Progress printer (e.g. ``print``). Defaults to silent.
 

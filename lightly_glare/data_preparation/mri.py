@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lightly_glare.data.cache import fetch_distribution, read_member
 from lightly_glare.data.image_io import stretch_to_uint8
 from lightly_glare.data.metainfo import MRI_METAINFO
-from lightly_glare.data.preparation import (
+from lightly_glare.data_preparation.cache import fetch_distribution, read_member
+from lightly_glare.data_preparation.manifest import (
     PREPARATION_VERSION,
     Printer,
     StagedOutput,
@@ -165,7 +165,7 @@ def prepare_mri(
         val_every: Every ``val_every``-th block goes to val. Defaults to 5.
         gap: Train slices this close to a val slice are dropped. Defaults to 2.
         cache_dir: Download cache. Defaults to
-            :func:`~lightly_glare.data.cache.default_cache_dir`.
+            :func:`~lightly_glare.data_preparation.cache.default_cache_dir`.
         force: Rebuild even if ``out`` is already prepared. Defaults to False.
         log: Progress printer (e.g. ``print``). Defaults to silent.
 

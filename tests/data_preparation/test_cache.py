@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from lightly_glare.data import (
+from lightly_glare.data_preparation import (
     DataDownloadError,
     DistributionArchive,
     default_cache_dir,
     fetch_distribution,
     read_member,
 )
-from lightly_glare.data import cache as cache_module
-from lightly_glare.data.cache import find_cached_distribution
+from lightly_glare.data_preparation import cache as cache_module
+from lightly_glare.data_preparation.cache import find_cached_distribution
 
 
 def _wheel(path: Path, members: dict[str, bytes]) -> Path:
@@ -119,7 +119,7 @@ def test_corrupt_archive_says_delete(tmp_path: Path) -> None:
 
 def test_data_package_imports_no_openmmlab() -> None:
     code = (
-        "import sys, lightly_glare.data; "
+        "import sys, lightly_glare.data, lightly_glare.data_preparation; "
         "print([m for m in sys.modules if m.split('.')[0] in "
         "('mmengine', 'mmcv', 'mmseg', 'nibabel', 'tifffile')])"
     )

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightly_glare.data import ImageFolderDataset, load_elpv_labels, prepare_elpv
+from lightly_glare.data import ImageFolderDataset
+from lightly_glare.data_preparation import load_elpv_labels, prepare_elpv
 
 
 def _read(path: Path) -> Image.Image:
