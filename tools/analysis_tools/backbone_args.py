@@ -1,7 +1,7 @@
 """Model-loading options shared by the visualisation tools beside this file.
 
 ``visualize_attention.py`` and ``visualize_pca.py`` import this module from
-their own folder; the library (:func:`lightly_glare.visualization.build_backbone`)
+their own folder; the library (:func:`lightly_glare.weights.build_backbone`)
 has no command-line code.
 """
 
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from lightly_glare.models import UniAdapterViT
-from lightly_glare.visualization import build_backbone
+from lightly_glare.weights import build_backbone
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
