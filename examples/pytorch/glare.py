@@ -25,12 +25,10 @@ from lightly_glare.models import (
     AttentionRegionSampler,
     CrossAttentionRegionPooling,
     GlareProjectionHead,
-    PatchBlur,
     UniAdapterViT,
     export_adapted_backbone,
-    match_patches,
-    transfer_masks,
 )
+from lightly_glare.models.geometry import match_patches, transfer_masks
 from lightly_glare.training import (
     PretrainConfig,
     check_loss,
@@ -38,7 +36,7 @@ from lightly_glare.training import (
     parameter_groups,
     steps_per_epoch,
 )
-from lightly_glare.transforms import GlareTransform
+from lightly_glare.transforms import GlareTransform, PatchBlur
 from lightly_glare.weights import create_vit
 
 

@@ -4,10 +4,11 @@ Besides the modules (UniAdapter, UniAdapterViT, heads, region sampler and
 pooling, GLARE), the batch-side operations GLARE applies inside its forward
 pass live here, as lightly keeps token-level operations under
 ``lightly.models``: patch correspondences between two views from their crop
-geometry (:mod:`~lightly_glare.models.geometry`, which also defines the
+geometry (:mod:`lightly_glare.models.geometry`, which also defines the
 ``(5,)`` view-geometry format that ``GlareTransform`` writes) and the
-patch-level augmentations (:mod:`~lightly_glare.models.patch_augmentations`,
-re-exported by :mod:`lightly_glare.transforms`).
+patch-level augmentations (:mod:`lightly_glare.models.patch_augmentations`;
+the ``Patch*`` classes users pick are exported by
+:mod:`lightly_glare.transforms`). Import them from those modules.
 """
 
 from lightly_glare.models.adapted_vit import (
@@ -26,33 +27,11 @@ from lightly_glare.models.export import (
     load_exported_checkpoint,
     save_atomic,
 )
-from lightly_glare.models.geometry import (
-    GEOMETRY_SIZE,
-    bilinear_gather,
-    crop_overlap,
-    map_coords,
-    map_patch_centers,
-    match_patches,
-    nearest_patch_index,
-    patch_centers,
-    transfer_masks,
-    view_geometry,
-)
 from lightly_glare.models.glare import GLARE
 from lightly_glare.models.heads import (
     DEFAULT_OUTPUT_DIM,
     GlareProjectionHead,
     head_state_dict,
-)
-from lightly_glare.models.patch_augmentations import (
-    PATCH_AUGMENTATIONS,
-    PatchAugmentation,
-    PatchBlur,
-    PatchColorJitter,
-    PatchMasking,
-    PatchNoise,
-    build_patch_augmentation,
-    patch_grid_mask_to_pixels,
 )
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import (
@@ -83,23 +62,4 @@ __all__ = [
     "load_exported_checkpoint",
     "save_atomic",
     "count_adapter_parameters",
-    # Batch-side operations GLARE applies in its forward pass.
-    "GEOMETRY_SIZE",
-    "bilinear_gather",
-    "crop_overlap",
-    "map_coords",
-    "map_patch_centers",
-    "match_patches",
-    "nearest_patch_index",
-    "patch_centers",
-    "transfer_masks",
-    "view_geometry",
-    "PATCH_AUGMENTATIONS",
-    "PatchAugmentation",
-    "PatchBlur",
-    "PatchColorJitter",
-    "PatchMasking",
-    "PatchNoise",
-    "build_patch_augmentation",
-    "patch_grid_mask_to_pixels",
 ]
