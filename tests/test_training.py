@@ -1,7 +1,5 @@
-import argparse
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import timm
@@ -13,7 +11,6 @@ from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
     GLARE,
-    AttentionRegionSampler,
     CheckpointMismatchError,
     GlareProjectionHead,
     UniAdapterViT,
@@ -24,12 +21,10 @@ from lightly_glare.training import (
     NonFiniteLossError,
     NoTrainingStepsError,
     PretrainConfig,
-    add_pretraining_arguments,
     learning_rate,
     parameter_groups,
     pretrain,
     pretrain_folder,
-    pretraining_job,
     steps_per_epoch,
 )
 from lightly_glare.transforms import GlareTransform
@@ -220,31 +215,6 @@ def test_pretrain_folder_starts_from_the_checkpoint_heads(tmp_path: Path) -> Non
         "patch head <- teacher head" in lines  # fmt: skip
     job.output_dim, job.checkpoint_heads = 32, False
     pretrain_folder(job, tmp_path / "z.pth", log=lines.append)  # new heads
-
-
-def test_pretrain_folder_draws_at_most_num_regions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    drawn: list[int] = []
-    forward = AttentionRegionSampler.forward
-
-    def spy(self: AttentionRegionSampler, *args: Any, **kwargs: Any) -> Any:
-        masks, valid = forward(self, *args, **kwargs)
-        drawn.append(masks.shape[1])
-        return masks, valid
-
-    monkeypatch.setattr(AttentionRegionSampler, "forward", spy)
-    parser = argparse.ArgumentParser()
-    add_pretraining_arguments(parser)
-    args = parser.parse_args(["--num-regions", "2", "--steps", "2"])
-    job = pretraining_job(args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0)
-    assert job.num_regions == 2
-    pretrain_folder(
-        _folder_job(tmp_path, num_regions=job.num_regions),
-        tmp_path / "out.pth",
-        log=lambda _: None,
-    )
-    assert drawn and set(drawn) == {2}  # ViT-S has 6 heads; 6 without the option
 
 
 def test_head_warmup_holds_the_adapters_then_trains_them(

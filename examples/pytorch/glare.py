@@ -28,6 +28,7 @@ from lightly_glare.models import (
     UniAdapterViT,
     export_adapted_backbone,
 )
+from lightly_glare.models.geometry import match_patches, transfer_masks
 from lightly_glare.training import (
     PretrainConfig,
     check_loss,
@@ -35,12 +36,7 @@ from lightly_glare.training import (
     parameter_groups,
     steps_per_epoch,
 )
-from lightly_glare.transforms import (
-    GlareTransform,
-    PatchBlur,
-    match_patches,
-    transfer_masks,
-)
+from lightly_glare.transforms import GlareTransform, PatchBlur
 from lightly_glare.weights import create_vit
 
 

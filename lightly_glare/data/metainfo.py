@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: solaris ``sample_geotiff.tif`` + ``sample_fp_mask.tif`` (building footprints).
+#: solaris ``sample_geotiff.tif`` + footprints rasterised from
+#: ``geotiff_labels.geojson`` (buildings; :mod:`lightly_glare.data_preparation.aerial`).
 AERIAL_BUILDINGS_METAINFO: dict[str, Any] = {
     "classes": ("background", "building"),
     "palette": [[0, 0, 0], [255, 0, 0]],

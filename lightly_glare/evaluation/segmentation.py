@@ -1,16 +1,16 @@
 """Linear segmentation probe on frozen patch features, and IoU bookkeeping.
 
 The cheap downstream protocol of the ablation experiments
-(``tools/segmentation_ablation.py``): the adapted backbone stays frozen, the
+(``tools/experiments/segmentation_ablation.py``): the adapted backbone stays frozen, the
 patch tokens of the last blocks (each after the ViT's final norm, as DINOv2's
 linear segmentation evaluation does) are bilinearly upsampled to a finer grid
 of cells, each cell gets the majority label of its pixels, and a multinomial
 logistic regression (:func:`~lightly_glare.evaluation.fit_logistic_regression`,
 convex, full batch) maps cell features to classes. Predictions are the cell
 logits bilinearly upsampled to each label map's own resolution. UperNet
-fine-tuning through mmseg (``tools/train.py``, ``tools/demo.py``) is the full
-protocol; this one isolates what the continual pre-training changed in the
-features and runs in seconds on a CPU.
+fine-tuning through mmseg (``tools/train.py``,
+``tools/experiments/demo.py``) is the full protocol; this one isolates what
+the continual pre-training changed in the features and runs in seconds on a CPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,15 @@
-"""GLARE's models (pure PyTorch + timm + lightly; no OpenMMLab import)."""
+"""GLARE's models (pure PyTorch + timm + lightly; no OpenMMLab import).
+
+Besides the modules (UniAdapter, UniAdapterViT, heads, region sampler and
+pooling, GLARE), the batch-side operations GLARE applies inside its forward
+pass live here, as lightly keeps token-level operations under
+``lightly.models``: patch correspondences between two views from their crop
+geometry (:mod:`lightly_glare.models.geometry`, which also defines the
+``(5,)`` view-geometry format that ``GlareTransform`` writes) and the
+patch-level augmentations (:mod:`lightly_glare.models.patch_augmentations`;
+the ``Patch*`` classes users pick are exported by
+:mod:`lightly_glare.transforms`). Import them from those modules.
+"""
 
 from lightly_glare.models.adapted_vit import (
     BackboneOutput,

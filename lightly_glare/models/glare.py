@@ -26,15 +26,15 @@ from lightly_glare.models.export import (
     CheckpointMismatchError,
     export_adapted_backbone,
 )
+from lightly_glare.models.geometry import match_patches, transfer_masks
 from lightly_glare.models.heads import GlareProjectionHead
-from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
-from lightly_glare.models.region_sampler import AttentionRegionSampler
-from lightly_glare.transforms.geometry import match_patches, transfer_masks
-from lightly_glare.transforms.patch_augmentations import (
+from lightly_glare.models.patch_augmentations import (
     PatchAugmentation,
     PatchBlur,
     _rand,
 )
+from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
+from lightly_glare.models.region_sampler import AttentionRegionSampler
 
 if TYPE_CHECKING:  # lightly_glare.weights imports this package
     from lightly_glare.weights.heads import CheckpointHeads

@@ -16,7 +16,6 @@ registers :func:`sdpa_flop_jit` for it.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
@@ -42,25 +41,6 @@ from torch.utils.data import DataLoader
 
 #: The jit operator of ``torch.nn.functional.scaled_dot_product_attention``.
 ATTENTION_OP = "aten::scaled_dot_product_attention"
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """Adds mmseg's ``config`` and ``--cfg-options`` arguments to ``parser``.
-
-    Args:
-        parser: The tool's argument parser.
-        config_help: Help text of the ``config`` argument.
-    """
-    parser.add_argument("config", help=config_help)
-    parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override settings in the config, key=value pairs, e.g. "
-        "model.backbone.img_size=(256,256) test_dataloader.batch_size=2; "
-        'lists as key="[a,b]" or key=a,b, no white space; replace a dict value '
-        "with key._delete_=True key.x=1",
-    )
 
 
 def load_config(path: str, cfg_options: dict[str, Any] | None) -> Config:

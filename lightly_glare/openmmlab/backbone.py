@@ -11,21 +11,12 @@ import timm
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
-from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from lightly_glare.models import (
-    UniAdapterViT,
-    check_state_dict,
-    load_exported_checkpoint,
-)
-from lightly_glare.models.export import check_architecture
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.weights import load_ssl_checkpoint
-
-#: Values of ``GlareViT(checkpoint_type=...)``.
-CHECKPOINT_TYPES = ("glare", "ssl")
+from lightly_glare.weights.backbone import CHECKPOINT_TYPES, load_backbone_checkpoint
 
 
 def create_timm_vit(
@@ -62,40 +53,6 @@ def create_timm_vit(
     return vit
 
 
-def resample_pos_embed(
-    state: dict[str, Tensor], key: str, vit: VisionTransformer, source: str
-) -> dict[str, Tensor]:
-    """Resamples a checkpoint's positional embedding to ``vit``'s patch grid.
-
-    Args:
-        state: State dict holding the embedding under ``key``.
-        key: Key of the positional embedding, e.g. ``"vit.pos_embed"``.
-        vit: The model the state dict is loaded into.
-        source: Where ``state`` comes from, for logging.
-
-    Returns:
-        ``state`` with the embedding resampled (bicubic, no antialiasing;
-        prefix-token entries kept) when the grid sizes differ; unchanged
-        otherwise.
-    """
-    found = state.get(key)
-    if vit.pos_embed is None or found is None or found.shape == vit.pos_embed.shape:
-        return state
-    prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-    grid = list(vit.patch_embed.grid_size)
-    # Bicubic without antialiasing, like DINO's / DINOv2's own interpolation and
-    # lightly_glare.weights.load_ssl_checkpoint.
-    resampled = resample_abs_pos_embed(
-        found, grid, num_prefix_tokens=prefix, antialias=False
-    )
-    print_log(
-        f"GlareViT: resampled {key} of {source} from {tuple(found.shape)} to "
-        f"{tuple(resampled.shape)} (patch grid {grid[0]}x{grid[1]}).",
-        logger="current",
-    )
-    return {**state, key: resampled}
-
-
 @MODELS.register_module()
 @validate_arguments
 class GlareViT(BaseModule):
@@ -104,7 +61,7 @@ class GlareViT(BaseModule):
     Wraps :class:`~lightly_glare.models.UniAdapterViT` and returns the outputs
     (before the final norm) of the blocks ``out_indices`` as feature maps
     ``(B, D, H / p, W / p)``, ready for mmseg's ``MultiLevelNeck`` (scales 4, 2,
-    1, 0.5) and ``UPerHead`` (GLARE spec §9).
+    1, 0.5) and ``UPerHead`` (the paper's protocol, docs/ARCHITECTURE.md).
 
     Weights are loaded in :meth:`init_weights` (called by mmengine's Runner at
     the start of training) from either a GLARE export (``checkpoint_type=
@@ -121,7 +78,7 @@ class GlareViT(BaseModule):
     ``arch=dict(..., reg_tokens=1)``: the second class token is carried as a
     prefix token.
 
-    Fine-tuning (spec §9): by default the whole network trains, adapters
+    Fine-tuning (as in the paper): by default the whole network trains, adapters
     included; ``freeze_backbone=True`` trains only the adapters. The final norm,
     and blocks (with their adapters) after the last of ``out_indices``, never
     receive gradients and are frozen, so that DDP needs no
@@ -237,22 +194,17 @@ class GlareViT(BaseModule):
                     "--cfg-options model.backbone.checkpoint=PATH "
                     "(model.backbone.checkpoint_type=glare|ssl)."
                 )
-            if self.checkpoint_type == "glare":
-                self._load_glare_export(path)
-            else:
-                load_ssl_checkpoint(self.adapted.vit, path)
+            load_backbone_checkpoint(
+                self.adapted,
+                path,
+                self.checkpoint_type,
+                log=lambda line: print_log(f"GlareViT: {line}", logger="current"),
+            )
             print_log(
                 f"GlareViT: loaded {self.checkpoint_type} checkpoint {path}",
                 logger="current",
             )
         self._is_init = True
-
-    def _load_glare_export(self, path: Path) -> None:
-        state, meta = load_exported_checkpoint(path)
-        check_architecture(self.adapted, meta, source=str(path))
-        state = resample_pos_embed(state, "vit.pos_embed", self.adapted.vit, str(path))
-        check_state_dict(self.adapted, state, source=str(path))
-        self.adapted.load_state_dict(state, strict=True)
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, ...]:
         """Returns one feature map per ``out_indices`` entry.

@@ -1,4 +1,6 @@
-"""mmseg datasets for the offline real data prepared by ``tools/prepare_data.py``.
+"""mmseg datasets for the offline real data (``prepare_data`` tool).
+
+The data are prepared by ``tools/dataset_converters/prepare_data.py``.
 
 Each prepared folder has mmseg's standard layout: ``img_dir/{train,val}/*.png``
 (RGB) and ``ann_dir/{train,val}/*.png`` (label values ``0 .. C-1``, no ignore
@@ -57,8 +59,9 @@ class PreparedSegDataset(BaseSegDataset):
 class AerialBuildingsDataset(PreparedSegDataset):
     """solaris aerial tiles with building footprints (background, building).
 
-    Prepared by ``tools/prepare_data.py aerial --out OUT`` into ``OUT/buildings``
-    (see :func:`lightly_glare.data.prepare_aerial`).
+    Prepared by ``tools/dataset_converters/prepare_data.py aerial --out OUT``
+    into ``OUT/buildings``
+    (see :func:`lightly_glare.data_preparation.prepare_aerial`).
     """
 
     METAINFO = AERIAL_BUILDINGS_METAINFO
@@ -68,8 +71,9 @@ class AerialBuildingsDataset(PreparedSegDataset):
 class AerialRoadsDataset(PreparedSegDataset):
     """solaris aerial tiles with road masks (background, road).
 
-    Prepared by ``tools/prepare_data.py aerial --out OUT`` into ``OUT/roads``
-    (see :func:`lightly_glare.data.prepare_aerial`).
+    Prepared by ``tools/dataset_converters/prepare_data.py aerial --out OUT``
+    into ``OUT/roads``
+    (see :func:`lightly_glare.data_preparation.prepare_aerial`).
     """
 
     METAINFO = AERIAL_ROADS_METAINFO
@@ -79,8 +83,9 @@ class AerialRoadsDataset(PreparedSegDataset):
 class MRITissueDataset(PreparedSegDataset):
     """MNI152 T1 axial slices: background/CSF, grey matter, white matter.
 
-    Prepared by ``tools/prepare_data.py mri --out OUT`` into ``OUT`` (see
-    :func:`lightly_glare.data.prepare_mri`).
+    Prepared by ``tools/dataset_converters/prepare_data.py mri --out OUT``
+    into ``OUT`` (see
+    :func:`lightly_glare.data_preparation.prepare_mri`).
     """
 
     METAINFO = MRI_METAINFO

@@ -1,29 +1,19 @@
 """GLARE's transforms (pure PyTorch + torchvision + lightly; no OpenMMLab import).
 
-Two augmented views with their crop geometry, exact patch correspondences
-between views, and patch-level augmentations.
+:class:`GlareTransform`: two augmented views of an image with their crop
+geometry, in the ``(5,)`` format of :func:`view_geometry`.
+
+The batch-side operations that GLARE applies inside its forward pass live in
+:mod:`lightly_glare.models`: patch correspondences between views
+(:mod:`lightly_glare.models.geometry`) and the patch-level augmentations
+(:mod:`lightly_glare.models.patch_augmentations`). The patch augmentations are
+re-exported here as well, because users pick one when they build
+:class:`~lightly_glare.models.GLARE` (``patch_augmentation=PatchNoise()``);
+``from lightly_glare.transforms import PatchBlur`` keeps working.
 """
 
-from lightly_glare.transforms.geometry import (
-    GEOMETRY_SIZE,
-    bilinear_gather,
-    crop_overlap,
-    map_coords,
-    map_patch_centers,
-    match_patches,
-    nearest_patch_index,
-    patch_centers,
-    transfer_masks,
-    view_geometry,
-)
-from lightly_glare.transforms.glare_transform import (
-    Box,
-    GlareTransform,
-    RandomGaussianBlur,
-    RandomSolarization,
-    box_overlap,
-)
-from lightly_glare.transforms.patch_augmentations import (
+from lightly_glare.models.geometry import GEOMETRY_SIZE, view_geometry
+from lightly_glare.models.patch_augmentations import (
     PATCH_AUGMENTATIONS,
     PatchAugmentation,
     PatchBlur,
@@ -32,6 +22,13 @@ from lightly_glare.transforms.patch_augmentations import (
     PatchNoise,
     build_patch_augmentation,
     patch_grid_mask_to_pixels,
+)
+from lightly_glare.transforms.glare_transform import (
+    Box,
+    GlareTransform,
+    RandomGaussianBlur,
+    RandomSolarization,
+    box_overlap,
 )
 
 __all__ = [
@@ -46,16 +43,8 @@ __all__ = [
     "PatchNoise",
     "RandomGaussianBlur",
     "RandomSolarization",
-    "bilinear_gather",
     "box_overlap",
     "build_patch_augmentation",
-    "crop_overlap",
-    "map_coords",
-    "map_patch_centers",
-    "match_patches",
-    "nearest_patch_index",
-    "patch_centers",
     "patch_grid_mask_to_pixels",
-    "transfer_masks",
     "view_geometry",
 ]

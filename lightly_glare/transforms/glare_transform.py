@@ -12,7 +12,7 @@ from lightly.transforms.utils import IMAGENET_NORMALIZE
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 
-from lightly_glare.transforms.geometry import view_geometry
+from lightly_glare.models.geometry import view_geometry
 
 __all__ = [
     "Box",
@@ -97,7 +97,7 @@ class GlareTransform(MultiViewTransform):
     with DINO's augmentation chain [ours, DINO's defaults] and records each
     view's crop box and flip, so that patch correspondences between the views
     (L_loc2, region transfer) can be computed exactly from the geometry, see
-    :mod:`lightly_glare.transforms.geometry`.
+    :mod:`lightly_glare.models.geometry`.
 
     Input to this transform:
         PIL Image, or a tensor image (C, H, W) / (H, W): uint8 in [0, 255] or

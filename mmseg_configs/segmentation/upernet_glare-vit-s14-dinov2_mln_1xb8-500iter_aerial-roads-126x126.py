@@ -1,7 +1,7 @@
 # GLARE-adapted DINOv2 ViT-S/14 + UperNet on the offline aerial_roads set (2 classes),
 # 126x126 crops, 500 iterations of 8 images: sized for a CPU (2 cores: ~15 min).
 #
-#   python tools/prepare_data.py aerial --out data/aerial
+#   python tools/dataset_converters/prepare_data.py aerial --out data/aerial
 #   python tools/train.py mmseg_configs/segmentation/upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-roads-126x126.py \
 #       --cfg-options model.backbone.checkpoint=pretrain/glare_vit-s14-dinov2.pth
 # (a GLARE export, e.g. of ../pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py;

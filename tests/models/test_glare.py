@@ -13,9 +13,9 @@ from lightly_glare.loss import (
 )
 from lightly_glare.models import GLARE, CrossAttentionRegionPooling, GlareProjectionHead
 from lightly_glare.models.adapted_vit import BackboneOutput
+from lightly_glare.models.geometry import bilinear_gather, map_patch_centers
 from lightly_glare.models.glare import _sample_patches
 from lightly_glare.transforms import GlareTransform, PatchBlur
-from lightly_glare.transforms.geometry import bilinear_gather, map_patch_centers
 from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 
 DIM = 64  # small head output for fast tests

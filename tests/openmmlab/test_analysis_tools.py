@@ -20,7 +20,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightly_glare.openmmlab.analysis import (
-    add_config_arguments,
     build_segmentor,
     count_flops,
     load_config,
@@ -62,7 +61,7 @@ def tool(name: str) -> ModuleType:
 def cfg_options(pairs: list[str]) -> dict[str, object]:
     """``--cfg-options PAIRS`` as the tools parse them."""
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser, "config")
+    tool("config_args").add_config_arguments(parser, "config")
     return parser.parse_args(["config.py", "--cfg-options", *pairs]).cfg_options
 
 

@@ -108,7 +108,7 @@ def load(name: str) -> Config:
     return copy.deepcopy(_load(name))
 
 
-#: Offline real datasets (tools/prepare_data.py): short name -> expected.
+#: Offline real datasets (prepare_data tool): short name -> expected.
 OFFLINE = {
     "aerial_buildings": (
         "AerialBuildingsDataset",
@@ -206,7 +206,7 @@ def test_config_imports_plugin_and_uses_glare_vit(name: str) -> None:
     assert backbone.type == "GlareViT"
     assert cfg.model.pretrained is None  # would be passed to GlareViT otherwise
     assert backbone.checkpoint_type == "glare"
-    assert backbone.freeze_backbone is False  # spec §9: whole network fine-tuned
+    assert backbone.freeze_backbone is False  # the paper fine-tunes the whole network
     assert cfg.model.neck.type == "MultiLevelNeck"
     assert list(cfg.model.neck.scales) == [4, 2, 1, 0.5]
     assert cfg.model.decode_head.type == "UPerHead"

@@ -353,7 +353,9 @@ def test_export_matches_trained_backbone(
         config = tmp_path / "pretrain_tiny.py"
         tiny_cfg(work_dir, image_dir, max_iters=4).dump(str(config))
         args += ["--config", str(config)]
-    load_tool("export_backbone").main(args)  # else: the checkpoint's config
+    load_tool("model_converters/export_backbone").main(
+        args
+    )  # else: the checkpoint's config
 
     model = runner.model
     assert isinstance(model, GlarePretrainer)
@@ -379,7 +381,9 @@ def test_export_loads_into_mmseg_backbone(
     """The mmseg GlareViT loads the export strictly and sees the teacher's features."""
     work_dir, runner = full_run
     out = tmp_path / "backbone.pth"
-    load_tool("export_backbone").main([str(work_dir / "iter_4.pth"), str(out)])
+    load_tool("model_converters/export_backbone").main(
+        [str(work_dir / "iter_4.pth"), str(out)]
+    )
     arch = {"patch_size": 16, "embed_dim": 192, "num_heads": 3, **VIT_CFG}
     backbone = GlareViT(
         arch=arch,

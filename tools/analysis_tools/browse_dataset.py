@@ -17,12 +17,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from config_args import add_config_arguments
 from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS, VISUALIZERS
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, mmcv fallback)
 from lightly_glare.openmmlab.analysis import (
-    add_config_arguments,
     has_display,
     load_config,
 )

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 
+from config_args import add_config_arguments
+
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, mmcv fallback)
 from lightly_glare.openmmlab.analysis import (
-    add_config_arguments,
     build_segmentor,
     load_config,
     segmentor_flops,

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+from config_args import add_config_arguments
 from mmseg.registry import MODELS
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, mmcv fallback)
-from lightly_glare.openmmlab.analysis import add_config_arguments, load_config
+from lightly_glare.openmmlab.analysis import load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,5 +1,5 @@
 # solaris aerial building footprints (2 classes), 128 px tiles prepared by
-#   python tools/prepare_data.py aerial --out data/aerial
+#   python tools/dataset_converters/prepare_data.py aerial --out data/aerial
 # Another location: --cfg-options train_dataloader.dataset.data_root=DIR
 #   val_dataloader.dataset.data_root=DIR test_dataloader.dataset.data_root=DIR
 dataset_type = 'AerialBuildingsDataset'

@@ -1,5 +1,5 @@
 # solaris aerial road masks (2 classes), 128 px tiles prepared by
-#   python tools/prepare_data.py aerial --out data/aerial
+#   python tools/dataset_converters/prepare_data.py aerial --out data/aerial
 # Same pipelines as the buildings set.
 _base_ = './aerial_buildings.py'
 

@@ -1,6 +1,6 @@
 # MNI152 T1 axial slices (233 x 197 px; background/CSF, grey matter, white
 # matter) prepared by
-#   python tools/prepare_data.py mri --out data/mri
+#   python tools/dataset_converters/prepare_data.py mri --out data/mri
 # For training, slices are resized to a long side of 160-240 px (short side
 # >= 135 px) and cropped to 126 px; validation runs on whole slices resized to
 # 160 x 135 px.

@@ -1,5 +1,5 @@
-# mmseg's ViT fine-tuning schedule (GLARE spec section 9): AdamW lr 6e-5,
-# weight decay 0.01, linear warm-up over 1500 iterations, then poly (power 1) to 0.
+# mmseg's ViT fine-tuning schedule (the paper's protocol, docs/ARCHITECTURE.md):
+# AdamW lr 6e-5, weight decay 0.01, linear warm-up over 1500 iterations, then poly (power 1) to 0.
 #
 # No weight decay on every norm (by module type: the ViT's norm1/norm2/norm, the
 # UniAdapters' norms, the heads' BN), every bias and every other 1-D parameter

@@ -1,0 +1,50 @@
+"""tools/experiments/pretraining_args.py: the experiment tools' options."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightly_glare.models import AttentionRegionSampler
+from lightly_glare.training import FolderPretraining, pretrain_folder
+from tests.conftest import load_tool
+from tests.test_training import _folder_job
+
+
+def test_options_set_every_listed_field() -> None:
+    tool = load_tool("experiments/pretraining_args")
+    parser = tool.argparse.ArgumentParser()
+    tool.add_pretraining_arguments(parser)
+    args = parser.parse_args([])
+    job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
+    assert isinstance(job, FolderPretraining)
+    for name in tool.PRETRAINING_OPTIONS:
+        assert getattr(job, name) == getattr(args, name), name
+
+
+def test_pretrain_folder_draws_at_most_num_regions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[int] = []
+    forward = AttentionRegionSampler.forward
+
+    def spy(self: AttentionRegionSampler, *args: Any, **kwargs: Any) -> Any:
+        masks, valid = forward(self, *args, **kwargs)
+        drawn.append(masks.shape[1])
+        return masks, valid
+
+    monkeypatch.setattr(AttentionRegionSampler, "forward", spy)
+    tool = load_tool("experiments/pretraining_args")
+    parser = tool.argparse.ArgumentParser()
+    tool.add_pretraining_arguments(parser)
+    args = parser.parse_args(["--num-regions", "2", "--steps", "2"])
+    job = tool.pretraining_job(
+        args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0
+    )
+    assert job.num_regions == 2
+    pretrain_folder(
+        _folder_job(tmp_path, num_regions=job.num_regions),
+        tmp_path / "out.pth",
+        log=lambda _: None,
+    )
+    assert drawn and set(drawn) == {2}  # ViT-S has 6 heads; 6 without the option

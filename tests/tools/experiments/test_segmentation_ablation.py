@@ -1,0 +1,111 @@
+"""tools/experiments/segmentation_ablation.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightly_glare.evaluation import load_segmentation_split
+from tests.conftest import ROOT, load_tool
+from tests.evaluation.test_segmentation import _write_split
+
+
+@pytest.mark.slow
+def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
+    """Two variants x one seed on the real MRI slices, a tiny schedule."""
+    args = [
+        str(ROOT / "tools/experiments/segmentation_ablation.py"),
+        "--work-dir",
+        str(tmp_path),
+        "--domains",
+        "mri",
+        "--variants",
+        "none",
+        "glare",
+        "--seeds",
+        "0",
+        "--img-size",
+        "56",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+    ]
+    first = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    runs = {
+        path.parent.name: json.loads(path.read_text())
+        for path in (tmp_path / "runs" / "mri").glob("*/seed0.json")
+    }
+    assert set(runs) == {"none", "glare"}
+    assert set(runs["glare"]["iou"]) == {"background", "grey_matter", "white_matter"}
+    assert 0.0 <= runs["none"]["miou"] <= 1.0
+    assert (
+        "pretrain_seconds" in runs["glare"] and "pretrain_seconds" not in runs["none"]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mri/none"]["miou"] == [pytest.approx(100 * runs["none"]["miou"])]
+    assert (tmp_path / "miou.png").stat().st_size > 1000
+    again = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
+    assert again.returncode == 0
+    assert again.stdout.count("already done") == 2  # nothing is recomputed
+
+
+def test_ablation_holdout_split_is_the_last_train_tiles(tmp_path: Path) -> None:
+    tool = load_tool("experiments/segmentation_ablation")
+    _write_split(tmp_path, "train", 8, size=28)
+    _write_split(tmp_path, "val", 2, size=28)
+    fit, held_out = tool.evaluation_splits(tmp_path, "holdout", 28, 2)
+    names = sorted(f"{index}.png" for index in range(8))
+    assert fit.names == names[:6] and held_out.names == names[6:]
+    whole = load_segmentation_split(tmp_path, "train", 28, 2)
+    assert torch.equal(held_out.images, whole.images[6:])
+    for label, expected in zip(held_out.labels, whole.labels[6:], strict=True):
+        np.testing.assert_array_equal(label, expected)
+    fit, evaluation = tool.evaluation_splits(tmp_path, "val", 28, 2)
+    assert fit.names == names and evaluation.names == ["0.png", "1.png"]
+
+
+def test_ablation_weight_options_apply_to_the_terms_a_variant_keeps() -> None:
+    tool = load_tool("experiments/segmentation_ablation")
+    args = tool.parse_args(["--weight", "local_matching=0.5", "--weight", "global=2"])
+    assert args.term_weights == {"local_matching": 0.5, "global": 2.0}
+    assert tool.variant_weights("glare", args.term_weights) == args.term_weights
+    assert tool.variant_weights("dino", args.term_weights) == {
+        "global": 2.0,
+        "regional": 0.0,
+        "local_distortion": 0.0,
+        "local_matching": 0.0,
+    }
+    for bad in ("local=1", "global=x"):
+        with pytest.raises(SystemExit):
+            tool.parse_args(["--weight", bad])
+
+
+def test_ablation_refuses_to_reuse_a_run_made_with_other_settings(
+    tmp_path: Path,
+) -> None:
+    tool = load_tool("experiments/segmentation_ablation")
+    made = tool.parse_args(["--work-dir", str(tmp_path), "--steps", "30"])
+    run = tmp_path / "seed0.json"
+    run.write_text(json.dumps({"args": tool.recorded_args(made)}))
+    placed_elsewhere = ["--seeds", "4", "--device", "cpu", "--variants", "none"]
+    placed_elsewhere += ["--steps", "30"]
+    tool.check_same_settings(run, tool.parse_args([*placed_elsewhere, "--force"]))
+    with pytest.raises(ValueError, match="steps: 30 -> 150"):
+        tool.check_same_settings(run, tool.parse_args(["--steps", "150"]))
+    with pytest.raises(ValueError, match="eval_split"):
+        tool.check_same_settings(
+            run,
+            tool.parse_args(["--steps", "30", "--eval-split", "holdout"]),
+        )
