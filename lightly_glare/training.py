@@ -346,6 +346,9 @@ class FolderPretraining:
         num_regions: Most regions drawn per image from the teacher's attention
             heads, at most one per head (None: the sampler's default, 6).
         head_warmup_steps: See :class:`PretrainConfig`.
+        local_patches_per_view: Patch pairs per image and view of each local
+            term (``GLARE(local_patches_per_view=...)``); None: every valid
+            patch.
         patch_augmentation: The student's patch distortion for L_loc1, by name
             (``"blur"``, ``"noise"``, ``"color_jitter"``, ``"mask"``; see
             :func:`~lightly_glare.transforms.build_patch_augmentation`).
@@ -373,6 +376,7 @@ class FolderPretraining:
     amp: bool | None = None
     num_regions: int | None = None
     head_warmup_steps: int = 0
+    local_patches_per_view: int | None = None
     patch_augmentation: str = "blur"
     checkpoint_heads: bool = True
     freeze_heads: bool = False
@@ -426,6 +430,7 @@ def pretrain_folder(
         freeze_heads=job.freeze_heads,
         region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
         patch_augmentation=distortion,
+        local_patches_per_view=job.local_patches_per_view,
     )
     if job.checkpoint_heads:
         loaded = model.load_heads(

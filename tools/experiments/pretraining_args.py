@@ -28,6 +28,7 @@ PRETRAINING_OPTIONS = (
     "hidden_dim",
     "num_regions",
     "head_warmup_steps",
+    "local_patches_per_view",
     "patch_augmentation",
     "workers",
 )
@@ -93,6 +94,15 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="first steps that train only the heads, adapters fixed (LP-FT)",
+    )
+    group.add_argument(
+        "--local-patches-per-view",
+        type=int,
+        default=None,
+        metavar="K",
+        help="patch pairs per image and view of each local term, sampled among "
+        "the valid ones (default: every valid patch; cost per K in "
+        "docs/PERFORMANCE.md)",
     )
     group.add_argument(
         "--patch-augmentation",

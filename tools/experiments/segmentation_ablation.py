@@ -19,9 +19,10 @@ MNI152 tissue slices, 96 / 27; a frozen-feature linear segmentation probe,
 sees only the domain's unlabeled images (aerial: tiles of the train region and
 Landsat; MRI: the train slices), never the evaluation split; nothing is tuned on it.
 
-Settings (schedule, ``--num-regions``, ``--weight TERM=W``) are chosen with
-``--eval-split holdout``: the probe trains on the first 75 % of the train tiles
-(by name) and is scored on the other 25 %; ``val`` is only for reporting.
+Settings (schedule, ``--num-regions``, ``--local-patches-per-view``,
+``--weight TERM=W``) are chosen with ``--eval-split holdout``: the probe trains
+on the first 75 % of the train tiles (by name) and is scored on the other 25 %;
+``val`` is only for reporting.
 
 Every run writes ``<work-dir>/runs/<domain>/<variant>/seed<k>.json`` as soon as
 it finishes; a rerun skips runs already written (``--force`` redoes them), so

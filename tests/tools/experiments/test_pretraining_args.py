@@ -4,8 +4,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torch import Tensor
 
 from lightly_glare.models import AttentionRegionSampler
+from lightly_glare.models import glare as glare_module
 from lightly_glare.training import FolderPretraining, pretrain_folder
 from tests.conftest import load_tool
 from tests.test_training import _folder_job
@@ -48,3 +50,36 @@ def test_pretrain_folder_draws_at_most_num_regions(
         log=lambda _: None,
     )
     assert drawn and set(drawn) == {2}  # ViT-S has 6 heads; 6 without the option
+
+
+def test_pretrain_folder_samples_local_patches_per_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[tuple[int, ...]] = []
+    sample = glare_module._sample_patches
+
+    def spy(candidates: Tensor, count: int, *args: Any) -> tuple[Tensor, Tensor]:
+        index, valid = sample(candidates, count, *args)
+        drawn.append(tuple(index.shape))
+        return index, valid
+
+    monkeypatch.setattr(glare_module, "_sample_patches", spy)
+    tool = load_tool("experiments/pretraining_args")
+    parser = tool.argparse.ArgumentParser()
+    tool.add_pretraining_arguments(parser)
+    assert parser.parse_args([]).local_patches_per_view is None  # every patch
+    args = parser.parse_args(["--local-patches-per-view", "3", "--steps", "2"])
+    job = tool.pretraining_job(
+        args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0
+    )
+    assert job.local_patches_per_view == 3
+    folder_job = _folder_job(
+        tmp_path, local_patches_per_view=job.local_patches_per_view
+    )
+    pretrain_folder(folder_job, tmp_path / "k3.pth", log=lambda _: None)
+    # 2 steps x 2 local terms, each (2 views * batch 2, K) pairs
+    assert drawn == [(4, 3)] * 4
+    drawn.clear()
+    folder_job.local_patches_per_view = None
+    pretrain_folder(folder_job, tmp_path / "all.pth", log=lambda _: None)
+    assert not drawn  # K = all: every valid patch, nothing sampled
