@@ -12,8 +12,7 @@ dynamic loss scaling. Without a GPU it selects ``Bf16AutocastOptimWrapper``
 (bf16 autocast on the CPU; mmengine's ``AmpOptimWrapper`` is GPU-only) where
 the CPU has native bf16 (AVX-512 BF16, AMX, Arm BF16), and stops with an error
 on other CPUs (emulated bf16 is slower than fp32) instead of silently training
-in fp32. ``--cfg-options compile=True`` runs mmengine's ``torch.compile`` of
-the train step.
+in fp32.
 
 Examples:
     python tools/train.py mmseg_configs/glare_ade20k.py --work-dir work_dirs/ade
