@@ -25,8 +25,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,7 +37,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GLOBAL, GlareLoss
-from lightly_glare.models import GLARE, GlareProjectionHead
+from lightly_glare.models import (
+    DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    GLARE,
+    GlareProjectionHead,
+)
+from lightly_glare.precision import AMP_HELP, resolve_amp
 from lightly_glare.transforms import GlareTransform
 
 Batch = tuple[list[torch.Tensor], torch.Tensor]
@@ -66,7 +70,12 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=0, help="CPU threads (0: torch default)"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the backbone"
+        "--compile",
+        action="store_true",
+        help="torch.compile the forward and the loss (one graph with a fixed K)",
+    )
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP
     )
     parser.add_argument(
         "--data-dir",
@@ -79,16 +88,23 @@ def parse_args() -> argparse.Namespace:
         "--local-patches-per-view",
         nargs="+",
         type=patch_count,
-        default=[None],
+        default=[DEFAULT_LOCAL_PATCHES_PER_VIEW],
         metavar="K",
-        help="GLARE(local_patches_per_view=K) values to measure; 'all' (default): "
-        "every valid patch",
+        help="GLARE(local_patches_per_view=K) values to measure; 'all': every "
+        f"valid patch (default: {DEFAULT_LOCAL_PATCHES_PER_VIEW}, the library's)",
     )
     parser.add_argument(
         "--count-flops",
         action="store_true",
         help="also count matmul/conv/attention FLOPs per image of one step "
         "(torch.utils.flop_counter; load-independent, unlike images/s)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak (H100 / H200 SXM: 989), to print the "
+        "achieved share of it (needs --count-flops)",
     )
     parser.add_argument("--output-dim", type=int, default=8192)
     parser.add_argument(
@@ -170,16 +186,19 @@ def time_steps(
     With ``--count-flops`` the first untimed step runs under a FLOP counter.
     """
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
-    autocast: Callable[[], object] = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if args.device == "cuda"
-        else nullcontext
-    )
+    amp = resolve_amp(args.amp, args.device)
+    device_type = torch.device(args.device).type
+
+    def forward_loss(views: list[torch.Tensor], geometry: torch.Tensor) -> Any:
+        return criterion(model(views, geometry))
+
+    if args.compile:
+        forward_loss = torch.compile(forward_loss)
 
     def step() -> None:
         views, geometry = next(batches)
-        with autocast():  # type: ignore[attr-defined]
-            loss = criterion(model(views, geometry))
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = forward_loss(views, geometry)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -207,16 +226,29 @@ def time_steps(
     return speed, peak, gflops
 
 
+def flop_columns(gflops: float | None, speed: float, peak: float | None) -> str:
+    """GFLOP per image, achieved TFLOP/s and share of ``peak`` (when known)."""
+    if gflops is None:
+        return ""
+    tflops = gflops * speed / 1e3
+    share = "" if peak is None else f" {100 * tflops / peak:6.1f}%"
+    return f" {gflops:9.2f} {tflops:8.2f}{share}"
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"device={args.device} batch={args.batch} image={args.img_size}px "
+        f"bf16={resolve_amp(args.amp, args.device)} compile={args.compile} "
         f"heads: hidden={args.hidden_dim} output={args.output_dim} "
         f"patch_output={args.patch_output_dim or args.output_dim}"
     )
-    header = f"{'model':28s} {'step':18s} {'img/s':>9s} {'peak GiB':>9s} GFLOP/img"
+    header = (
+        f"{'model':28s} {'step':18s} {'img/s':>9s} {'peak GiB':>9s} "
+        f"{'GFLOP/img':>9s} {'TFLOP/s':>8s} {'of peak':>7s}"
+    )
     print(header)
     for name in args.models:
         dino = "dino (2 views)"
@@ -226,16 +258,15 @@ def main() -> None:
             for count in args.local_patches_per_view
         ]:
             model, criterion = build(name, terms, args, count)
-            if args.compile:
-                compiled = torch.compile(model.backbone.vit)
-                model.backbone.vit = compiled  # type: ignore[assignment]
             size = model.backbone.vit.patch_embed.img_size[0]
             results[label] = time_steps(
                 model, criterion, synthetic_batches(args.batch, size, args.device), args
             )
             speed, peak, gflops = results[label]
-            flops = "" if gflops is None else f" {gflops:9.2f}"
-            print(f"{name:28s} {label:18s} {speed:9.1f} {peak:9.2f}{flops}")
+            print(
+                f"{name:28s} {label:18s} {speed:9.1f} {peak:9.2f}"
+                f"{flop_columns(gflops, speed, args.peak_tflops)}"
+            )
             if label.startswith("glare") and args.data_dir is not None:
                 e2e = time_steps(
                     model,

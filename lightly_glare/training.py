@@ -23,11 +23,13 @@ from torch.utils.data import DataLoader, Subset
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, LOCAL_DISTORTION, GlareLoss
 from lightly_glare.models import (
+    DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_OUTPUT_DIM,
     GLARE,
     AttentionRegionSampler,
     GlareProjectionHead,
 )
+from lightly_glare.precision import resolve_amp
 from lightly_glare.transforms import (
     GlareTransform,
     build_patch_augmentation,
@@ -114,7 +116,12 @@ class PretrainConfig:
         amp: Mixed precision: forward and loss under ``torch.autocast`` with
             bfloat16 on the device's type (CUDA or CPU; fp32's exponent range,
             so no loss scaling). The weights, gradients and optimizer state
-            stay fp32.
+            stay fp32. None (default): where the device has native bf16
+            (:func:`~lightly_glare.precision.native_bf16`); True / False force
+            it on / off.
+        compile: Run the forward and the loss through ``torch.compile`` (one
+            graph: with ``local_patches_per_view`` set the step has no
+            data-dependent shapes). The first steps pay the compilation.
         head_warmup_steps: First steps in which only the heads and the region
             pooling train while the student's adapters stay fixed (ours; the
             LP-FT argument of Kumar et al., ICLR 2022: gradients through
@@ -136,7 +143,8 @@ class PretrainConfig:
     momentum_start: float = 0.996
     momentum_end: float = 1.0
     log_every: int = 10
-    amp: bool = False
+    amp: bool | None = None
+    compile: bool = False
     head_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
@@ -219,8 +227,9 @@ def pretrain(
 
     Each step: EMA teacher update (cosine momentum), forward of both views,
     :class:`GlareLoss`, backward, gradient clipping, AdamW step; bf16 autocast
-    with ``config.amp``; the student's adapters stay fixed during the first
-    ``config.head_warmup_steps``. A non-finite loss stops with
+    with ``config.amp`` (by default where ``device`` has native bf16),
+    ``torch.compile`` with ``config.compile``; the student's adapters stay fixed
+    during the first ``config.head_warmup_steps``. A non-finite loss stops with
     :class:`NonFiniteLossError` before the weights are touched.
 
     Args:
@@ -247,6 +256,13 @@ def pretrain(
     model.train()
     adapters = model.backbone.adapters
     trained_adapters = [p for p in adapters.parameters() if p.requires_grad]
+    amp = resolve_amp(config.amp, device)
+
+    def forward_loss(views: list[Tensor], geometry: Tensor) -> Tensor:
+        return criterion(model(views, geometry))
+
+    if config.compile:
+        forward_loss = torch.compile(forward_loss)
     try:
         for step, (sample, _, _) in zip(
             range(config.steps), _endless(batches), strict=False
@@ -263,9 +279,9 @@ def pretrain(
             )
             views = [view.to(device, non_blocking=True) for view in views]
             with torch.autocast(
-                torch.device(device).type, dtype=torch.bfloat16, enabled=config.amp
+                torch.device(device).type, dtype=torch.bfloat16, enabled=amp
             ):
-                loss = criterion(model(views, geometry.to(device)))
+                loss = forward_loss(views, geometry.to(device))
             check_loss(loss, step, criterion.last_terms)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,13 +358,14 @@ class FolderPretraining:
             DINO's 0.996 suits long schedules; over a few dozen steps the
             teacher (which is exported) then keeps about 1 % of what the
             student learned, so short runs need a lower value (0.9).
-        amp: bf16 autocast; None: on CUDA only.
+        amp: bf16 autocast; None: where the device has native bf16 (see
+            :class:`PretrainConfig`).
+        local_patches_per_view: Patch pairs per image and view of each local
+            term (see :class:`~lightly_glare.models.GLARE`; None: every valid
+            patch).
         num_regions: Most regions drawn per image from the teacher's attention
             heads, at most one per head (None: the sampler's default, 6).
         head_warmup_steps: See :class:`PretrainConfig`.
-        local_patches_per_view: Patch pairs per image and view of each local
-            term (``GLARE(local_patches_per_view=...)``); None: every valid
-            patch.
         patch_augmentation: The student's patch distortion for L_loc1, by name
             (``"blur"``, ``"noise"``, ``"color_jitter"``, ``"mask"``; see
             :func:`~lightly_glare.transforms.build_patch_augmentation`).
@@ -374,9 +391,9 @@ class FolderPretraining:
     base_lr: float = 5e-4
     momentum_start: float = 0.996
     amp: bool | None = None
+    local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW
     num_regions: int | None = None
     head_warmup_steps: int = 0
-    local_patches_per_view: int | None = None
     patch_augmentation: str = "blur"
     checkpoint_heads: bool = True
     freeze_heads: bool = False
@@ -458,7 +475,7 @@ def pretrain_folder(
             steps=job.steps,
             base_lr=job.base_lr,
             momentum_start=job.momentum_start,
-            amp=torch.device(device).type == "cuda" if job.amp is None else job.amp,
+            amp=job.amp,
             head_warmup_steps=job.head_warmup_steps,
         ),
         batch_size=job.batch_size,

@@ -28,6 +28,16 @@ VIT_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+#: Marks of a test that needs a CUDA device: skipped without one, selected by
+#: ``pytest -m cuda`` (benchmarks/gpu_suite.sh runs them on a GPU).
+NEEDS_CUDA = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+#: Devices of the tests parametrised over devices.
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
+
+
 def make_vit(variant: str = "plain", **overrides: object) -> VisionTransformer:
     """A small, randomly initialised timm ViT (the same classes as ViT-S/B)."""
     kwargs: dict[str, object] = {

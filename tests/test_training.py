@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightly_glare import precision
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
@@ -133,14 +134,44 @@ def test_bf16_autocast_on_cpu_stays_finite_on_real_images(loader: DataLoader) ->
     assert all(adapter.up.weight.abs().sum() > 0 for adapter in model.backbone.adapters)
 
 
-def test_autocast_is_off_by_default(loader: DataLoader) -> None:
+@pytest.mark.parametrize(
+    ("flags", "amp", "dtype"),
+    [
+        ({"avx512f"}, None, torch.float32),  # default: fp32 without native bf16
+        ({"avx512f", "avx512_bf16"}, None, torch.bfloat16),  # bf16 with it
+        ({"amx_bf16"}, False, torch.float32),  # forced off
+    ],
+)
+def test_autocast_follows_native_bf16_by_default(
+    loader: DataLoader,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: set[str],
+    amp: bool | None,
+    dtype: torch.dtype,
+) -> None:
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     model, criterion = small_model()
     dtypes: list[torch.dtype] = []
     model.backbone.adapters[0].down.register_forward_hook(
         lambda module, inputs, out: dtypes.append(out.dtype)
     )
-    pretrain(model, criterion, loader, PretrainConfig(steps=1), 2, log=print)
-    assert set(dtypes) == {torch.float32}
+    config = PretrainConfig(steps=1, amp=amp)
+    pretrain(model, criterion, loader, config, 2, log=print)
+    assert set(dtypes) == {dtype}
+
+
+def test_compiled_step_gives_the_eager_losses(loader: DataLoader) -> None:
+    losses = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model, criterion = small_model()
+        config = PretrainConfig(steps=2, amp=False, compile=compile)
+        # Inductor's own random kernels draw other numbers than eager ones.
+        with torch._inductor.config.patch(fallback_random=True):
+            history = pretrain(model, criterion, loader, config, 2, log=print)
+        losses.append(history.losses)
+    torch._dynamo.reset()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def _folder_job(tmp_path: Path, **overrides: object) -> FolderPretraining:

@@ -8,8 +8,11 @@ compiled mmcv ops are absent (mmcv-lite).
 ``--amp`` switches ``OptimWrapper`` to mmengine's ``AmpOptimWrapper`` with
 ``dtype='bfloat16'`` when the GPU supports it (no overflow risk, same exponent
 range as fp32) and float16 otherwise (as mmseg's own ``--amp``), both with
-dynamic loss scaling. AMP needs a GPU; on a CPU-only machine ``--amp`` stops
-with an error instead of silently training in fp32.
+dynamic loss scaling. Without a GPU it selects ``Bf16AutocastOptimWrapper``
+(bf16 autocast on the CPU; mmengine's ``AmpOptimWrapper`` is GPU-only) where
+the CPU has native bf16 (AVX-512 BF16, AMX, Arm BF16), and stops with an error
+on other CPUs (emulated bf16 is slower than fp32) instead of silently training
+in fp32.
 
 Examples:
     python tools/train.py mmseg_configs/glare_ade20k.py --work-dir work_dirs/ade
@@ -35,6 +38,7 @@ from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, mmcv fallback)
+from lightly_glare.precision import native_bf16
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         default=False,
         help="enable automatic-mixed-precision training (bfloat16 where the GPU "
-        "supports it, else float16; GPU only)",
+        "supports it, else float16; on a CPU bfloat16 where it is native)",
     )
     parser.add_argument(
         "--cfg-options",
@@ -79,10 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def enable_amp(cfg: Config) -> None:
     """Switches the config's optimizer wrapper to mixed precision."""
-    if not torch.cuda.is_available():
-        raise SystemExit("--amp needs a GPU: mmengine's AmpOptimWrapper is GPU-only.")
     wrapper = cfg.optim_wrapper.type
-    if wrapper == "AmpOptimWrapper":
+    if wrapper in ("AmpOptimWrapper", "Bf16AutocastOptimWrapper"):
         print_log(
             "AMP training is already enabled in your config.",
             logger="current",
@@ -94,6 +96,16 @@ def enable_amp(cfg: Config) -> None:
             "--amp is only supported when the optimizer wrapper type is "
             f"OptimWrapper, but got {wrapper}."
         )
+    if not torch.cuda.is_available():
+        if not native_bf16("cpu"):
+            raise SystemExit(
+                "--amp needs a GPU or a CPU with native bf16 (AVX-512 BF16, AMX, "
+                "Arm BF16); this CPU emulates bf16, slower than fp32: train "
+                "without --amp."
+            )
+        cfg.optim_wrapper.type = "Bf16AutocastOptimWrapper"
+        print_log("AMP dtype: bfloat16 (CPU autocast)", logger="current")
+        return
     cfg.optim_wrapper.type = "AmpOptimWrapper"
     cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.optim_wrapper.dtype = (

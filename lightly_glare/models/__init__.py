@@ -27,7 +27,7 @@ from lightly_glare.models.export import (
     load_exported_checkpoint,
     save_atomic,
 )
-from lightly_glare.models.glare import GLARE
+from lightly_glare.models.glare import DEFAULT_LOCAL_PATCHES_PER_VIEW, GLARE
 from lightly_glare.models.heads import (
     DEFAULT_OUTPUT_DIM,
     GlareProjectionHead,
@@ -41,6 +41,7 @@ from lightly_glare.models.region_sampler import (
 from lightly_glare.models.uniadapter import UniAdapter, count_adapter_parameters
 
 __all__ = [
+    "DEFAULT_LOCAL_PATCHES_PER_VIEW",
     "DEFAULT_OUTPUT_DIM",
     "GLARE",
     "GlareProjectionHead",

@@ -43,6 +43,12 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 RegionMatch = Literal["geometry", "attention"]
 LocalPatches = Literal["distorted", "all"]
 
+#: Default patch pairs per image and view of each local term (ours): the largest
+#: K whose step costs at most 1 / 0.95 of a two-view DINO step (matmul FLOPs,
+#: ViT-S/16, ViT-B/16 and DINOv2-S/14 at 224 px) and at most 18.8 GFLOP per
+#: image for DINOv2-S/14 at 112 px (docs/PERFORMANCE.md).
+DEFAULT_LOCAL_PATCHES_PER_VIEW = 4
+
 
 def _deepcopy(module: ModuleT) -> ModuleT:
     """``copy.deepcopy`` with an error that names the module that cannot be copied."""
@@ -184,7 +190,7 @@ class GLARE(nn.Module):
         region_match: RegionMatch = "geometry",
         min_region_patches: int = 2,
         local_distortion_patches: LocalPatches = "distorted",
-        local_patches_per_view: int | None = None,
+        local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
     ) -> None:
         """Builds student and teacher.
 
@@ -232,8 +238,9 @@ class GLARE(nn.Module):
                 hundreds per image, with fixed shapes (no host sync). An image
                 with fewer valid patches contributes all of them (the remaining
                 slots are marked invalid in :attr:`MatchedPair.valid`). K is
-                capped at the number of patches. None (default): every valid
-                patch.
+                capped at the number of patches. Defaults to
+                :data:`DEFAULT_LOCAL_PATCHES_PER_VIEW` (4). None: every valid
+                patch (boolean indexing: data-dependent shapes, a host sync).
         """
         super().__init__()
         unknown = set(terms) - set(ALL_TERMS)
@@ -601,7 +608,7 @@ class GLARE(nn.Module):
         teacher_cls = teacher.tokens[:, 0].chunk(2)
         student_patches = self._patch_tokens(student).chunk(2)  # 2 x (B, N, D)
         teacher_patches = self._patch_tokens(teacher).chunk(2)
-        student_regions, teacher_regions = [], []
+        student_regions, teacher_regions, kept = [], [], []
         for a, b in ((0, 1), (1, 0)):
             keep = valid[a] & (masks[a].sum(dim=-1) >= self.min_region_patches)
             with torch.no_grad():
@@ -622,9 +629,15 @@ class GLARE(nn.Module):
             pooled = self.region_pooling(
                 student_cls[a], student_patches[a], masks[a]
             )  # (B, R, D)
-            student_regions.append(pooled[keep])  # (M_a, D)
-            teacher_regions.append(target[keep])
+            # Every slot is projected, the skipped ones marked invalid: fixed
+            # shapes, no boolean indexing (host sync).
+            student_regions.append(pooled.flatten(0, 1))  # (B * R, D)
+            teacher_regions.append(target.flatten(0, 1))
+            kept.append(keep.flatten())  # (B * R,)
         pair = self._project_pair(
-            torch.cat(student_regions), torch.cat(teacher_regions), head="head"
+            torch.cat(student_regions),  # (2B * R, D)
+            torch.cat(teacher_regions),
+            head="head",
+            valid=torch.cat(kept),  # (2B * R,)
         )
         return pair, torch.stack(masks)  # (2, B, R, N)

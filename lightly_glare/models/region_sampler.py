@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightly_glare.models.patch_augmentations import _rand
+
 
 def attention_mass_masks(attention: Tensor, mass: float) -> Tensor:
     """Keeps, per map, the smallest set of patches holding ``mass`` of the attention.
@@ -106,9 +108,9 @@ class AttentionRegionSampler(nn.Module):
         head_masks = attention_mass_masks(attention.float(), self.mass)  # (B, H, N)
         iou = mask_iou(head_masks)  # (B, H, H)
         non_empty = head_masks.any(dim=-1)  # (B, H)
-        order = torch.rand(
-            batch, heads, generator=generator, device=attention.device
-        ).argsort(dim=-1)  # (B, H): random head order per image
+        order = _rand((batch, heads), generator, attention.device).argsort(
+            dim=-1
+        )  # (B, H): random head order per image
         chosen = torch.zeros(batch, heads, dtype=torch.bool, device=attention.device)
         count = torch.zeros(batch, dtype=torch.long, device=attention.device)
         rows = torch.arange(batch, device=attention.device)

@@ -29,6 +29,7 @@ from lightly_glare.openmmlab import (  # noqa: F401
     config_scope,
     datasets,
     hooks,
+    optim_wrapper,
     pretrain,
     pretrain_data,
 )

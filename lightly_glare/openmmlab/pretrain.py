@@ -27,7 +27,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from lightly_glare.loss import LOCAL_DISTORTION
-from lightly_glare.models import GLARE
+from lightly_glare.models import DEFAULT_LOCAL_PATCHES_PER_VIEW, GLARE
 from lightly_glare.models.glare import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # noqa: F401  (registers the parts)
 from lightly_glare.openmmlab.config_validation import validate_arguments
@@ -147,7 +147,8 @@ class GlarePretrainer(BaseModel):
         local_distortion_patches (str): ``'distorted'`` or ``'all'``.
             Defaults to ``'distorted'``.
         local_patches_per_view (int, optional): Patch pairs per image and view
-            of each local term (None: every valid patch). Defaults to None.
+            of each local term (None: every valid patch, with data-dependent
+            shapes). Defaults to 4 (``DEFAULT_LOCAL_PATCHES_PER_VIEW``).
         freeze_heads (bool): Train only the adapters. Defaults to False.
         checkpoint_heads (bool): Load the projection heads of the backbone's
             checkpoint when it has them (DINO / iBOT / DINOv2 training
@@ -182,7 +183,7 @@ class GlarePretrainer(BaseModel):
         region_match: RegionMatch = "geometry",
         min_region_patches: int = 2,
         local_distortion_patches: LocalPatches = "distorted",
-        local_patches_per_view: int | None = None,
+        local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
         freeze_heads: bool = False,
         checkpoint_heads: bool = True,
         seed: int = 0,

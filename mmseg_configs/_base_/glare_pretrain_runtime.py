@@ -45,6 +45,10 @@ model = dict(
     patch_head=None,
     region_sampler=dict(type='AttentionRegionSampler', num_regions=None, mass=0.6),
     region_pooling=dict(type='CrossAttentionRegionPooling'),  # dim filled in
+    # Patch pairs per image and view of each local term: bounds the step's cost
+    # (at most 1 / 0.95 of a DINO step) with fixed shapes; None: every valid
+    # patch (docs/PERFORMANCE.md).
+    local_patches_per_view=4,
     # The student's distortion for L_loc1. Only patch_ratio here, which every
     # patch augmentation (PatchBlur, PatchNoise, PatchColorJitter, PatchMasking)
     # accepts, so that an inheriting config swaps the type in one line.

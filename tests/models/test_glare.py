@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch._dynamo.backends.debugging import ExplainOutput
 from torch.utils.data import default_collate
 
 from lightly_glare.loss import (
@@ -11,7 +12,12 @@ from lightly_glare.loss import (
     REGIONAL,
     GlareLoss,
 )
-from lightly_glare.models import GLARE, CrossAttentionRegionPooling, GlareProjectionHead
+from lightly_glare.models import (
+    DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    GLARE,
+    CrossAttentionRegionPooling,
+    GlareProjectionHead,
+)
 from lightly_glare.models.adapted_vit import BackboneOutput
 from lightly_glare.models.geometry import bilinear_gather, map_patch_centers
 from lightly_glare.models.glare import _sample_patches
@@ -38,6 +44,21 @@ def random_batch(
     views = [torch.randn(batch, 3, size, size) for _ in range(2)]
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0], [0.25, 0.25, 0.75, 0.75, 1.0]])
     return views, boxes.expand(batch, 2, 5).clone()
+
+
+def record_backbone_outputs(
+    model: GLARE, monkeypatch: pytest.MonkeyPatch
+) -> list[BackboneOutput]:
+    """The list the model's backbone outputs are appended to (teacher first)."""
+    outputs: list[BackboneOutput] = []
+    forward_features = model.backbone.forward_features
+
+    def recording(*args: object, **kwargs: object) -> BackboneOutput:
+        outputs.append(forward_features(*args, **kwargs))  # type: ignore[arg-type]
+        return outputs[-1]
+
+    monkeypatch.setattr(model.backbone, "forward_features", recording)
+    return outputs
 
 
 def real_batch(size: int, batch: int = 4) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -124,10 +145,12 @@ def test_teacher_outputs_carry_no_gradient_and_shapes() -> None:
         assert pair.student.shape == pair.teacher.shape
         assert pair.student.requires_grad and not pair.teacher.requires_grad
     assert output.patch_masks is not None and output.patch_masks.shape == (2, 3, 16)
-    # L_loc1 pairs one student projection per distorted patch (30 % of 16 -> 5).
-    assert output.pairs["local_distortion"].student.shape[0] == int(
-        output.patch_masks.sum()
-    )
+    # L_loc1 projects K = 4 pairs per image and view (the default), all of
+    # them distorted patches (30 % of 16 -> 5 candidates).
+    distortion = output.pairs["local_distortion"]
+    assert distortion.student.shape[0] == 2 * 3 * DEFAULT_LOCAL_PATCHES_PER_VIEW
+    assert distortion.valid is not None
+    assert distortion.valid.all() and int(output.patch_masks.sum()) == 2 * 3 * 5
     assert output.region_masks is not None and output.region_masks.shape == (
         2,
         3,
@@ -146,7 +169,7 @@ def test_default_distortion_only_with_the_local_distortion_term() -> None:
 
 def test_identical_views_without_distortion_give_identical_local_targets() -> None:
     """With identical crops, L_loc2 pairs each student patch with its own token."""
-    model = small_glare(terms=("local_matching",))
+    model = small_glare(terms=("local_matching",), local_patches_per_view=None)
     model.patch_augmentation = None
     model.teacher.load_state_dict(model._student_modules().state_dict())
     image = torch.randn(2, 3, 32, 32)
@@ -272,14 +295,7 @@ def test_sampled_local_pairs_are_valid_patches_with_fixed_shapes(
     model = small_glare(
         terms=(LOCAL_DISTORTION, LOCAL_MATCHING), local_patches_per_view=count
     )
-    backbone_outputs: list[BackboneOutput] = []  # teacher, then student
-    forward_features = model.backbone.forward_features
-
-    def recording(*args: object, **kwargs: object) -> BackboneOutput:
-        backbone_outputs.append(forward_features(*args, **kwargs))  # type: ignore[arg-type]
-        return backbone_outputs[-1]
-
-    monkeypatch.setattr(model.backbone, "forward_features", recording)
+    backbone_outputs = record_backbone_outputs(model, monkeypatch)
     head_inputs: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
     for role, head in (
         ("student", model.student_patch_head),
@@ -350,18 +366,22 @@ def test_sampled_local_pairs_are_uniform_among_candidates() -> None:
     )
 
 
+@pytest.mark.parametrize("seeded", [False, True])
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_sampled_local_terms_do_not_synchronise_with_the_host() -> None:
-    model = small_glare(
-        terms=(LOCAL_DISTORTION, LOCAL_MATCHING), local_patches_per_view=3
-    ).cuda()
-    criterion = GlareLoss(output_dim=DIM, global_weight=0, regional_weight=0).cuda()
+def test_default_training_step_does_not_synchronise_with_the_host(
+    seeded: bool,
+) -> None:
+    model = small_glare().cuda()
+    criterion = GlareLoss(output_dim=DIM).cuda()
     views, geometry = random_batch(model)
     views, geometry = [view.cuda() for view in views], geometry.cuda()
-    generator = torch.Generator("cuda").manual_seed(0)
+    generator = torch.Generator("cuda").manual_seed(0) if seeded else None
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = criterion(model(views, geometry, generator=generator))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = criterion(model(views, geometry, generator=generator))
+        loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
@@ -380,3 +400,46 @@ def test_invalid_arguments() -> None:
         model(views, geometry[:, :1])
     with pytest.raises(ValueError, match="two views"):
         model(views[:1], geometry)
+
+
+def explain_training_step(
+    model: GLARE, generator: torch.Generator | None = None
+) -> ExplainOutput:
+    """``torch._dynamo.explain`` of a step: forward, loss and backward."""
+    criterion = GlareLoss(output_dim=DIM)
+    views, geometry = real_batch(image_size(model.backbone.vit))
+
+    def step(views: list[torch.Tensor], geometry: torch.Tensor) -> torch.Tensor:
+        loss = criterion(model(views, geometry, generator=generator))
+        loss.backward()
+        return loss.detach()
+
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return torch._dynamo.explain(step)(views, geometry)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_default_training_step_is_one_graph_without_host_syncs(variant: str) -> None:
+    explanation = explain_training_step(small_glare(variant))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_seeded_training_step_breaks_only_at_the_generator_draws() -> None:
+    # Dynamo does not trace an explicit torch.Generator: each draw is a graph
+    # break, but no break comes from a data-dependent shape.
+    generator = torch.Generator().manual_seed(0)
+    explanation = explain_training_step(small_glare(), generator)
+    assert explanation.graph_break_count > 0
+    frames = {reason.user_stack[-1].name for reason in explanation.break_reasons}
+    assert frames == {"_rand"}, explanation.break_reasons
+
+
+def test_every_valid_patch_needs_data_dependent_shapes() -> None:
+    explanation = explain_training_step(small_glare(local_patches_per_view=None))
+    assert explanation.graph_break_count > 0
+    assert "nonzero" in str(explanation.break_reasons[0].reason)

@@ -14,14 +14,7 @@ from lightly_glare.models.patch_augmentations import (
     build_patch_augmentation,
     patch_grid_mask_to_pixels,
 )
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"),
-    ),
-]
+from tests.conftest import DEVICES
 
 
 def make(name: str, **kwargs: object) -> PatchAugmentation:

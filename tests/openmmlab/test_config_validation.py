@@ -151,7 +151,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_registered_module_is_covered() -> None:
     source = "\n".join(p.read_text() for p in OUR_MODULES_DIR.glob("*.py"))
     registered = re.findall(r"register_module\(\)\n(?:@\w+\n)*class (\w+)", source)
-    assert set(registered) == set(CASES) | {"NonFiniteLossHook"}
+    # Bf16AutocastOptimWrapper adds no argument to mmengine's OptimWrapper.
+    exempt = {"NonFiniteLossHook", "Bf16AutocastOptimWrapper"}
+    assert set(registered) == set(CASES) | exempt
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

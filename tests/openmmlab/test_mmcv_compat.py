@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_glare.openmmlab.mmcv_compat import point_sample, sigmoid_focal_loss
+from tests.conftest import DEVICES
 
 needs_mmcv_lite = pytest.mark.skipif(
     importlib.util.find_spec("mmcv._ext") is not None,
@@ -104,15 +105,6 @@ def focal_reference(
         -(1 - alpha) * p**gamma * torch.log(1 - p),
     )
     return loss if weight is None else loss * weight[target].unsqueeze(1)
-
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"),
-    ),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)

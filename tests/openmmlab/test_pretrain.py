@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -757,3 +758,26 @@ def test_train_tool_logs_progress_and_resumes_after_kill(
     assert sorted(found) == list(range(1, 7))
     for step in range(1, 7):
         assert found[step] == pytest.approx(expected[step], abs=1e-6)
+
+
+def test_bf16_cpu_run_tracks_the_eager_fp32_losses(
+    image_dir: Path, tmp_path: Path
+) -> None:
+    losses = []
+    for name, wrapper in (
+        ("fp32", "OptimWrapper"),
+        ("bf16", "Bf16AutocastOptimWrapper"),
+    ):
+        cfg = tiny_cfg(tmp_path / name, image_dir, max_iters=2)
+        cfg.optim_wrapper.type = wrapper
+        runner = Runner.from_cfg(cfg)
+        dtypes: list[torch.dtype] = []
+        runner.model.glare.backbone.adapters[0].down.register_forward_hook(
+            lambda module, inputs, out, dtypes=dtypes: dtypes.append(out.dtype)
+        )
+        runner.train()
+        assert set(dtypes) == {torch.bfloat16 if name == "bf16" else torch.float32}
+        losses.append([record["loss"] for record in records(tmp_path / name)])
+    assert len(losses[1]) == 2 and all(math.isfinite(loss) for loss in losses[1])
+    # bf16 rounds the activations: close to fp32, not equal.
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)

@@ -16,6 +16,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from PIL import Image
 
+from lightly_glare import precision
 from tests.conftest import load_tool, real_photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,12 +72,18 @@ def test_amp_selects_bfloat16_when_supported(monkeypatch: pytest.MonkeyPatch) ->
         assert cfg.optim_wrapper.loss_scale == "dynamic"
 
 
-def test_amp_refuses_cpu_and_custom_wrappers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_amp_on_cpu_needs_native_bf16_and_refuses_custom_wrappers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     train = load_tool("train")
     cfg = Config({"optim_wrapper": {"type": "OptimWrapper"}})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="needs a GPU"):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f"}))
+    with pytest.raises(SystemExit, match="needs a GPU or a CPU with native bf16"):
         train.enable_amp(cfg)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    train.enable_amp(cfg)
+    assert cfg.optim_wrapper.type == "Bf16AutocastOptimWrapper"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = Config({"optim_wrapper": {"type": "OptimWrapperDict"}})
     with pytest.raises(SystemExit, match="OptimWrapperDict"):

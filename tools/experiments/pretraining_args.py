@@ -14,7 +14,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lightly_glare.models import DEFAULT_OUTPUT_DIM
+from lightly_glare.models import DEFAULT_LOCAL_PATCHES_PER_VIEW, DEFAULT_OUTPUT_DIM
+from lightly_glare.precision import AMP_HELP
 from lightly_glare.training import SHORT_SCHEDULE, FolderPretraining
 from lightly_glare.transforms import PATCH_AUGMENTATIONS
 
@@ -30,8 +31,21 @@ PRETRAINING_OPTIONS = (
     "head_warmup_steps",
     "local_patches_per_view",
     "patch_augmentation",
+    "amp",
     "workers",
 )
+
+
+def patch_count(value: str) -> int | None:
+    """``--local-patches-per-view``: a positive integer, or ``all`` (None)."""
+    if value == "all":
+        return None
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'all', got {value}"
+        )
+    return count
 
 
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,18 +111,21 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--local-patches-per-view",
-        type=int,
-        default=None,
+        type=patch_count,
+        default=DEFAULT_LOCAL_PATCHES_PER_VIEW,
         metavar="K",
         help="patch pairs per image and view of each local term, sampled among "
-        "the valid ones (default: every valid patch; cost per K in "
-        "docs/PERFORMANCE.md)",
+        f"the valid ones, or 'all' (default: {DEFAULT_LOCAL_PATCHES_PER_VIEW}; "
+        "cost per K in docs/PERFORMANCE.md)",
     )
     group.add_argument(
         "--patch-augmentation",
         choices=sorted(PATCH_AUGMENTATIONS),
         default="blur",
         help="the student's patch distortion for the local distortion term",
+    )
+    group.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP
     )
     group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
 

@@ -67,7 +67,11 @@ def test_pretrain_folder_samples_local_patches_per_view(
     tool = load_tool("experiments/pretraining_args")
     parser = tool.argparse.ArgumentParser()
     tool.add_pretraining_arguments(parser)
-    assert parser.parse_args([]).local_patches_per_view is None  # every patch
+    assert parser.parse_args([]).local_patches_per_view == 4  # the default
+    assert (
+        parser.parse_args(["--local-patches-per-view", "all"]).local_patches_per_view
+        is None
+    )
     args = parser.parse_args(["--local-patches-per-view", "3", "--steps", "2"])
     job = tool.pretraining_job(
         args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0
