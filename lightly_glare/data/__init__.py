@@ -51,6 +51,12 @@ from lightly_glare.data.metainfo import (
 )
 from lightly_glare.data.mri import prepare_mri
 from lightly_glare.data.preparation import format_summary, load_manifest
+from lightly_glare.data.seeded import (
+    DrawSampler,
+    SeededDataset,
+    derive_seed,
+    draw_order,
+)
 
 __all__ = [
     "AERIAL_BUILDINGS_METAINFO",
@@ -58,6 +64,7 @@ __all__ = [
     "AERIAL_SCENES",
     "DataDownloadError",
     "DistributionArchive",
+    "DrawSampler",
     "ELPV_METAINFO",
     "ElpvRecord",
     "IMAGE_EXTENSIONS",
@@ -68,9 +75,12 @@ __all__ = [
     "MRI_METAINFO",
     "STRETCH_PERCENTILES",
     "ScanReport",
+    "SeededDataset",
     "array_to_rgb",
     "check_label_values",
     "default_cache_dir",
+    "derive_seed",
+    "draw_order",
     "fetch_distribution",
     "format_summary",
     "load_elpv_labels",
