@@ -5,19 +5,17 @@ out=... data=... checkpoint=... model=...``) builds the job of
 :class:`~lightly_glare.training.FolderPretraining`, trains it with the plain
 loop of :func:`lightly_glare.training.pretrain`, and leaves in ``out/``:
 
-====================  =========================================================
-``checkpoint.pth``    the run's state every ``save_every`` steps (atomic):
-                      continue with ``resume=True``
-``metrics.jsonl``     one line per step: loss, its terms, lr, EMA momentum,
-                      images/s, data-wait share
-``tensorboard/``      the same scalars as TensorBoard events
-``losses.png``        the loss and its terms over the steps
-``adapted_backbone.pth``  frozen ViT + teacher adapters, for ``GlareViT``
-                      (``checkpoint_type='glare'``) and
-                      :func:`~lightly_glare.models.load_adapted_backbone`
-``timm_vit.pth``      the frozen ViT as a plain timm state dict
-``adapters.pth``      the teacher's adapters and their architecture
-====================  =========================================================
+- ``checkpoint.pth``: the run's state every ``save_every`` steps (atomic);
+  continue with ``resume=True``.
+- ``metrics.jsonl``: one line per step: loss, its terms, lr, EMA momentum,
+  images/s, data-wait share.
+- ``tensorboard/``: the same scalars as TensorBoard events.
+- ``losses.png``: the loss and its terms over the steps.
+- ``adapted_backbone.pth``: frozen ViT + teacher adapters, for ``GlareViT``
+  (``checkpoint_type='glare'``) and
+  :func:`~lightly_glare.models.load_adapted_backbone`.
+- ``timm_vit.pth``: the frozen ViT as a plain timm state dict.
+- ``adapters.pth``: the teacher's adapters and their architecture.
 
 The adapters cannot be merged into timm weights: each adds
 ``s * W_up(ReLU(W_down(LN(h))))`` beside a block's MLP, with its own layer
