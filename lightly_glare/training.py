@@ -536,6 +536,7 @@ def pretrain_folder(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
     extra_meta: Mapping[str, Any] | None = None,
+    callbacks: Sequence[StepCallback] = (),
 ) -> tuple[Path, PretrainHistory]:
     """Runs ``job`` and exports the adapted backbone (teacher adapters).
 
@@ -546,6 +547,8 @@ def pretrain_folder(
         log: Progress printer.
         extra_meta: Stored in the export's meta besides the architecture, the
             seed and the per-step losses.
+        callbacks: Step callbacks of :func:`pretrain` (e.g.
+            :class:`~lightly_glare.monitoring.ProgressBar`).
 
     Returns:
         The export's path and the training history.
@@ -570,6 +573,7 @@ def pretrain_folder(
         batch_size=job.batch_size,
         device=device,
         log=log,
+        callbacks=callbacks,
     )
     log(
         f"  {len(dataset)} images, {job.steps} steps in {history.seconds:.0f}s, "

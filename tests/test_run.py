@@ -102,6 +102,13 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
     metrics = read_metrics(out / METRICS)
     assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5]
     assert [r["loss/total"] for r in metrics] == whole.history.losses
+    events = EventAccumulator(str(out / TENSORBOARD))
+    events.Reload()  # the events of step 3 before the interruption are purged
+    read = [(e.step, e.value) for e in events.Scalars("loss/total")]
+    assert read == [
+        (step, pytest.approx(loss, rel=1e-6))
+        for step, loss in enumerate(whole.history.losses, 1)
+    ]
     exported = [
         torch.load(run / BACKBONE, weights_only=True)["state_dict"]
         for run in (tmp_path / "whole", out)
