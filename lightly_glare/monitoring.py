@@ -116,7 +116,8 @@ class TensorBoardMetrics:
     """Writes the step scalars as TensorBoard events (``tensorboard --logdir``).
 
     Needs the ``tensorboard`` package. Continuing a run at ``start_step``
-    purges the events of later steps, as :class:`JsonlMetrics` does.
+    purges the events of later steps, as :class:`JsonlMetrics` does (a fresh
+    run, ``start_step=0``, purges every step left by an earlier run there).
 
     Attributes:
         log_dir: The event files' folder.
@@ -126,9 +127,7 @@ class TensorBoardMetrics:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(
-            str(self.log_dir), purge_step=start_step + 1 if start_step else None
-        )
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=start_step + 1)
 
     def __call__(self, event: StepEvent) -> None:
         """Adds the step's scalars."""

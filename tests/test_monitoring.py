@@ -4,11 +4,13 @@ import io
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from lightly_glare.monitoring import (
     JsonlMetrics,
     ProgressBar,
+    TensorBoardMetrics,
     plot_losses,
     read_metrics,
 )
@@ -24,6 +26,7 @@ def test_plain_loop_callbacks_see_every_step(
     events: list[StepEvent] = []
     screen = io.StringIO()
     metrics = JsonlMetrics(tmp_path / "m.jsonl")
+    stale = TensorBoardMetrics(tmp_path / "tb")  # an earlier run, never resumed
     bar = ProgressBar(file=screen)
     history = pretrain(
         model,
@@ -32,8 +35,16 @@ def test_plain_loop_callbacks_see_every_step(
         PretrainConfig(steps=3),
         batch_size=2,
         log=bar.write,
-        callbacks=[metrics, bar, events.append],
+        callbacks=[metrics, stale, bar, events.append],
     )
+    stale.close()
+    fresh = TensorBoardMetrics(tmp_path / "tb")  # a new run in the same folder
+    for event in events[:2]:
+        fresh(event)
+    fresh.close()
+    tensorboard = EventAccumulator(str(tmp_path / "tb"))
+    tensorboard.Reload()
+    assert [e.step for e in tensorboard.Scalars("loss/total")] == [1, 2]
     metrics.close()
     bar.close()
     assert [e.step for e in events] == [1, 2, 3] and events[0].steps == 3
