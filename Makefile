@@ -7,7 +7,7 @@ STAMP := $(VENV)/.lightly-glare-installed
 # Tested torch pair (installs from local disk on our machines; from PyPI elsewhere).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint typecheck pytest format clean
+.PHONY: install demo test lint typecheck pytest docs format clean
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools>=77,<82" wheel
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e ".[all,dev]"
+	$(PY) -m pip install --quiet -e ".[all,dev,docs]"
 	touch $(STAMP)
 
 demo: install
@@ -31,11 +31,15 @@ typecheck: install
 pytest: install
 	$(PY) -m pytest -q
 
-test: lint typecheck pytest
+# The documentation site, offline, warnings as errors: docs/_build/html/index.html.
+docs: install
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+test: lint typecheck docs pytest
 
 format: install
 	$(PY) -m ruff format lightly_glare tests tools examples benchmarks
 	$(PY) -m ruff check --fix lightly_glare tests tools examples benchmarks
 
 clean:
-	rm -rf $(VENV) work_dirs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) work_dirs .pytest_cache .mypy_cache .ruff_cache docs/_build

@@ -18,6 +18,7 @@ config (:func:`resolve_config`)::
     lightly-glare dist_train glare_ade20k 4 --amp
     lightly-glare get_flops glare_ade20k --shape 512
     lightly-glare configs            # the shipped config names
+    lightly-glare pretrain out=run data=img checkpoint=a.pth model=vit_base_patch16_224
 
 This module imports nothing heavy: ``lightly-glare --help`` is instant.
 """
@@ -254,7 +255,11 @@ def usage(tools: dict[str, Tool]) -> str:
         "",
         "commands:",
     ]
-    entries: dict[str, str] = {"configs": "List the shipped config names."}
+    entries: dict[str, str] = {
+        "configs": "List the shipped config names.",
+        "pretrain": "GLARE on an image folder: out=DIR data=DIR checkpoint=FILE "
+        "model=NAME [KEY=VALUE ...]",
+    }
     for alias, target in ALIASES.items():
         if target in tools:
             entries[alias] = f"{tools[target].summary} (= {target})"
@@ -394,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "configs":
         print("\n".join(shipped_configs()))
         return 0
+    if command == "pretrain":  # the library's one-call run, not a tool script
+        from lightly_glare.pretrain_cli import main as pretrain_main
+
+        return pretrain_main(rest)
     tool = find_tool(command, tools)
     return run_tool(tool, tool_arguments(tool, rest))
 

@@ -169,6 +169,45 @@ class PretrainHistory:
     seconds: float = 0.0
 
 
+@dataclass
+class StepEvent:
+    """What a step callback of :func:`pretrain` receives after each step.
+
+    Attributes:
+        step: Steps done so far (1 after the first step).
+        steps: Steps of the whole run.
+        loss: The step's total loss.
+        terms: The loss's parts (``GlareLoss.last_terms``).
+        lr: The step's learning rate.
+        momentum: The teacher's EMA momentum of the step.
+        images: Images of the step (the batch size).
+        step_seconds: Wall time of the step, data loading included.
+        data_seconds: Part of ``step_seconds`` spent waiting for the batch.
+        model: The model being trained.
+        criterion: The loss module (its state: e.g. DINO's centers).
+        optimizer: The optimizer (its state, for resumable checkpoints).
+        history: The losses of the steps run so far in this call.
+    """
+
+    step: int
+    steps: int
+    loss: float
+    terms: dict[str, float]
+    lr: float
+    momentum: float
+    images: int
+    step_seconds: float
+    data_seconds: float
+    model: GLARE
+    criterion: GlareLoss
+    optimizer: torch.optim.Optimizer
+    history: PretrainHistory
+
+
+#: Called after every optimizer step (progress bars, metric files, checkpoints).
+StepCallback = Callable[[StepEvent], None]
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """Trainable parameters split into decayed weights and undecayed norms/biases.
 
@@ -222,6 +261,9 @@ def pretrain(
     batch_size: int,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
+    callbacks: Sequence[StepCallback] = (),
+    start_step: int = 0,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> PretrainHistory:
     """Runs GLARE continual pre-training for ``config.steps`` steps.
 
@@ -243,14 +285,30 @@ def pretrain(
         batch_size: Images per batch, for the learning-rate scaling.
         device: Where to run.
         log: Progress printer.
+        callbacks: Called in order after every step with a :class:`StepEvent`.
+        start_step: Continue a run at this step (``batches`` must then start
+            with that step's batch). The learning rate and the EMA momentum
+            are functions of the step, so the step is the schedules' state.
+        optimizer_state: ``state_dict()`` of the run's optimizer at
+            ``start_step``.
 
     Returns:
-        The per-step losses and loss terms.
+        The per-step losses and loss terms of the steps run in this call.
+
+    Raises:
+        NoTrainingStepsError: If ``start_step`` leaves no step to run.
     """
     if isinstance(batches, DataLoader):
         steps_per_epoch(batches)
+    if not 0 <= start_step < config.steps:
+        raise NoTrainingStepsError(
+            f"start_step must be in [0, steps) = [0, {config.steps}), got "
+            f"{start_step}: no step would run (the run is finished)."
+        )
     peak = config.base_lr * batch_size / 256
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=peak)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(dict(optimizer_state))
     history = PretrainHistory()
     start = time.perf_counter()
     model.train()
@@ -263,20 +321,21 @@ def pretrain(
 
     if config.compile:
         forward_loss = torch.compile(forward_loss)
+    stream = _endless(batches)
     try:
-        for step, (sample, _, _) in zip(
-            range(config.steps), _endless(batches), strict=False
-        ):
-            *views, geometry = sample
+        for step in range(start_step, config.steps):
+            fetch = time.perf_counter()
+            *views, geometry = next(stream)[0]
+            data_seconds = time.perf_counter() - fetch
             for parameter in trained_adapters:
                 parameter.requires_grad_(step >= config.head_warmup_steps)
+            lr = learning_rate(step, peak, config)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, peak, config)
-            model.update_teacher(
-                cosine_schedule(
-                    step, config.steps, config.momentum_start, config.momentum_end
-                )
+                group["lr"] = lr
+            momentum = cosine_schedule(
+                step, config.steps, config.momentum_start, config.momentum_end
             )
+            model.update_teacher(momentum)
             views = [view.to(device, non_blocking=True) for view in views]
             with torch.autocast(
                 torch.device(device).type, dtype=torch.bfloat16, enabled=amp
@@ -291,7 +350,24 @@ def pretrain(
             history.losses.append(loss.item())
             history.terms.append({k: float(v) for k, v in criterion.last_terms.items()})
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                log(_progress(history, config.steps, batch_size, start))
+                log(_progress(history, step + 1, config.steps, batch_size, start))
+            event = StepEvent(
+                step=step + 1,
+                steps=config.steps,
+                loss=history.losses[-1],
+                terms=history.terms[-1],
+                lr=lr,
+                momentum=momentum,
+                images=batch_size,
+                step_seconds=time.perf_counter() - fetch,
+                data_seconds=data_seconds,
+                model=model,
+                criterion=criterion,
+                optimizer=optimizer,
+                history=history,
+            )
+            for callback in callbacks:
+                callback(event)
     finally:  # also after an error: the model is handed back trainable
         for parameter in trained_adapters:
             parameter.requires_grad_(True)
@@ -300,11 +376,10 @@ def pretrain(
 
 
 def _progress(
-    history: PretrainHistory, steps: int, batch_size: int, start: float
+    history: PretrainHistory, done: int, steps: int, batch_size: int, start: float
 ) -> str:
     """One progress line: step, loss and its terms, images/s and time left."""
-    done = len(history.losses)
-    speed = done * batch_size / (time.perf_counter() - start)
+    speed = len(history.losses) * batch_size / (time.perf_counter() - start)
     eta = (steps - done) * batch_size / speed
     terms = " ".join(f"{k}={v:.3f}" for k, v in history.terms[-1].items())
     return (
@@ -398,29 +473,44 @@ class FolderPretraining:
     checkpoint_heads: bool = True
     freeze_heads: bool = False
 
+    def config(self, device: torch.device | str) -> PretrainConfig:
+        """The optimisation settings of the job on ``device``.
 
-def pretrain_folder(
+        Args:
+            device: Where the job trains (``amp=None`` turns bf16 on where the
+                device has it natively, :func:`~lightly_glare.precision.native_bf16`).
+
+        Returns:
+            The :class:`PretrainConfig` of :func:`pretrain`.
+        """
+        return PretrainConfig(
+            steps=self.steps,
+            base_lr=self.base_lr,
+            momentum_start=self.momentum_start,
+            amp=resolve_amp(self.amp, device),
+            head_warmup_steps=self.head_warmup_steps,
+        )
+
+
+def build_folder_pretraining(
     job: FolderPretraining,
-    out: str | Path,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
-    extra_meta: Mapping[str, Any] | None = None,
-) -> tuple[Path, PretrainHistory]:
-    """Runs ``job`` and exports the adapted backbone (teacher adapters).
+) -> tuple[GLARE, GlareLoss, Subset[Any]]:
+    """The model (on ``device``), loss and images of ``job``, before training.
 
     Args:
         job: What to train.
-        out: Destination of the export (written atomically).
         device: Where to train.
         log: Progress printer.
-        extra_meta: Stored in the export's meta besides the architecture, the
-            seed and the per-step losses.
 
     Returns:
-        The export's path and the training history.
+        The GLARE model, its loss and the chosen images (items
+        ``([view_0, view_1, geometry], target, filename)`` of
+        :class:`~lightly_glare.transforms.GlareTransform`).
 
     Raises:
-        NoTrainingStepsError: If the chosen images fill no batch.
+        ValueError: If ``job.weights`` names an unknown term.
     """
     torch.manual_seed(job.seed)
     vit = create_vit(job.arch, checkpoint=job.checkpoint, img_size=job.img_size)
@@ -458,7 +548,36 @@ def pretrain_folder(
     log(f"  terms {model.terms}; {model.backbone.report}")
     folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
     indices = range(len(folder)) if job.indices is None else job.indices
-    dataset = Subset(folder, list(indices))
+    return model, criterion, Subset(folder, list(indices))
+
+
+def pretrain_folder(
+    job: FolderPretraining,
+    out: str | Path,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+    extra_meta: Mapping[str, Any] | None = None,
+    callbacks: Sequence[StepCallback] = (),
+) -> tuple[Path, PretrainHistory]:
+    """Runs ``job`` and exports the adapted backbone (teacher adapters).
+
+    Args:
+        job: What to train.
+        out: Destination of the export (written atomically).
+        device: Where to train.
+        log: Progress printer.
+        extra_meta: Stored in the export's meta besides the architecture, the
+            seed and the per-step losses.
+        callbacks: Step callbacks of :func:`pretrain` (e.g.
+            :class:`~lightly_glare.monitoring.ProgressBar`).
+
+    Returns:
+        The export's path and the training history.
+
+    Raises:
+        NoTrainingStepsError: If the chosen images fill no batch.
+    """
+    model, criterion, dataset = build_folder_pretraining(job, device, log)
     loader = DataLoader(
         dataset,
         batch_size=job.batch_size,
@@ -471,26 +590,44 @@ def pretrain_folder(
         model,
         criterion,
         loader,
-        PretrainConfig(
-            steps=job.steps,
-            base_lr=job.base_lr,
-            momentum_start=job.momentum_start,
-            amp=job.amp,
-            head_warmup_steps=job.head_warmup_steps,
-        ),
+        job.config(device),
         batch_size=job.batch_size,
         device=device,
         log=log,
+        callbacks=callbacks,
     )
     log(
         f"  {len(dataset)} images, {job.steps} steps in {history.seconds:.0f}s, "
         f"loss {history.losses[0]:.3f} -> {history.losses[-1]:.3f}"
     )
+    return export_job(model, job, history.losses, out, extra_meta), history
+
+
+def export_job(
+    model: GLARE,
+    job: FolderPretraining,
+    losses: Sequence[float],
+    out: str | Path,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Exports the adapted backbone (teacher adapters) of a trained ``job``.
+
+    Args:
+        model: The trained model.
+        job: What was trained.
+        losses: The per-step losses, stored in the meta.
+        out: Destination (written atomically).
+        extra_meta: Stored in the meta besides the architecture, the seed and
+            the losses.
+
+    Returns:
+        ``out``.
+    """
     meta = {
         "timm_name": job.arch,
         "img_size": job.img_size,
         "seed": job.seed,
-        "losses": history.losses,
+        "losses": list(losses),
         **(extra_meta or {}),
     }
-    return model.export_backbone(out, extra_meta=meta), history
+    return model.export_backbone(out, extra_meta=meta)

@@ -29,6 +29,8 @@ EXTRAS = {
     "mmsegmentation": "mmseg",
     "mmcv-lite": "mmcv",
     "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "tensorboard": "tensorboard",
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
     "tifffile": "tifffile",

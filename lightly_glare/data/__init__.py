@@ -38,10 +38,17 @@ from lightly_glare.data.metainfo import (
     ELPV_METAINFO,
     MRI_METAINFO,
 )
+from lightly_glare.data.seeded import (
+    DrawSampler,
+    SeededDataset,
+    derive_seed,
+    draw_order,
+)
 
 __all__ = [
     "AERIAL_BUILDINGS_METAINFO",
     "AERIAL_ROADS_METAINFO",
+    "DrawSampler",
     "ELPV_METAINFO",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
@@ -51,8 +58,11 @@ __all__ = [
     "MRI_METAINFO",
     "STRETCH_PERCENTILES",
     "ScanReport",
+    "SeededDataset",
     "array_to_rgb",
     "check_label_values",
+    "derive_seed",
+    "draw_order",
     "load_image_and_mask",
     "load_label_mask",
     "load_rgb_image",

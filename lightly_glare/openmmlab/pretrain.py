@@ -26,12 +26,12 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from lightly_glare.data.seeded import derive_seed
 from lightly_glare.loss import LOCAL_DISTORTION
 from lightly_glare.models import DEFAULT_LOCAL_PATCHES_PER_VIEW, GLARE
 from lightly_glare.models.glare import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # noqa: F401  (registers the parts)
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.openmmlab.pretrain_data import derive_seed
 from lightly_glare.training import NonFiniteLossError
 from lightly_glare.weights import load_projection_heads
 

@@ -19,15 +19,9 @@ from mmseg.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 from torch.utils.data import Dataset
 
 from lightly_glare.data.image_folder import ImageFolderDataset
+from lightly_glare.data.seeded import derive_seed, draw_order
 from lightly_glare.openmmlab import components  # noqa: F401  (GlareTransform)
 from lightly_glare.openmmlab.config_validation import validate_arguments
-
-_SEED_STRIDE = 1_000_003  # a prime: distinct (seed, draw) pairs, distinct seeds
-
-
-def derive_seed(seed: int, draw: int) -> int:
-    """The seed of draw number ``draw`` of a stream seeded with ``seed``."""
-    return seed * _SEED_STRIDE + draw
 
 
 @DATA_SAMPLERS.register_module()
@@ -48,17 +42,7 @@ class GlareInfiniteSampler(InfiniteSampler):
     """
 
     def _infinite_indices(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed)
-        epoch = 0
-        while True:
-            if self.shuffle:
-                order = torch.randperm(self.size, generator=generator).tolist()
-            else:
-                order = list(range(self.size))
-            offset = epoch * self.size
-            yield from (offset + index for index in order)
-            epoch += 1
+        return draw_order(self.size, self.seed, self.shuffle)
 
 
 @DATASETS.register_module()

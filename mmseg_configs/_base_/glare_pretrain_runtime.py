@@ -127,7 +127,9 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'))
 randomness = dict(seed=0, deterministic=False)
-vis_backends = [dict(type='LocalVisBackend')]
+# vis_data/scalars.json and TensorBoard events (tensorboard --logdir WORK_DIR):
+# the loss and each of its terms as separate scalars, lr, EMA momentum.
+vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
 # No fixed name: each run gets its own visualizer (named after the experiment).
 visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_processor = dict(by_epoch=False, window_size=10)

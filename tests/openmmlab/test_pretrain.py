@@ -25,6 +25,7 @@ from mmengine.hooks import Hook
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
@@ -194,6 +195,22 @@ def test_run_logs_finite_loss(full_run: tuple[Path, Runner]) -> None:
         assert record["ema_momentum"] == pytest.approx(hook.momentum(step - 1, 4))
     assert logged[-1]["ema_momentum"] == pytest.approx(1.0)
     assert (work_dir / "iter_4.pth").is_file()
+
+
+def test_tensorboard_events_hold_the_logged_loss_and_terms(
+    full_run: tuple[Path, Runner],
+) -> None:
+    work_dir, _ = full_run
+    logged = records(work_dir)
+    vis_data = min(work_dir.glob("*/vis_data"))
+    events = EventAccumulator(str(vis_data))
+    events.Reload()
+    assert {"loss", *TERMS} <= set(events.Tags()["scalars"])
+    for tag in ("loss", *TERMS):
+        read = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert read == [
+            (int(r["step"]), pytest.approx(r[tag], rel=1e-6)) for r in logged
+        ], tag
 
 
 def test_resume_repeats_uninterrupted_run(
