@@ -25,11 +25,16 @@ ALLOWED: dict[str, set[str]] = {
     "weights": {"models", "data_preparation"},
     "data": set(),
     "data_preparation": {"data"},
-    "training": {"models", "loss", "transforms", "weights", "data"},
+    "precision": set(),
+    "training": {"models", "loss", "transforms", "weights", "data", "precision"},
+    "monitoring": {"training"},
+    "run": {"data", "loss", "models", "monitoring", "precision", "training"},
     "evaluation": {"models", "data"},
     "visualization": {"models"},
-    "cli": set(),
+    "cli": {"pretrain_cli"},  # imported when `lightly-glare pretrain` runs
+    "pretrain_cli": {"run", "training", "models"},
     "openmmlab": {
+        "precision",
         "models",
         "loss",
         "transforms",
