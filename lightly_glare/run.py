@@ -174,10 +174,11 @@ def pretrain(
         callbacks: Further step callbacks, called after the run's own.
         **options: Further :class:`~lightly_glare.training.FolderPretraining`
             fields: ``batch_size``, ``seed``, ``weights``, ``output_dim``,
-            ``hidden_dim``, ``workers``, ``base_lr``, ``momentum_start``, ``amp``
-            (None: bf16 on CUDA), ``num_regions``, ``head_warmup_steps``,
-            ``patch_augmentation``, ``checkpoint_heads``, ``freeze_heads``,
-            ``indices``.
+            ``hidden_dim``, ``adapter_bottleneck``, ``workers``, ``base_lr``,
+            ``momentum_start``, ``amp`` (None: bf16 where the device has it
+            natively), ``local_patches_per_view``, ``num_regions``,
+            ``head_warmup_steps``, ``patch_augmentation``, ``checkpoint_heads``,
+            ``freeze_heads``, ``indices``.
 
     Returns:
         The run: its folder, every step's losses, the device.

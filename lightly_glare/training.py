@@ -427,6 +427,9 @@ class FolderPretraining:
         output_dim: Output size of the projection heads
             (:class:`~lightly_glare.models.GlareProjectionHead`).
         hidden_dim: Hidden size of the heads (DINO: 2048).
+        adapter_bottleneck: Hidden size of every UniAdapter (64, ours; see
+            :class:`~lightly_glare.models.UniAdapterViT`). The export records
+            it, so loaders build adapters of this size.
         workers: DataLoader worker processes.
         base_lr: Learning rate per 256 images.
         momentum_start: EMA momentum of the teacher at step 0 (cosine to 1).
@@ -462,6 +465,7 @@ class FolderPretraining:
     weights: Mapping[str, float] = field(default_factory=dict)
     output_dim: int = DEFAULT_OUTPUT_DIM
     hidden_dim: int = 2048
+    adapter_bottleneck: int = 64
     workers: int = 2
     base_lr: float = 5e-4
     momentum_start: float = 0.996
@@ -534,6 +538,7 @@ def build_folder_pretraining(
             vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
         ),
         terms=criterion.active_terms,
+        adapter_bottleneck=job.adapter_bottleneck,
         freeze_heads=job.freeze_heads,
         region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
         patch_augmentation=distortion,

@@ -126,7 +126,13 @@ def test_the_run_writes_metrics_events_figure_and_exports(
     data, checkpoint = inputs
     options = {**TINY, "progress": True, "log": None}
     run = lightly_glare.pretrain(
-        tmp_path, data, checkpoint, steps=3, weights={"regional": 0.0}, **options
+        tmp_path,
+        data,
+        checkpoint,
+        steps=3,
+        weights={"regional": 0.0},
+        adapter_bottleneck=8,
+        **options,
     )
     bar = capsys.readouterr().err
     assert "3/3" in bar and "img/s" in bar and "data " in bar and "loss=" in bar
@@ -158,11 +164,13 @@ def test_the_run_writes_metrics_events_figure_and_exports(
     vit.load_state_dict(torch.load(run.path(TIMM_VIT), weights_only=True))
     start = torch.load(checkpoint, weights_only=True)
     assert all(torch.equal(v, start[k]) for k, v in vit.state_dict().items())
-    backbone = UniAdapterViT(timm.create_model(ARCH, img_size=28, num_classes=0))
+    backbone = UniAdapterViT(
+        timm.create_model(ARCH, img_size=28, num_classes=0), bottleneck=8
+    )
     meta = load_adapted_backbone(backbone, run.path(BACKBONE))
     assert meta["losses"] == run.history.losses
     adapters = torch.load(run.path(ADAPTERS), weights_only=True)
-    assert adapters["meta"]["architecture"]["adapter_bottleneck"] == 64
+    assert adapters["meta"]["architecture"]["adapter_bottleneck"] == 8
     for key, value in adapters["state_dict"].items():
         assert torch.equal(value, backbone.adapters.state_dict()[key])
     assert any(adapter.up.weight.abs().sum() > 0 for adapter in backbone.adapters)
@@ -212,6 +220,7 @@ def test_cli_parses_key_values() -> None:
             "indices=0,2",
             "weights.regional=0",
             "weights.global=2",
+            "adapter_bottleneck=16",
         ],
         keys,
     )
@@ -226,6 +235,7 @@ def test_cli_parses_key_values() -> None:
         "amp": None,
         "indices": [0, 2],
         "weights": {"regional": 0.0, "global": 2.0},
+        "adapter_bottleneck": 16,
     }
     bad = {
         "steps": "steps=3.5: expected int",

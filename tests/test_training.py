@@ -16,6 +16,7 @@ from lightly_glare.models import (
     GlareProjectionHead,
     UniAdapterViT,
     load_adapted_backbone,
+    load_exported_checkpoint,
 )
 from lightly_glare.training import (
     FolderPretraining,
@@ -29,6 +30,7 @@ from lightly_glare.training import (
     steps_per_epoch,
 )
 from lightly_glare.transforms import GlareTransform
+from lightly_glare.weights import build_backbone
 from tests.conftest import make_vit, real_photo
 from tests.weights.test_heads import official_head
 
@@ -214,6 +216,19 @@ def test_pretrain_folder_trains_the_chosen_images_and_exports(tmp_path: Path) ->
     assert meta["seed"] == 0 and meta["losses"] == history.losses
     # the exported teacher moved away from the zero-initialised adapters
     assert any(adapter.up.weight.abs().sum() > 0 for adapter in backbone.adapters)
+
+
+def test_pretrain_folder_adapter_bottleneck_round_trips_through_the_export(
+    tmp_path: Path,
+) -> None:
+    job = _folder_job(tmp_path, steps=1, adapter_bottleneck=16)
+    export, _ = pretrain_folder(job, tmp_path / "out.pth", log=lambda _: None)
+    state, meta = load_exported_checkpoint(export)
+    assert meta["architecture"]["adapter_bottleneck"] == 16
+    backbone = build_backbone(job.arch, export, checkpoint_type="glare", img_size=28)
+    assert {adapter.bottleneck for adapter in backbone.adapters} == {16}
+    loaded = backbone.state_dict()
+    assert all(torch.equal(value, loaded[key]) for key, value in state.items())
 
 
 def test_pretrain_folder_rejects_unknown_terms_and_too_few_images(

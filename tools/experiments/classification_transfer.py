@@ -163,6 +163,7 @@ def pretrain_settings(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "img_size": args.img_size,
         "output_dim": args.output_dim,
         "hidden_dim": args.hidden_dim,
+        "adapter_bottleneck": args.adapter_bottleneck,
     }
 
 

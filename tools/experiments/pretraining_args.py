@@ -27,6 +27,7 @@ PRETRAINING_OPTIONS = (
     "momentum_start",
     "output_dim",
     "hidden_dim",
+    "adapter_bottleneck",
     "num_regions",
     "head_warmup_steps",
     "local_patches_per_view",
@@ -34,6 +35,14 @@ PRETRAINING_OPTIONS = (
     "amp",
     "workers",
 )
+
+
+def positive_int(value: str) -> int:
+    """An option that must be a positive integer (``--adapter-bottleneck``)."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
 
 
 def patch_count(value: str) -> int | None:
@@ -95,6 +104,14 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=SHORT_SCHEDULE["hidden_dim"],
         help="head hidden size (DINO: 2048)",
+    )
+    group.add_argument(
+        "--adapter-bottleneck",
+        type=positive_int,
+        default=64,
+        metavar="B",
+        help="hidden size of every UniAdapter (default: 64; recorded in the "
+        "export, so loaders build adapters of this size)",
     )
     group.add_argument(
         "--num-regions",

@@ -248,6 +248,11 @@ RUN_INDEPENDENT_OPTIONS = frozenset(
 )
 
 
+#: Options added after run files were first written, with the value the runs of
+#: older files were made with (compared as if recorded).
+IMPLIED_OPTIONS: dict[str, Any] = {"adapter_bottleneck": 64}
+
+
 def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options as stored in a run file (paths as strings)."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -256,13 +261,14 @@ def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
 def check_same_settings(path: Path, args: argparse.Namespace) -> None:
     """Raises if a finished run was made with other settings than ``args``.
 
-    Options a run file does not record (older files) are not compared.
+    Options a run file does not record (older files) are not compared, except
+    those of :data:`IMPLIED_OPTIONS`, which take the value older runs used.
 
     Raises:
         ValueError: Naming the differing options; use another ``--work-dir``
             or ``--force``.
     """
-    recorded = json.loads(path.read_text()).get("args", {})
+    recorded = IMPLIED_OPTIONS | json.loads(path.read_text()).get("args", {})
     current = recorded_args(args)
     differing = sorted(
         key

@@ -24,6 +24,21 @@ def test_options_set_every_listed_field() -> None:
         assert getattr(job, name) == getattr(args, name), name
 
 
+def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tool = load_tool("experiments/pretraining_args")
+    parser = tool.argparse.ArgumentParser()
+    tool.add_pretraining_arguments(parser)
+    assert parser.parse_args([]).adapter_bottleneck == 64
+    args = parser.parse_args(["--adapter-bottleneck", "16"])
+    job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
+    assert job.adapter_bottleneck == 16
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--adapter-bottleneck", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_pretrain_folder_draws_at_most_num_regions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

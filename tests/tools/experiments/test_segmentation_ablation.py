@@ -109,3 +109,23 @@ def test_ablation_refuses_to_reuse_a_run_made_with_other_settings(
             run,
             tool.parse_args(["--steps", "30", "--eval-split", "holdout"]),
         )
+    with pytest.raises(ValueError, match="adapter_bottleneck: 64 -> 32"):
+        tool.check_same_settings(
+            run, tool.parse_args(["--steps", "30", "--adapter-bottleneck", "32"])
+        )
+
+
+def test_ablation_takes_a_run_file_without_adapter_bottleneck_as_64(
+    tmp_path: Path,
+) -> None:
+    """Files written before --adapter-bottleneck existed were made with 64."""
+    tool = load_tool("experiments/segmentation_ablation")
+    older = tool.recorded_args(tool.parse_args(["--steps", "30"]))
+    del older["adapter_bottleneck"]
+    run = tmp_path / "seed0.json"
+    run.write_text(json.dumps({"args": older}))
+    tool.check_same_settings(run, tool.parse_args(["--steps", "30"]))
+    with pytest.raises(ValueError, match="adapter_bottleneck: 64 -> 16"):
+        tool.check_same_settings(
+            run, tool.parse_args(["--steps", "30", "--adapter-bottleneck", "16"])
+        )
