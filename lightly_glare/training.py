@@ -34,7 +34,11 @@ from lightly_glare.transforms import (
     GlareTransform,
     build_patch_augmentation,
 )
-from lightly_glare.weights import create_vit, load_projection_heads
+from lightly_glare.weights import (
+    create_vit,
+    load_projection_heads,
+    read_ssl_checkpoint,
+)
 
 #: A lightly-style batch: ``([view_0, view_1, geometry], targets, filenames)``.
 Batch = tuple[list[Tensor], Any, Any]
@@ -517,7 +521,9 @@ def build_folder_pretraining(
         ValueError: If ``job.weights`` names an unknown term.
     """
     torch.manual_seed(job.seed)
-    vit = create_vit(job.arch, checkpoint=job.checkpoint, img_size=job.img_size)
+    # Read once for the ViT and the heads (a ViT-B DINO checkpoint is ~350 MB).
+    checkpoint = read_ssl_checkpoint(job.checkpoint)
+    vit = create_vit(job.arch, checkpoint, img_size=job.img_size, source=job.checkpoint)
     unknown = set(job.weights) - set(ALL_TERMS)
     if unknown:
         raise ValueError(f"Unknown terms {sorted(unknown)}; terms are {ALL_TERMS}.")
@@ -545,9 +551,10 @@ def build_folder_pretraining(
         local_patches_per_view=job.local_patches_per_view,
     )
     if job.checkpoint_heads:
-        loaded = model.load_heads(
-            load_projection_heads(job.checkpoint, input_dim=vit.embed_dim)
+        heads = load_projection_heads(
+            checkpoint, source=job.checkpoint, input_dim=vit.embed_dim
         )
+        loaded = model.load_heads(heads)
         log(f"  heads from the checkpoint: {', '.join(loaded) or 'none found'}")
     model.to(device)
     log(f"  terms {model.terms}; {model.backbone.report}")

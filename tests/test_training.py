@@ -1,5 +1,6 @@
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -23,6 +24,7 @@ from lightly_glare.training import (
     NonFiniteLossError,
     NoTrainingStepsError,
     PretrainConfig,
+    build_folder_pretraining,
     learning_rate,
     parameter_groups,
     pretrain,
@@ -30,7 +32,7 @@ from lightly_glare.training import (
     steps_per_epoch,
 )
 from lightly_glare.transforms import GlareTransform
-from lightly_glare.weights import build_backbone
+from lightly_glare.weights import build_backbone, load_projection_heads
 from tests.conftest import make_vit, real_photo
 from tests.weights.test_heads import official_head
 
@@ -261,6 +263,34 @@ def test_pretrain_folder_starts_from_the_checkpoint_heads(tmp_path: Path) -> Non
         "patch head <- teacher head" in lines  # fmt: skip
     job.output_dim, job.checkpoint_heads = 32, False
     pretrain_folder(job, tmp_path / "z.pth", log=lines.append)  # new heads
+
+
+def test_the_start_checkpoint_is_read_once_for_the_vit_and_the_heads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _folder_job(tmp_path, output_dim=64)
+    vit = torch.load(job.checkpoint, weights_only=True)
+    head = official_head(dim=384, hidden=32, bottleneck=256, out_dim=64)
+    dino = {f"backbone.{k}": v for k, v in vit.items()}
+    dino |= {f"head.{k}": v for k, v in head.items()}
+    torch.save({"teacher": dino}, job.checkpoint)  # DINO's checkpoint.pth layout
+    reads: list[object] = []
+    load = torch.load
+
+    def counting_load(file: object, *args: Any, **kwargs: Any) -> Any:
+        reads.append(file)
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    model, _, _ = build_folder_pretraining(job, log=lambda _: None)
+    assert reads == [Path(job.checkpoint)]
+    state = model.backbone.vit.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in vit.items())
+    expected = load_projection_heads(job.checkpoint).build("teacher")
+    assert expected is not None
+    tokens = torch.randn(3, 384)
+    for module in (model.student_head, model.teacher["patch_head"]):
+        torch.testing.assert_close(module(tokens), expected(tokens))
 
 
 def test_head_warmup_holds_the_adapters_then_trains_them(

@@ -29,6 +29,7 @@ the OpenMMLab-free core; registering them only adds that check.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mmseg.registry import MODELS, TRANSFORMS
@@ -76,11 +77,12 @@ TRANSFORMS.register_module(module=validate_arguments(GlareTransform))
 def UniAdapterViT(  # noqa: N802  (registered under the class's name)
     arch: str,
     img_size: int = 224,
-    checkpoint: str | None = None,
+    checkpoint: str | Mapping[str, Any] | None = None,
     checkpoint_key: str | None = None,
     adapter_bottleneck: int = 64,
     adapter_scale: float = 0.1,
     vit_cfg: dict[str, Any] | None = None,
+    checkpoint_source: str | None = None,
 ) -> _UniAdapterViT:
     """Builds a frozen timm ViT with UniAdapters, from a local SSL checkpoint.
 
@@ -91,8 +93,10 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
         arch (str): timm model name, e.g. ``'vit_small_patch14_dinov2'``.
         img_size (int): Input size the position embedding is built for (a
             checkpoint's embedding is resampled). Defaults to 224.
-        checkpoint (str, optional): Local SSL checkpoint (DINO, DINOv2, iBOT or
-            timm layout), loaded strictly. None keeps random weights (tests, or
+        checkpoint (str | Mapping, optional): Local SSL checkpoint (DINO,
+            DINOv2, iBOT or timm layout), loaded strictly, or the object
+            already read from it (``GlarePretrainer`` reads a file once for
+            the backbone and the heads). None keeps random weights (tests, or
             when an mmengine checkpoint is loaded afterwards). Defaults to None.
         checkpoint_key (str, optional): Sub-dict of the checkpoint holding the
             weights. Defaults to None.
@@ -101,6 +105,8 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
         vit_cfg (dict, optional): Further keyword arguments of
             ``timm.create_model`` (e.g. ``drop_path_rate``; ``depth`` for tiny
             test models). Defaults to None.
+        checkpoint_source (str, optional): The file an already-read
+            ``checkpoint`` came from, named in messages. Defaults to None.
 
     Returns:
         The adapted backbone (ViT frozen, adapters trainable).
@@ -110,6 +116,7 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
         checkpoint=checkpoint,
         img_size=img_size,
         checkpoint_key=checkpoint_key,
+        source=checkpoint_source,
         **(vit_cfg or {}),
     )
     return _UniAdapterViT(vit, bottleneck=adapter_bottleneck, scale=adapter_scale)

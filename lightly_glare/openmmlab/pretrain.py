@@ -16,7 +16,7 @@ the pieces:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,10 +30,10 @@ from lightly_glare.data.seeded import derive_seed
 from lightly_glare.loss import LOCAL_DISTORTION
 from lightly_glare.models import DEFAULT_LOCAL_PATCHES_PER_VIEW, GLARE
 from lightly_glare.models.glare import LocalPatches, RegionMatch
-from lightly_glare.openmmlab import components  # noqa: F401  (registers the parts)
+from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.training import NonFiniteLossError
-from lightly_glare.weights import load_projection_heads
+from lightly_glare.weights import load_projection_heads, read_ssl_checkpoint
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
 PretrainInputs = tuple[list[Tensor], Tensor]
@@ -42,6 +42,20 @@ PretrainInputs = tuple[list[Tensor], Tensor]
 def _build(cfg: dict[str, Any] | None, default_type: str, **defaults: Any) -> Any:
     """Builds a part from ``MODELS``; ``defaults`` fill keys the config omits."""
     return MODELS.build({"type": default_type, **defaults, **(cfg or {})})
+
+
+def _with_loaded_checkpoint(backbone: dict[str, Any], loaded: Any) -> dict[str, Any]:
+    """``backbone`` given the object read from its checkpoint, if it takes one.
+
+    The ``UniAdapterViT`` builder takes it instead of the path (so the file is
+    read once for the backbone and the heads); other backbones read the path.
+    """
+    kind = backbone.get("type")
+    builder = MODELS.get(kind) if isinstance(kind, str) else kind
+    if builder is not components.UniAdapterViT or not isinstance(loaded, Mapping):
+        return backbone  # the builder reads the path (and names what is wrong)
+    path = str(backbone["checkpoint"])
+    return {**backbone, "checkpoint": loaded, "checkpoint_source": path}
 
 
 def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
@@ -196,7 +210,9 @@ class GlarePretrainer(BaseModel):
         )
         self.seed = seed
         self.backbone_cfg = dict(backbone)
-        adapted = MODELS.build(backbone)
+        checkpoint = backbone.get("checkpoint") if checkpoint_heads else None
+        loaded = None if not checkpoint else read_ssl_checkpoint(checkpoint)
+        adapted = MODELS.build(_with_loaded_checkpoint(backbone, loaded))
         dim = adapted.embed_dim
         head_module = _build(head, "GlareProjectionHead", input_dim=dim)
         patch_module = (
@@ -237,8 +253,8 @@ class GlarePretrainer(BaseModel):
             local_distortion_patches=local_distortion_patches,
             local_patches_per_view=local_patches_per_view,
         )
-        if checkpoint_heads and backbone.get("checkpoint"):
-            self._load_checkpoint_heads(str(backbone["checkpoint"]))
+        if checkpoint:
+            self._load_checkpoint_heads(str(checkpoint), loaded)
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         print_log(
@@ -249,10 +265,10 @@ class GlarePretrainer(BaseModel):
             logger="current",
         )
 
-    def _load_checkpoint_heads(self, checkpoint: str) -> None:
-        """Loads the heads ``checkpoint`` holds into the student and teacher."""
+    def _load_checkpoint_heads(self, checkpoint: str, read: Any) -> None:
+        """Loads the heads of ``checkpoint`` (``read`` from it) into both networks."""
         heads = load_projection_heads(
-            checkpoint, input_dim=self.glare.backbone.embed_dim
+            read, source=checkpoint, input_dim=self.glare.backbone.embed_dim
         )
         loaded = self.glare.load_heads(heads)
         print_log(

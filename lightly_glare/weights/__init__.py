@@ -1,7 +1,9 @@
 """Loading SSL ViT weights from local files (pure PyTorch + timm, no OpenMMLab).
 
 - :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT, UDI
-  and timm layouts into timm ViTs, with strict key checks.
+  and timm layouts into timm ViTs, with strict key checks;
+  :func:`read_ssl_checkpoint` reads a file once for :func:`create_vit` and
+  :func:`load_projection_heads`.
 - :func:`load_backbone_checkpoint` / :func:`build_backbone`: the one loader of
   adapted backbones (a GLARE export or a plain SSL checkpoint, strictly, the
   positional embedding resampled), shared by the mmseg backbone and the tools.
@@ -37,6 +39,7 @@ from lightly_glare.weights.ssl_checkpoints import (
     describe_state_dict,
     load_ssl_checkpoint,
     normalize_state_dict,
+    read_ssl_checkpoint,
 )
 
 __all__ = [
@@ -55,4 +58,5 @@ __all__ = [
     "load_projection_heads",
     "load_ssl_checkpoint",
     "normalize_state_dict",
+    "read_ssl_checkpoint",
 ]

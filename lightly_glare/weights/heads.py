@@ -28,10 +28,10 @@ Every head state dict returned loads with ``strict=True`` into
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from torch import Tensor
@@ -43,8 +43,8 @@ from lightly_glare.models.export import (
 )
 from lightly_glare.models.heads import GlareProjectionHead, head_state_dict
 from lightly_glare.weights.ssl_checkpoints import (
+    loaded_checkpoint,
     network_state_dict,
-    read_ssl_checkpoint,
     strip_prefixes,
 )
 
@@ -209,20 +209,25 @@ class CheckpointHeads:
 
 
 def load_projection_heads(
-    checkpoint: str | Path | Mapping[str, Any],
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
     *,
+    source: str | os.PathLike[str] | None = None,
     input_dim: int | None = None,
     output_dim: int | None = None,
     patch_output_dim: int | None = None,
 ) -> CheckpointHeads:
     """Reads the student's and the teacher's projection heads of a checkpoint.
 
-    The file is read with ``torch.load(weights_only=True)`` (no pickled code
+    A file is read with ``torch.load(weights_only=True)`` (no pickled code
     runs). See the module docstring for the layouts.
 
     Args:
         checkpoint: Local DINO / iBOT / DINOv2 checkpoint file, or the object
-            loaded from it.
+            read from it by :func:`~lightly_glare.weights.read_ssl_checkpoint`
+            (a file read once for the backbone, with
+            :func:`~lightly_glare.weights.create_vit`, and the heads).
+        source: The file an already-loaded ``checkpoint`` came from, named in
+            messages. Defaults to None (``"<checkpoint>"``).
         input_dim: The backbone's token dimension D the heads must take; None
             skips the check.
         output_dim: The [CLS] heads' output size K the caller wants; None takes
@@ -243,13 +248,10 @@ def load_projection_heads(
             message names both and the fix).
         NonFiniteWeightsError: A head weight holds NaN or inf.
     """
-    if isinstance(checkpoint, Mapping):
-        source, loaded = "<checkpoint>", checkpoint
-    else:
-        source, loaded = str(checkpoint), read_ssl_checkpoint(checkpoint)
-    networks = {name: _network(loaded, name, source) for name in ("student", "teacher")}
+    loaded, label = loaded_checkpoint(checkpoint, source)
+    networks = {name: _network(loaded, name, label) for name in ("student", "teacher")}
     if networks["student"] is None and networks["teacher"] is None:
-        networks["teacher"] = network_state_dict(loaded, None, source)
+        networks["teacher"] = network_state_dict(loaded, None, label)
     found: dict[str, dict[str, Tensor] | None] = {}
     shared = False
     for name, state in networks.items():
@@ -258,10 +260,10 @@ def load_projection_heads(
         shared = shared or shared_here
     for name, head in found.items():
         if head is not None:
-            check_finite(head, f"{source} ({name} head)")
-    sizes = _common_sizes(source, found["student"], found["teacher"], "[CLS]")
+            check_finite(head, f"{label} ({name} head)")
+    sizes = _common_sizes(label, found["student"], found["teacher"], "[CLS]")
     patch_sizes = _common_sizes(
-        source, found["student_patch"], found["teacher_patch"], "patch"
+        label, found["student_patch"], found["teacher_patch"], "patch"
     )
     checks = (
         ("input_dim", input_dim, sizes, "[CLS]"),
@@ -275,9 +277,9 @@ def load_projection_heads(
         ),
     )
     for argument, value, found_sizes, kind in checks:
-        _check_requested(source, argument, value, found_sizes, kind)
+        _check_requested(label, argument, value, found_sizes, kind)
     return CheckpointHeads(
-        source=source,
+        source=label,
         student=found["student"],
         teacher=found["teacher"],
         student_patch=found["student_patch"],

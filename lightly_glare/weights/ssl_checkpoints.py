@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -445,7 +446,7 @@ def normalize_state_dict(
     return _normalize(checkpoint, model, checkpoint_key, source)[0]
 
 
-def read_ssl_checkpoint(path: str | Path) -> Any:
+def read_ssl_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Reads an SSL checkpoint file with ``torch.load(weights_only=True)``.
 
     DINO's and iBOT's training checkpoints store their ``argparse.Namespace``;
@@ -476,11 +477,11 @@ def read_ssl_checkpoint(path: str | Path) -> Any:
         ) from error
 
 
-def _refuse_export(checkpoint: Any, path: Path) -> None:
+def _refuse_export(checkpoint: Any, source: str) -> None:
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT:
         raise CheckpointMismatchError(
-            f"{path} is a lightly-glare adapted-backbone export (ViT + adapters); "
+            f"{source} is a lightly-glare adapted-backbone export (ViT + adapters); "
             "load it with lightly_glare.models.load_adapted_backbone, or with "
             "GlareViT(checkpoint_type='glare')."
         )
@@ -489,12 +490,12 @@ def _refuse_export(checkpoint: Any, path: Path) -> None:
 def _load(
     model: VisionTransformer,
     checkpoint: Any,
-    path: Path,
+    source: str,
     checkpoint_key: str | None,
 ) -> None:
-    """:func:`load_ssl_checkpoint` on the object read from ``path``."""
-    _refuse_export(checkpoint, path)
-    state, description = _normalize(checkpoint, model, checkpoint_key, str(path))
+    """:func:`load_ssl_checkpoint` on the object read from the file ``source``."""
+    _refuse_export(checkpoint, source)
+    state, description = _normalize(checkpoint, model, checkpoint_key, source)
     diagnosis = (
         f"  the file looks like: {description}\n"
         f"  the model is: {describe_state_dict(model.state_dict())}\n"
@@ -503,8 +504,8 @@ def _load(
         "agree, the file's key names are in no supported layout (DINO, iBOT, "
         "DINOv2, UDI, timm)."
     )
-    check_state_dict(model, state, source=str(path), diagnosis=diagnosis)
-    check_finite(state, str(path))
+    check_state_dict(model, state, source=source, diagnosis=diagnosis)
+    check_finite(state, source)
     model.load_state_dict(state, strict=True)
 
 
@@ -537,26 +538,61 @@ def load_ssl_checkpoint(
         NonFiniteWeightsError: A weight holds NaN or inf; the message names the
             first such keys.
     """
-    path = Path(path)
-    _load(model, read_ssl_checkpoint(path), path, checkpoint_key)
+    _load(model, read_ssl_checkpoint(path), str(path), checkpoint_key)
+
+
+def loaded_checkpoint(
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    source: str | os.PathLike[str] | None,
+) -> tuple[Any, str]:
+    """The object of a checkpoint given as a file or as already read, and its name.
+
+    Lets a caller read a file once (:func:`read_ssl_checkpoint`) and hand the
+    object to several loaders (:func:`create_vit`,
+    :func:`~lightly_glare.weights.load_projection_heads`) whose messages still
+    name the file.
+
+    Args:
+        checkpoint: A local checkpoint file (read here), or the object read
+            from one.
+        source: The name of an already-read ``checkpoint`` in messages (its
+            file); ignored for a file, which names itself.
+
+    Returns:
+        The checkpoint's object and its name (``"<checkpoint>"`` for an
+        already-read object without ``source``).
+
+    Raises:
+        FileNotFoundError: See :func:`read_ssl_checkpoint`.
+        CheckpointMismatchError: See :func:`read_ssl_checkpoint`.
+    """
+    if isinstance(checkpoint, str | os.PathLike):
+        return read_ssl_checkpoint(checkpoint), str(checkpoint)
+    return checkpoint, "<checkpoint>" if source is None else str(source)
 
 
 def create_vit(
     name: str,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     img_size: int | tuple[int, int] | None = None,
     *,
     checkpoint_key: str | None = None,
+    source: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> VisionTransformer:
     """Builds a timm ViT (never downloading weights) and loads a local checkpoint.
 
     Args:
         name: timm model name, e.g. ``"vit_small_patch14_dinov2"``.
-        checkpoint: Local SSL checkpoint, or None for random weights.
+        checkpoint: Local SSL checkpoint, the object already read from one
+            (:func:`read_ssl_checkpoint`: read a file once for the backbone
+            and :func:`~lightly_glare.weights.load_projection_heads`), or None
+            for random weights.
         img_size: Input size the position embedding is built for; None keeps
             timm's default for ``name`` (518 for the DINOv2 models).
         checkpoint_key: See :func:`normalize_state_dict`.
+        source: The file an already-read ``checkpoint`` came from, named in
+            messages. Defaults to None (``"<checkpoint>"``).
         **kwargs: Further arguments of ``timm.create_model``; ``num_classes``
             defaults to 0 (no classification head).
 
@@ -581,22 +617,28 @@ def create_vit(
     if img_size is not None:
         kwargs["img_size"] = img_size
     kwargs.setdefault("num_classes", 0)
-    path = None if checkpoint is None else Path(checkpoint)
-    loaded = None if path is None else read_ssl_checkpoint(path)
-    if path is not None and "reg_tokens" not in kwargs:
-        tensors = _timm_tensors(loaded, checkpoint_key, str(path))
+    if checkpoint is None:
+        return _timm_vit(name, kwargs)
+    loaded, source = loaded_checkpoint(checkpoint, source)
+    if "reg_tokens" not in kwargs:
+        tensors = _timm_tensors(loaded, checkpoint_key, source)
         if (classes := class_token_count(tensors)) > 1:
             logger.info(
                 "%s holds %d class tokens: the ViT carries the %d after the "
                 "first as prefix tokens (reg_tokens)",
-                path,
+                source,
                 classes,
                 classes - 1,
             )
             kwargs["reg_tokens"] = classes - 1
+    model = _timm_vit(name, kwargs)
+    _load(model, loaded, source, checkpoint_key)
+    return model
+
+
+def _timm_vit(name: str, kwargs: dict[str, Any]) -> VisionTransformer:
+    """``timm.create_model(name, **kwargs)``, refusing models that are no ViT."""
     model = timm.create_model(name, pretrained=False, **kwargs)
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{name!r} is a {type(model).__name__}, not a timm ViT.")
-    if path is not None:
-        _load(model, loaded, path, checkpoint_key)
     return model

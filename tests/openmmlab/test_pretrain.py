@@ -25,6 +25,7 @@ from mmengine.hooks import Hook
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
+from mmseg.registry import MODELS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
@@ -48,6 +49,7 @@ from lightly_glare.training import (
     parameter_groups,
 )
 from lightly_glare.transforms import PatchNoise
+from lightly_glare.weights import load_projection_heads
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import load_tool, real_photo
 from tests.weights.test_heads import official_head, reference
@@ -688,6 +690,34 @@ def test_pretrainer_starts_from_the_checkpoint_heads(tmp_path: Path) -> None:
     fresh = GlarePretrainer(backbone=backbone, head=tiny_head(), checkpoint_heads=False)
     assert not torch.allclose(fresh.glare.student_head(tokens), reference(head, tokens))
     with pytest.raises(CheckpointMismatchError, match="output_dim=64"):
+        GlarePretrainer(backbone=backbone, head=tiny_head(output_dim=32))
+
+
+def test_pretrainer_reads_the_checkpoint_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = dino_checkpoint(tmp_path / "dino.pth")
+    backbone = {"type": "UniAdapterViT", "arch": ARCH, "img_size": 32,
+                "vit_cfg": VIT_CFG, "checkpoint": str(checkpoint)}  # fmt: skip
+    reads: list[object] = []
+    load = torch.load
+
+    def counting_load(file: object, *args: Any, **kwargs: Any) -> Any:
+        reads.append(file)
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    model = GlarePretrainer(backbone=backbone, head=tiny_head())
+    assert reads == [checkpoint]
+    monkeypatch.undo()
+    built = MODELS.build(backbone).vit  # the builder reading the path itself
+    state = model.glare.backbone.vit.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in built.state_dict().items())
+    heads = load_projection_heads(checkpoint).build("teacher")
+    assert heads is not None
+    tokens = torch.randn(3, 192)
+    torch.testing.assert_close(model.glare.student_head(tokens), heads(tokens))
+    with pytest.raises(CheckpointMismatchError, match=f"^{checkpoint}: the checkp"):
         GlarePretrainer(backbone=backbone, head=tiny_head(output_dim=32))
 
 

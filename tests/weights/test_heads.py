@@ -22,6 +22,7 @@ from lightly_glare.weights import (
     HeadSizes,
     head_sizes,
     load_projection_heads,
+    read_ssl_checkpoint,
 )
 
 #: A tiny head: D -> hidden -> hidden -> bottleneck -> K (patch head: K_PATCH).
@@ -197,6 +198,23 @@ def test_requested_sizes_that_differ_are_refused_naming_both(tmp_path: Path) -> 
     uneven = training_checkpoint(official_head(), official_head(out_dim=8), "x")
     with pytest.raises(CheckpointMismatchError, match="differ in size"):
         load(tmp_path, uneven)
+
+
+def test_a_read_checkpoint_is_named_by_its_source(tmp_path: Path) -> None:
+    checkpoint = training_checkpoint(official_head(), official_head(), "dino_loss")
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    read = read_ssl_checkpoint(path)
+    heads = load_projection_heads(read, source=path)
+    assert heads.source == str(path)
+    assert heads.sizes == load_projection_heads(path).sizes
+    messages = []
+    for given, source in ((path, None), (read, path), (read, None)):
+        with pytest.raises(CheckpointMismatchError) as error:
+            load_projection_heads(given, source=source, output_dim=8192)
+        messages.append(str(error.value))
+    assert messages[1] == messages[0] and str(path) in messages[0]
+    assert messages[2].startswith("<checkpoint>: its [CLS] heads")
 
 
 def test_backbone_only_file_has_no_heads(tmp_path: Path) -> None:

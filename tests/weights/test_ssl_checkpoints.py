@@ -27,6 +27,7 @@ from lightly_glare.weights import (
     describe_state_dict,
     load_ssl_checkpoint,
     normalize_state_dict,
+    read_ssl_checkpoint,
 )
 from tests.conftest import make_vit
 
@@ -577,6 +578,24 @@ def test_create_vit_never_downloads(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="never downloads"):
         create_vit("vit_small_patch16_224", pretrained=True)
     assert create_vit("vit_small_patch16_224", depth=1, num_classes=3).num_classes == 3
+
+
+def test_create_vit_takes_a_read_checkpoint_naming_its_file(tmp_path: Path) -> None:
+    vit = create_vit("vit_small_patch16_224", img_size=64, depth=2)
+    path = tmp_path / "s16.pth"
+    torch.save(vit.state_dict(), path)
+    read = read_ssl_checkpoint(path)
+    loaded = create_vit("vit_small_patch16_224", read, img_size=64, depth=2)
+    for key, value in vit.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    messages = []
+    for checkpoint, source in ((path, None), (read, path), (read, None)):
+        with pytest.raises(CheckpointMismatchError) as error:
+            create_vit("vit_small_patch16_224", checkpoint, 64, depth=3, source=source)
+        messages.append(str(error.value))
+    assert messages[0].startswith(f"Checkpoint {path} does not match")
+    assert messages[1] == messages[0]  # the read file is named as the path is
+    assert messages[2].startswith("Checkpoint <checkpoint> does not match")
 
 
 def test_weights_package_does_not_import_openmmlab() -> None:
