@@ -41,6 +41,7 @@ from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     GLARE,
     GlareProjectionHead,
+    parse_patch_count,
 )
 from lightly_glare.precision import AMP_HELP, resolve_amp
 from lightly_glare.transforms import GlareTransform
@@ -48,7 +49,7 @@ from lightly_glare.transforms import GlareTransform
 Batch = tuple[list[torch.Tensor], torch.Tensor]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models",
@@ -113,11 +114,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--hidden-dim", type=int, default=2048, help="hidden size of every head"
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def patch_count(value: str) -> int | None:
-    return None if value == "all" else int(value)
+    """A ``--local-patches-per-view`` value (:func:`parse_patch_count`)."""
+    try:
+        return parse_patch_count(value)
+    except ValueError as error:  # argparse shows only ArgumentTypeError's text
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build(

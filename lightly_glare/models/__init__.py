@@ -27,7 +27,11 @@ from lightly_glare.models.export import (
     load_exported_checkpoint,
     save_atomic,
 )
-from lightly_glare.models.glare import DEFAULT_LOCAL_PATCHES_PER_VIEW, GLARE
+from lightly_glare.models.glare import (
+    DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    GLARE,
+    parse_patch_count,
+)
 from lightly_glare.models.heads import (
     DEFAULT_OUTPUT_DIM,
     GlareProjectionHead,
@@ -44,6 +48,7 @@ __all__ = [
     "DEFAULT_LOCAL_PATCHES_PER_VIEW",
     "DEFAULT_OUTPUT_DIM",
     "GLARE",
+    "parse_patch_count",
     "GlareProjectionHead",
     "head_state_dict",
     "AttentionRegionSampler",

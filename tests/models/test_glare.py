@@ -17,6 +17,7 @@ from lightly_glare.models import (
     GLARE,
     CrossAttentionRegionPooling,
     GlareProjectionHead,
+    parse_patch_count,
 )
 from lightly_glare.models.adapted_vit import BackboneOutput
 from lightly_glare.models.geometry import bilinear_gather, map_patch_centers
@@ -443,3 +444,10 @@ def test_every_valid_patch_needs_data_dependent_shapes() -> None:
     explanation = explain_training_step(small_glare(local_patches_per_view=None))
     assert explanation.graph_break_count > 0
     assert "nonzero" in str(explanation.break_reasons[0].reason)
+
+
+def test_parse_patch_count_takes_k_or_all() -> None:
+    assert parse_patch_count("all") is None and parse_patch_count("4") == 4
+    for bad in ("0", "-1", "four", ""):
+        with pytest.raises(ValueError, match=f"integer or 'all', got '{bad}'"):
+            parse_patch_count(bad)

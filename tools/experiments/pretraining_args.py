@@ -14,7 +14,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lightly_glare.models import DEFAULT_LOCAL_PATCHES_PER_VIEW, DEFAULT_OUTPUT_DIM
+from lightly_glare.models import (
+    DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    DEFAULT_OUTPUT_DIM,
+    parse_patch_count,
+)
 from lightly_glare.precision import AMP_HELP
 from lightly_glare.training import SHORT_SCHEDULE, FolderPretraining
 from lightly_glare.transforms import PATCH_AUGMENTATIONS
@@ -46,15 +50,11 @@ def positive_int(value: str) -> int:
 
 
 def patch_count(value: str) -> int | None:
-    """``--local-patches-per-view``: a positive integer, or ``all`` (None)."""
-    if value == "all":
-        return None
-    count = int(value)
-    if count < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer or 'all', got {value}"
-        )
-    return count
+    """``--local-patches-per-view``: :func:`parse_patch_count`, its message shown."""
+    try:
+        return parse_patch_count(value)
+    except ValueError as error:  # argparse shows only ArgumentTypeError's text
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:

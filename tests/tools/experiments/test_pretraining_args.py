@@ -39,6 +39,23 @@ def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
     assert "expected a positive integer, got 0" in capsys.readouterr().err
 
 
+def test_local_patches_per_view_takes_k_or_all_and_refuses_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tool = load_tool("experiments/pretraining_args")
+    parser = tool.argparse.ArgumentParser()
+    tool.add_pretraining_arguments(parser)
+    for value, count in (("all", None), ("4", 4)):
+        args = parser.parse_args(["--local-patches-per-view", value])
+        assert args.local_patches_per_view == count
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--local-patches-per-view", bad])
+        error = capsys.readouterr().err
+        assert "argument --local-patches-per-view: expected a positive integer " \
+            f"or 'all', got '{bad}'" in error  # fmt: skip
+
+
 def test_pretrain_folder_draws_at_most_num_regions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
