@@ -57,7 +57,6 @@ from lightly_glare.monitoring import (
     plot_losses,
     read_metrics,
 )
-from lightly_glare.precision import resolve_amp
 from lightly_glare.training import (
     FolderPretraining,
     NoTrainingStepsError,
@@ -222,7 +221,7 @@ def pretrain(
     printer = log or (bar.write if bar else print)
     chosen = default_device() if device is None else torch.device(device)
     config = job.config(chosen)
-    amp = resolve_amp(config.amp, chosen)
+    amp = bool(config.amp)  # resolved for the device by job.config
     printer(f"GLARE pre-training of {model} on {chosen}, bf16 autocast {amp}")
     glare, criterion, images = build_folder_pretraining(job, chosen, printer)
     if len(images) < job.batch_size:

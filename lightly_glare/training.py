@@ -489,7 +489,8 @@ class FolderPretraining:
                 device has it natively, :func:`~lightly_glare.precision.native_bf16`).
 
         Returns:
-            The :class:`PretrainConfig` of :func:`pretrain`.
+            The :class:`PretrainConfig` of :func:`pretrain`; its ``amp`` is
+            resolved for ``device`` (True or False, never None).
         """
         return PretrainConfig(
             steps=self.steps,
