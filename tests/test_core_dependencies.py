@@ -132,3 +132,17 @@ def test_core_dependencies_name_no_extra() -> None:
     assert not names & set(EXTRAS), names
     for extra in ("openmmlab", "viz", "data", "all", "dev"):
         assert re.search(rf"^{extra} = \[", text, re.M), extra
+
+
+def test_the_all_extra_names_every_runtime_extra_once() -> None:
+    """``[all]`` refers to the other extras instead of repeating their lists."""
+    text = (ROOT / "pyproject.toml").read_text()
+    table = re.search(
+        r"^\[project\.optional-dependencies\]$(.*?)(?=^\[)", text, re.M | re.S
+    )
+    assert table is not None
+    extras = set(re.findall(r"^([\w-]+) = \[", table[1], re.M))
+    runtime = sorted(extras - {"all", "dev", "docs"})
+    named = re.search(r'^all = \["lightly-glare\[([\w,-]+)\]"\]$', table[1], re.M)
+    assert named is not None, 'all = ["lightly-glare[EXTRA,...]"]'
+    assert sorted(named[1].split(",")) == runtime
