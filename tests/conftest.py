@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -70,6 +71,37 @@ def real_photo() -> Image.Image:
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def roads_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """128 px crops of a real photo in the prepared aerial layout. Train tiles
+    are labelled all road, all background, and by brightness; val by brightness.
+
+    Used by the tests of lightly_glare.openmmlab.analysis and of the tools
+    that run it (tools/analysis_tools).
+    """
+    root = tmp_path_factory.mktemp("roads")
+    photo = real_photo()
+    labels = {
+        "train": ("road", "background", "bright"),
+        "val": ("bright", "bright"),
+    }
+    for split, kinds in labels.items():
+        (root / "img_dir" / split).mkdir(parents=True)
+        (root / "ann_dir" / split).mkdir(parents=True)
+        for i, kind in enumerate(kinds):
+            crop = photo.crop((60 * i, 90 * i, 60 * i + 128, 90 * i + 128))
+            grey = np.asarray(crop.convert("L"))
+            label = {
+                "road": np.ones_like(grey),
+                "background": np.zeros_like(grey),
+                "bright": (grey > 128).astype(np.uint8),
+            }[kind]
+            name = f"{kind}_{i}.png"
+            crop.save(root / "img_dir" / split / name)
+            Image.fromarray(label).save(root / "ann_dir" / split / name)
+    return root
 
 
 def load_tool(name: str) -> ModuleType:
