@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -64,6 +65,20 @@ def image_size(vit: VisionTransformer) -> int:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def torch_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The files ``torch.load`` reads during the test, in order."""
+    reads: list[object] = []
+    load = torch.load
+
+    def counting_load(file: object, *args: Any, **kwargs: Any) -> Any:
+        reads.append(file)
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return reads
 
 
 def real_photo() -> Image.Image:

@@ -1,6 +1,5 @@
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import timm
@@ -266,7 +265,7 @@ def test_pretrain_folder_starts_from_the_checkpoint_heads(tmp_path: Path) -> Non
 
 
 def test_the_start_checkpoint_is_read_once_for_the_vit_and_the_heads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, torch_loads: list[object]
 ) -> None:
     job = _folder_job(tmp_path, output_dim=64)
     vit = torch.load(job.checkpoint, weights_only=True)
@@ -274,16 +273,9 @@ def test_the_start_checkpoint_is_read_once_for_the_vit_and_the_heads(
     dino = {f"backbone.{k}": v for k, v in vit.items()}
     dino |= {f"head.{k}": v for k, v in head.items()}
     torch.save({"teacher": dino}, job.checkpoint)  # DINO's checkpoint.pth layout
-    reads: list[object] = []
-    load = torch.load
-
-    def counting_load(file: object, *args: Any, **kwargs: Any) -> Any:
-        reads.append(file)
-        return load(file, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", counting_load)
+    torch_loads.clear()
     model, _, _ = build_folder_pretraining(job, log=lambda _: None)
-    assert reads == [Path(job.checkpoint)]
+    assert torch_loads == [Path(job.checkpoint)]
     state = model.backbone.vit.state_dict()
     assert all(torch.equal(state[k], v) for k, v in vit.items())
     expected = load_projection_heads(job.checkpoint).build("teacher")

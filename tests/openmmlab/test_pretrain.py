@@ -694,22 +694,13 @@ def test_pretrainer_starts_from_the_checkpoint_heads(tmp_path: Path) -> None:
 
 
 def test_pretrainer_reads_the_checkpoint_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, torch_loads: list[object]
 ) -> None:
     checkpoint = dino_checkpoint(tmp_path / "dino.pth")
     backbone = {"type": "UniAdapterViT", "arch": ARCH, "img_size": 32,
                 "vit_cfg": VIT_CFG, "checkpoint": str(checkpoint)}  # fmt: skip
-    reads: list[object] = []
-    load = torch.load
-
-    def counting_load(file: object, *args: Any, **kwargs: Any) -> Any:
-        reads.append(file)
-        return load(file, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", counting_load)
     model = GlarePretrainer(backbone=backbone, head=tiny_head())
-    assert reads == [checkpoint]
-    monkeypatch.undo()
+    assert torch_loads == [checkpoint]
     built = MODELS.build(backbone).vit  # the builder reading the path itself
     state = model.glare.backbone.vit.state_dict()
     assert all(torch.equal(state[k], v) for k, v in built.state_dict().items())

@@ -1,6 +1,9 @@
 """tools/experiments/pretraining_args.py: the experiment tools' options."""
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -13,10 +16,29 @@ from tests.conftest import load_tool
 from tests.test_training import _folder_job
 
 
-def test_options_set_every_listed_field() -> None:
+def pretraining_parser() -> tuple[ModuleType, argparse.ArgumentParser]:
+    """The tool module and a parser holding its options."""
     tool = load_tool("experiments/pretraining_args")
-    parser = tool.argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     tool.add_pretraining_arguments(parser)
+    return tool, parser
+
+
+def check_refuses_patch_counts(
+    parse_args: Callable[[list[str]], argparse.Namespace],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tool refuses ``--local-patches-per-view`` 0, -2 and x, naming the value."""
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(SystemExit):
+            parse_args(["--local-patches-per-view", bad])
+        error = capsys.readouterr().err
+        assert "argument --local-patches-per-view: expected a positive integer " \
+            f"or 'all', got '{bad}'" in error  # fmt: skip
+
+
+def test_options_set_every_listed_field() -> None:
+    tool, parser = pretraining_parser()
     args = parser.parse_args([])
     job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
     assert isinstance(job, FolderPretraining)
@@ -27,9 +49,7 @@ def test_options_set_every_listed_field() -> None:
 def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    tool = load_tool("experiments/pretraining_args")
-    parser = tool.argparse.ArgumentParser()
-    tool.add_pretraining_arguments(parser)
+    tool, parser = pretraining_parser()
     assert parser.parse_args([]).adapter_bottleneck == 64
     args = parser.parse_args(["--adapter-bottleneck", "16"])
     job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
@@ -42,18 +62,11 @@ def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
 def test_local_patches_per_view_takes_k_or_all_and_refuses_zero(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    tool = load_tool("experiments/pretraining_args")
-    parser = tool.argparse.ArgumentParser()
-    tool.add_pretraining_arguments(parser)
+    _, parser = pretraining_parser()
     for value, count in (("all", None), ("4", 4)):
         args = parser.parse_args(["--local-patches-per-view", value])
         assert args.local_patches_per_view == count
-    for bad in ("0", "-2", "x"):
-        with pytest.raises(SystemExit):
-            parser.parse_args(["--local-patches-per-view", bad])
-        error = capsys.readouterr().err
-        assert "argument --local-patches-per-view: expected a positive integer " \
-            f"or 'all', got '{bad}'" in error  # fmt: skip
+    check_refuses_patch_counts(parser.parse_args, capsys)
 
 
 def test_pretrain_folder_draws_at_most_num_regions(
@@ -68,9 +81,7 @@ def test_pretrain_folder_draws_at_most_num_regions(
         return masks, valid
 
     monkeypatch.setattr(AttentionRegionSampler, "forward", spy)
-    tool = load_tool("experiments/pretraining_args")
-    parser = tool.argparse.ArgumentParser()
-    tool.add_pretraining_arguments(parser)
+    tool, parser = pretraining_parser()
     args = parser.parse_args(["--num-regions", "2", "--steps", "2"])
     job = tool.pretraining_job(
         args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0
@@ -96,9 +107,7 @@ def test_pretrain_folder_samples_local_patches_per_view(
         return index, valid
 
     monkeypatch.setattr(glare_module, "_sample_patches", spy)
-    tool = load_tool("experiments/pretraining_args")
-    parser = tool.argparse.ArgumentParser()
-    tool.add_pretraining_arguments(parser)
+    tool, parser = pretraining_parser()
     assert parser.parse_args([]).local_patches_per_view == 4  # the default
     assert (
         parser.parse_args(["--local-patches-per-view", "all"]).local_patches_per_view
