@@ -538,7 +538,7 @@ def load_ssl_checkpoint(
         NonFiniteWeightsError: A weight holds NaN or inf; the message names the
             first such keys.
     """
-    _load(model, read_ssl_checkpoint(path), str(path), checkpoint_key)
+    _load(model, read_ssl_checkpoint(path), str(Path(path)), checkpoint_key)
 
 
 def loaded_checkpoint(
@@ -567,8 +567,8 @@ def loaded_checkpoint(
         CheckpointMismatchError: See :func:`read_ssl_checkpoint`.
     """
     if isinstance(checkpoint, str | os.PathLike):
-        return read_ssl_checkpoint(checkpoint), str(checkpoint)
-    return checkpoint, "<checkpoint>" if source is None else str(source)
+        return read_ssl_checkpoint(checkpoint), str(Path(checkpoint))
+    return checkpoint, "<checkpoint>" if source is None else str(Path(source))
 
 
 def create_vit(

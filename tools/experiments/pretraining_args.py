@@ -43,7 +43,10 @@ PRETRAINING_OPTIONS = (
 
 def positive_int(value: str) -> int:
     """An option that must be a positive integer (``--adapter-bottleneck``)."""
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0  # not an integer: refused below with the same message
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return number

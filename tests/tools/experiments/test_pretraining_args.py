@@ -54,9 +54,11 @@ def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
     args = parser.parse_args(["--adapter-bottleneck", "16"])
     job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
     assert job.adapter_bottleneck == 16
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--adapter-bottleneck", "0"])
-    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    for bad in ("0", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--adapter-bottleneck", bad])
+        error = capsys.readouterr().err
+        assert f"--adapter-bottleneck: expected a positive integer, got {bad}" in error
 
 
 def test_local_patches_per_view_takes_k_or_all_and_refuses_zero(
