@@ -160,18 +160,21 @@ def test_autocast_follows_native_bf16_by_default(
     assert set(dtypes) == {dtype}
 
 
-def test_compiled_step_gives_the_eager_losses(loader: DataLoader) -> None:
-    losses = []
+def test_compiled_step_gives_the_eager_losses_and_weights(loader: DataLoader) -> None:
+    losses, weights = [], []
     for compile in (False, True):
         torch.manual_seed(0)
         model, criterion = small_model()
-        config = PretrainConfig(steps=2, amp=False, compile=compile)
+        config = PretrainConfig(steps=3, amp=False, compile=compile)
         # Inductor's own random kernels draw other numbers than eager ones.
         with torch._inductor.config.patch(fallback_random=True):
             history = pretrain(model, criterion, loader, config, 2, log=print)
         losses.append(history.losses)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
     torch._dynamo.reset()
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for name, eager in weights[0].items():  # the gradients were the eager ones
+        torch.testing.assert_close(weights[1][name], eager, msg=name)
 
 
 def _folder_job(tmp_path: Path, **overrides: object) -> FolderPretraining:
