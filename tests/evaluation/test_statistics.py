@@ -78,7 +78,7 @@ def test_bootstrap_is_seeded_and_inside_the_data_range() -> None:
     # The percentile bootstrap is narrower than the t interval at n = 8.
     t = paired_difference(A, B)
     assert first.high - first.low < t.high - t.low
-    constant = paired_difference({0: 1.0, 1: 1.0}, {0: 0.0, 1: 0.0}, "bootstrap")
+    constant = paired_difference({0: 1.0, 1: 1.0}, {0: 0.0, 1: 0.0}, method="bootstrap")
     assert constant.low == constant.mean == constant.high == 1.0
 
 
