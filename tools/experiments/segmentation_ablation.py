@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/ablation"))
     parser.add_argument("--cache", type=Path, default=None, help="download cache")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the domains' data are prepared (default: <work-dir>/data)",
+    )
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=DOMAINS)
     parser.add_argument(
         "--variants", nargs="+", choices=tuple(VARIANTS), default=tuple(VARIANTS)
@@ -210,7 +216,7 @@ def prepare_domain(
     domain: str, args: argparse.Namespace
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Returns (labelled root, unlabeled folder, metainfo) of a domain."""
-    root = args.work_dir / "data" / domain
+    root = (args.data_dir or args.work_dir / "data") / domain
     if domain == "aerial":
         prepare_aerial(root, cache_dir=args.cache, log=print)
         return root / "roads", root / "unlabeled", AERIAL_ROADS_METAINFO
@@ -353,7 +359,17 @@ def run_one(
 
 #: Options that select or place runs but do not change a run's result.
 RUN_INDEPENDENT_OPTIONS = frozenset(
-    {"work_dir", "cache", "domains", "variants", "seeds", "force", "device", "weight"}
+    {
+        "work_dir",
+        "cache",
+        "data_dir",
+        "domains",
+        "variants",
+        "seeds",
+        "force",
+        "device",
+        "weight",
+    }
 )
 
 
