@@ -350,7 +350,9 @@ def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
     for first, second in zip(built["glare"][1], built["dino"][1], strict=True):
         assert first[3] == second[3]  # the same images in the same order
-        assert all(torch.equal(a, b) for a, b in zip(first[:3], second[:3]))
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[:3], second[:3], strict=True)
+        )
     other, _, dataset = build_folder_pretraining(
         dataclasses.replace(glare, seed=4), log=lambda _: None
     )

@@ -95,7 +95,8 @@ def parse_args(
 ) -> tuple[argparse.Namespace, list[str]]:
     """The table's options and those forwarded to ``segmentation_ablation.py``."""
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").splitlines()[0],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Other options go to segmentation_ablation.py.",
     )
     parser.add_argument("table", choices=TABLES)
