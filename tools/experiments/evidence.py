@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -450,7 +449,10 @@ def upernet_run(
     }
     if kind == "glare":
         Path(checkpoint).unlink()
-    shutil.rmtree(finetune, ignore_errors=True)  # mmengine's checkpoints, logs
+    # mmengine's checkpoints (the logs stay: mmengine's visualizer, a
+    # process-wide instance, keeps writing into the first run's folder).
+    for weights in finetune.rglob("*.pth"):
+        weights.unlink()
     return record
 
 
