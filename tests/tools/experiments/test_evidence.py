@@ -1,6 +1,8 @@
 """tools/experiments/evidence.py and the options it adds to the ablation tool."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import torch
 
 from lightly_glare.evaluation import dense_features, linear_segmentation_probe
 from lightly_glare.models import UniAdapterViT
-from tests.conftest import load_tool, make_vit
+from tests.conftest import ROOT, load_tool, make_vit
 from tests.evaluation.test_segmentation import _write_split
 
 
@@ -197,3 +199,38 @@ def test_upernet_summary_pairs_the_three_variants(tmp_path: Path) -> None:
     assert "| glare | 4 | 0: 64.00, 1: 64.20, 2: 64.40, 3: 64.60 |" in text
     assert "| aerial | glare − none | 4 | +2.00 [+2.00, +2.00] | yes |" in text
     assert "dino − none" in text and (tmp_path / "differences.png").is_file()
+
+
+@pytest.mark.slow
+def test_pilot_end_to_end_evaluates_each_step_and_resumes(tmp_path: Path) -> None:
+    """The pilot on the real MRI slices, a 3-step schedule, two seeds."""
+    args = [
+        str(ROOT / "tools/experiments/evidence.py"),
+        "pilot",
+        "--work-dir",
+        str(tmp_path),
+        "--steps",
+        "3",
+        "--domains",
+        "mri",
+        "--img-size",
+        "56",
+        "--batch-size",
+        "4",
+    ]
+    first = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=1800
+    )
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    run = json.loads((tmp_path / "pilot/runs/mri/glare/seed1.json").read_text())
+    assert [e["step"] for e in run["evaluations"]] == [1, 2, 3]
+    assert run["evaluations"][-1]["miou"] == run["miou"]
+    assert run["args"]["eval_split"] == "holdout"
+    assert not list((tmp_path / "pilot/runs").rglob("*.pth"))  # exports removed
+    curve = json.loads((tmp_path / "pilot/gain_vs_steps.json").read_text())
+    assert [row["step"] for row in curve] == [1, 2, 3]
+    assert curve[0]["differences"] == [0.0, 0.0]  # warm-up: the start model
+    again = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
+    assert again.returncode == 0 and again.stdout.count("already done") == 4
