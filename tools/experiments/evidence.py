@@ -47,7 +47,7 @@ steps:
 - upernet: 8 pre-trainings x (0.84 S + 5) + 12 x 270; S = 75: ~64 min;
 
 about 3 h 10 min for all four from scratch at S = 75 (the default); S = 100
-adds ~25 min. Run them in this order (``upernet`` and ``data_amount`` use
+adds ~28 min. Run them in this order (``upernet`` and ``data_amount`` use
 the ``paired`` settings).
 
 Example:
