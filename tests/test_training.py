@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from lightly_glare.training import (
     NonFiniteLossError,
     NoTrainingStepsError,
     PretrainConfig,
+    build_folder_pretraining,
+    folder_loader,
     learning_rate,
     parameter_groups,
     pretrain,
@@ -315,3 +318,48 @@ def test_a_run_with_zero_steps_is_refused_naming_images_and_batch(
         pretrain_folder(job, tmp_path / "never.pth", log=lambda _: None)
     assert not (tmp_path / "never.pth").exists()
     assert steps_per_epoch(loader) == 2
+
+
+def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
+    tmp_path: Path,
+) -> None:
+    """Variants of one seed (GLARE vs DINO-only weights) share heads and batches.
+
+    The model draws from torch's RNG between batches (region sampler, patch
+    distortion); the batches must not depend on it nor on the worker count.
+    """
+    glare = _folder_job(tmp_path, batch_size=2, seed=3)
+    off = {"regional": 0.0, "local_distortion": 0.0, "local_matching": 0.0}
+    dino = dataclasses.replace(glare, weights=off, workers=1)
+    built = {}
+    for name, job in (("glare", glare), ("dino", dino)):
+        model, _, dataset = build_folder_pretraining(job, log=lambda _: None)
+        batches = folder_loader(job, dataset)
+        views = []
+        for _ in range(3):  # 1.5 epochs of 4 images
+            (view_0, view_1, geometry), _, names = next(batches)
+            views.append((view_0, view_1, geometry, list(names)))
+            torch.rand(100 if name == "glare" else 7)  # the model's own draws
+        built[name] = (model, views)
+    heads = [
+        {
+            key: value
+            for key, value in model.state_dict().items()
+            if key.startswith(("student_head.", "student_patch_head."))
+        }
+        for model, _ in built.values()
+    ]
+    assert heads[0].keys() == heads[1].keys() and heads[0]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    for first, second in zip(built["glare"][1], built["dino"][1], strict=True):
+        assert first[3] == second[3]  # the same images in the same order
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[:3], second[:3], strict=True)
+        )
+    other, _, dataset = build_folder_pretraining(
+        dataclasses.replace(glare, seed=4), log=lambda _: None
+    )
+    assert not torch.equal(
+        other.student_head.state_dict()["mlp.0.weight"],
+        built["glare"][0].student_head.state_dict()["mlp.0.weight"],
+    )

@@ -71,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/demo"))
     parser.add_argument("--cache", type=Path, default=None, help="download cache")
     parser.add_argument("--img-size", type=int, default=126, help="multiple of 14")
+    parser.add_argument("--seed", type=int, default=0)
+    add_finetune_arguments(parser)
+    add_pretraining_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the CPU UperNet schedule (also used by ``evidence.py``)."""
     parser.add_argument("--finetune-iters", type=int, default=160)
     parser.add_argument(
         "--finetune-lr",
@@ -87,14 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "trained: the whole network, as in the paper (docs/ARCHITECTURE.md)",
     )
     parser.add_argument("--finetune-batch", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--seg-config",
         default=SEG_CONFIG,
         help="segmentation config: a path or a shipped config name",
     )
-    add_pretraining_arguments(parser)
-    return parser.parse_args(argv)
 
 
 def stage(title: str, start: float) -> None:

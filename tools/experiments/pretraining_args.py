@@ -22,6 +22,7 @@ from lightly_glare.training import (
     SHORT_SCHEDULE,
     FolderPretraining,
     PretrainHistory,
+    StepCallback,
     pretrain_folder,
 )
 from lightly_glare.transforms import PATCH_AUGMENTATIONS
@@ -175,7 +176,10 @@ def pretraining_job(
 
 
 def pretrain_with_progress(
-    job: FolderPretraining, out: str | Path, **kwargs: Any
+    job: FolderPretraining,
+    out: str | Path,
+    callbacks: Sequence[StepCallback] = (),
+    **kwargs: Any,
 ) -> tuple[Path, PretrainHistory]:
     """:func:`~lightly_glare.training.pretrain_folder` with a progress bar.
 
@@ -188,6 +192,7 @@ def pretrain_with_progress(
     Args:
         job: What to train.
         out: Destination of the export.
+        callbacks: Step callbacks run besides the bar.
         **kwargs: Further arguments of ``pretrain_folder`` (``device``,
             ``extra_meta``).
 
@@ -196,6 +201,8 @@ def pretrain_with_progress(
     """
     bar = ProgressBar()
     try:
-        return pretrain_folder(job, out, log=bar.write, callbacks=[bar], **kwargs)
+        return pretrain_folder(
+            job, out, log=bar.write, callbacks=[bar, *callbacks], **kwargs
+        )
     finally:
         bar.close()
