@@ -1,8 +1,9 @@
 """Sphinx configuration of the lightly-glare documentation (``make docs``).
 
-Built offline with warnings as errors. The pages are MyST markdown: the
-existing ``docs/*.md`` and sections of the README are reused as they are. The
-API reference is generated from the docstrings (Google style, napoleon).
+Built offline with warnings as errors. The pages are MyST markdown
+(``docs/*.md``, also readable on their own in the repository; the README only
+points to them). The API reference is generated from the docstrings (Google
+style, napoleon).
 """
 
 import sys
@@ -26,7 +27,7 @@ source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 exclude_patterns = ["_build"]
-# The reused pages link to repository files (tools/, mmseg_configs/, ...) that
+# The pages link to repository files (tools/, mmseg_configs/, ...) that
 # are not pages of this site; those links stay plain links.
 suppress_warnings = ["myst.xref_missing"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightly_glare.data import ImageFolderDataset
+from lightly_glare.data import DrawSampler, ImageFolderDataset, SeededDataset
 from lightly_glare.loss import ALL_TERMS, LOCAL_DISTORTION, GlareLoss
 from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
@@ -424,7 +424,10 @@ class FolderPretraining:
         indices: Train on these images only, by position in the folder's
             sorted file list (``ImageFolderDataset.files``); None: all.
         batch_size: Images per step.
-        seed: Seed of head initialisation, data order and augmentations.
+        seed: Seed of head initialisation, data order and augmentations
+            (:func:`folder_loader`): jobs that differ only in their loss
+            weights start from the same heads and see the same views in the
+            same order.
         weights: Weight of each term (``global``, ``regional``,
             ``local_distortion``, ``local_matching``); a term left out has
             weight 1, a term weighted 0 is not computed.
@@ -564,6 +567,44 @@ def build_folder_pretraining(
     return model, criterion, Subset(folder, list(indices))
 
 
+def folder_loader(job: FolderPretraining, dataset: Dataset[Any]) -> Iterator[Any]:
+    """The endless, seeded batches of ``job`` over ``dataset``.
+
+    The order is a permutation per epoch drawn from ``job.seed``
+    (:class:`~lightly_glare.data.DrawSampler`) and draw ``k`` is augmented under
+    the seed ``(job.seed, k)`` (:class:`~lightly_glare.data.SeededDataset`):
+    the batches depend only on the seed, not on the worker count nor on what
+    the model drew from torch's RNG in between (the region sampler, the patch
+    distortion). Two jobs that differ only in their loss weights therefore see
+    the same views in the same order.
+
+    Args:
+        job: Its ``seed``, ``batch_size`` and ``workers`` are used.
+        dataset: The images (from :func:`build_folder_pretraining`).
+
+    Returns:
+        An endless iterator of batches (incomplete batches are dropped).
+
+    Raises:
+        NoTrainingStepsError: If ``dataset`` fills no batch.
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    if size < job.batch_size:
+        raise NoTrainingStepsError(
+            f"{size} image(s) with batch_size={job.batch_size} and drop_last=True "
+            "give 0 batches: add images or lower the batch size."
+        )
+    loader = DataLoader(
+        SeededDataset(dataset, job.seed),
+        batch_size=job.batch_size,
+        sampler=DrawSampler(size, job.seed),
+        drop_last=True,
+        num_workers=job.workers,
+        generator=torch.Generator().manual_seed(job.seed),
+    )
+    return iter(loader)
+
+
 def pretrain_folder(
     job: FolderPretraining,
     out: str | Path,
@@ -591,18 +632,10 @@ def pretrain_folder(
         NoTrainingStepsError: If the chosen images fill no batch.
     """
     model, criterion, dataset = build_folder_pretraining(job, device, log)
-    loader = DataLoader(
-        dataset,
-        batch_size=job.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=job.workers,
-        generator=torch.Generator().manual_seed(job.seed),
-    )
     history = pretrain(
         model,
         criterion,
-        loader,
+        folder_loader(job, dataset),
         job.config(device),
         batch_size=job.batch_size,
         device=device,

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from lightly_glare.training import (
     NoTrainingStepsError,
     PretrainConfig,
     build_folder_pretraining,
+    folder_loader,
     learning_rate,
     parameter_groups,
     pretrain,
@@ -163,18 +165,21 @@ def test_autocast_follows_native_bf16_by_default(
     assert set(dtypes) == {dtype}
 
 
-def test_compiled_step_gives_the_eager_losses(loader: DataLoader) -> None:
-    losses = []
+def test_compiled_step_gives_the_eager_losses_and_weights(loader: DataLoader) -> None:
+    losses, weights = [], []
     for compile in (False, True):
         torch.manual_seed(0)
         model, criterion = small_model()
-        config = PretrainConfig(steps=2, amp=False, compile=compile)
+        config = PretrainConfig(steps=3, amp=False, compile=compile)
         # Inductor's own random kernels draw other numbers than eager ones.
         with torch._inductor.config.patch(fallback_random=True):
             history = pretrain(model, criterion, loader, config, 2, log=print)
         losses.append(history.losses)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
     torch._dynamo.reset()
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for name, eager in weights[0].items():  # the gradients were the eager ones
+        torch.testing.assert_close(weights[1][name], eager, msg=name)
 
 
 def _folder_job(tmp_path: Path, **overrides: object) -> FolderPretraining:
@@ -349,3 +354,48 @@ def test_a_run_with_zero_steps_is_refused_naming_images_and_batch(
         pretrain_folder(job, tmp_path / "never.pth", log=lambda _: None)
     assert not (tmp_path / "never.pth").exists()
     assert steps_per_epoch(loader) == 2
+
+
+def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
+    tmp_path: Path,
+) -> None:
+    """Variants of one seed (GLARE vs DINO-only weights) share heads and batches.
+
+    The model draws from torch's RNG between batches (region sampler, patch
+    distortion); the batches must not depend on it nor on the worker count.
+    """
+    glare = _folder_job(tmp_path, batch_size=2, seed=3)
+    off = {"regional": 0.0, "local_distortion": 0.0, "local_matching": 0.0}
+    dino = dataclasses.replace(glare, weights=off, workers=1)
+    built = {}
+    for name, job in (("glare", glare), ("dino", dino)):
+        model, _, dataset = build_folder_pretraining(job, log=lambda _: None)
+        batches = folder_loader(job, dataset)
+        views = []
+        for _ in range(3):  # 1.5 epochs of 4 images
+            (view_0, view_1, geometry), _, names = next(batches)
+            views.append((view_0, view_1, geometry, list(names)))
+            torch.rand(100 if name == "glare" else 7)  # the model's own draws
+        built[name] = (model, views)
+    heads = [
+        {
+            key: value
+            for key, value in model.state_dict().items()
+            if key.startswith(("student_head.", "student_patch_head."))
+        }
+        for model, _ in built.values()
+    ]
+    assert heads[0].keys() == heads[1].keys() and heads[0]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    for first, second in zip(built["glare"][1], built["dino"][1], strict=True):
+        assert first[3] == second[3]  # the same images in the same order
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[:3], second[:3], strict=True)
+        )
+    other, _, dataset = build_folder_pretraining(
+        dataclasses.replace(glare, seed=4), log=lambda _: None
+    )
+    assert not torch.equal(
+        other.student_head.state_dict()["mlp.0.weight"],
+        built["glare"][0].student_head.state_dict()["mlp.0.weight"],
+    )

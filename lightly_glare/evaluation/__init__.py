@@ -9,6 +9,8 @@
   (normed patch tokens of several blocks), :func:`linear_segmentation_probe`,
   :func:`confusion_matrix` and :func:`scores_from_confusion` (per-class IoU,
   mIoU).
+- Statistics over seeds: :func:`paired_difference` (mean of per-seed
+  differences with a paired t or percentile-bootstrap confidence interval).
 """
 
 from lightly_glare.evaluation.classification import (
@@ -35,12 +37,17 @@ from lightly_glare.evaluation.segmentation import (
     load_segmentation_split,
     scores_from_confusion,
 )
+from lightly_glare.evaluation.statistics import (
+    PairedDifference,
+    paired_difference,
+)
 
 __all__ = [
     "DEFAULT_WEIGHT_DECAYS",
     "FEATURE_NAMES",
     "ClassificationScores",
     "LinearProbeResult",
+    "PairedDifference",
     "SegmentationScores",
     "SegmentationSplit",
     "cell_labels",
@@ -55,6 +62,7 @@ __all__ = [
     "load_image_tensor",
     "load_segmentation_split",
     "mean_std",
+    "paired_difference",
     "scores_from_confusion",
     "stratified_split",
 ]

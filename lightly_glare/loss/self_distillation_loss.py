@@ -129,7 +129,9 @@ class SelfDistillationLoss(nn.Module):
         updated = self.center * self.center_momentum + batch_center * (
             1 - self.center_momentum
         )
-        self.center.copy_(torch.where(count > 0, updated, self.center))
+        # A new tensor rather than an in-place copy: the loss's backward may
+        # still read the old center (torch.compile saves or recomputes from it).
+        self.center = torch.where(count > 0, updated, self.center)
 
 
 class GlareRegionalLoss(SelfDistillationLoss):

@@ -170,6 +170,12 @@ class GlarePretrainer(BaseModel):
             ``head`` must then have the checkpoint's sizes (a conflict is
             refused naming both). Defaults to True.
         seed (int): Seed of the per-step generator. Defaults to 0.
+        compile (bool): Run the GLARE forward and the loss through
+            ``torch.compile`` (the optimizer step stays eager). Use this instead
+            of mmengine's ``compile=True``, which also compiles the optimizer
+            wrapper and fails in Dynamo's optimizer tracing on torch 2.14.
+            The seeded generator of each step is a graph break, not a
+            recompilation. Defaults to False.
         data_preprocessor (dict, optional): Config of the data preprocessor.
             Defaults to None (a :class:`GlarePretrainDataPreprocessor`).
         init_cfg (dict, optional): mmengine initialisation config (unused by
@@ -201,6 +207,7 @@ class GlarePretrainer(BaseModel):
         freeze_heads: bool = False,
         checkpoint_heads: bool = True,
         seed: int = 0,
+        compile: bool = False,
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
@@ -257,6 +264,7 @@ class GlarePretrainer(BaseModel):
             self._load_checkpoint_heads(str(checkpoint), loaded)
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self._glare_loss = torch.compile(self._eager_loss) if compile else None
         print_log(
             f"GlarePretrainer: {backbone.get('arch')} at "
             f"{backbone.get('img_size')} px from "
@@ -293,6 +301,18 @@ class GlarePretrainer(BaseModel):
             "img_size": self.backbone_cfg.get("img_size", 224),
         }
 
+    def _eager_loss(
+        self,
+        views: list[Tensor],
+        geometry: Tensor,
+        generator: torch.Generator,
+        step: int,
+    ) -> Tensor:
+        """The GLARE loss of the views (the loss's warm-up "epoch" is ``step``)."""
+        return self.criterion(
+            self.glare(views, geometry, generator=generator), epoch=step
+        )
+
     def forward(
         self,
         inputs: Sequence[Any],
@@ -324,9 +344,7 @@ class GlarePretrainer(BaseModel):
         generator = self.step_generator(views[0].device)
         if self.training:
             self.num_steps += 1
-        loss = self.criterion(
-            self.glare(views, geometry, generator=generator), epoch=step
-        )  # the loss's warm-up "epoch" is the iteration here
+        loss = (self._glare_loss or self._eager_loss)(views, geometry, generator, step)
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in self.criterion.last_terms.items()}
             raise NonFiniteLossError(

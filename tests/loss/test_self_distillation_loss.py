@@ -93,3 +93,34 @@ def test_rejects_mismatched_shapes() -> None:
         loss_fn(torch.randn(3, 8), torch.randn(3, 8), valid=torch.ones(3))
     with pytest.raises(ValueError, match=r"valid mask of shape \(3,\)"):
         loss_fn(torch.randn(3, 8), torch.randn(3, 8), valid=torch.ones(4).bool())
+
+
+def test_compiled_loss_gives_the_eager_gradient_despite_the_center_update() -> None:
+    """The center update must not change what the backward pass reads.
+
+    With an in-place update of the center buffer, a compiled graph calling the
+    loss twice (as the two directions of a symmetric term do) gave a wrong
+    gradient: the first call's backward read the center the second call had
+    updated.
+    """
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 16)
+    inputs, teacher = torch.randn(6, 8), torch.randn(6, 16)
+    grads, centers = [], []
+    for compile in (False, True):
+        loss_fn = SelfDistillationLoss(output_dim=16)
+        loss_fn.center.normal_(generator=torch.Generator().manual_seed(1))
+
+        def loss_of_head(x: torch.Tensor, loss_fn: SelfDistillationLoss = loss_fn):
+            student = head(x)
+            return loss_fn(teacher, student, teacher_temp=0.05) + loss_fn(
+                teacher.flip(0), 2 * student
+            )
+
+        head.zero_grad()
+        (torch.compile(loss_of_head) if compile else loss_of_head)(inputs).backward()
+        grads.append(head.weight.grad.clone())
+        centers.append(loss_fn.center)
+    torch._dynamo.reset()
+    torch.testing.assert_close(grads[1], grads[0])
+    torch.testing.assert_close(centers[1], centers[0])

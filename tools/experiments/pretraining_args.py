@@ -13,14 +13,22 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_OUTPUT_DIM,
     parse_patch_count,
 )
+from lightly_glare.monitoring import ProgressBar
 from lightly_glare.precision import AMP_HELP
-from lightly_glare.training import SHORT_SCHEDULE, FolderPretraining
+from lightly_glare.training import (
+    SHORT_SCHEDULE,
+    FolderPretraining,
+    PretrainHistory,
+    StepCallback,
+    pretrain_folder,
+)
 from lightly_glare.transforms import PATCH_AUGMENTATIONS
 
 #: The :class:`FolderPretraining` fields the tools' options set.
@@ -185,3 +193,36 @@ def pretraining_job(
         indices=indices,
         **{name: getattr(args, name) for name in PRETRAINING_OPTIONS},
     )
+
+
+def pretrain_with_progress(
+    job: FolderPretraining,
+    out: str | Path,
+    callbacks: Sequence[StepCallback] = (),
+    **kwargs: Any,
+) -> tuple[Path, PretrainHistory]:
+    """:func:`~lightly_glare.training.pretrain_folder` with a progress bar.
+
+    The bar (:class:`~lightly_glare.monitoring.ProgressBar`, drawn on standard
+    error) shows the step, the loss and its terms, images/s, the time left and
+    the share of time spent waiting for data. The plain progress lines still go
+    to standard output, printed above the bar, so a tool's log file keeps them.
+    tqdm comes with lightly (a core dependency), as for the one-call run.
+
+    Args:
+        job: What to train.
+        out: Destination of the export.
+        callbacks: Step callbacks run besides the bar.
+        **kwargs: Further arguments of ``pretrain_folder`` (``device``,
+            ``extra_meta``).
+
+    Returns:
+        The export's path and the training history.
+    """
+    bar = ProgressBar()
+    try:
+        return pretrain_folder(
+            job, out, log=bar.write, callbacks=[bar, *callbacks], **kwargs
+        )
+    finally:
+        bar.close()

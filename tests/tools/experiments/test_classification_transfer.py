@@ -12,7 +12,9 @@ from tests.evaluation.test_classification import _make_labelled_folder
 
 
 @pytest.mark.slow
-def test_tool_end_to_end_on_a_small_real_image_folder(tmp_path: Path) -> None:
+def test_tool_end_to_end_on_a_small_real_image_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import timm
 
     data = tmp_path / "data"
@@ -50,6 +52,9 @@ def test_tool_end_to_end_on_a_small_real_image_folder(tmp_path: Path) -> None:
             "5",
         ]
     )
+    captured = capsys.readouterr()  # a progress bar per seed's pre-training
+    assert captured.err.count("GLARE: 100%") >= 2 and "img/s" in captured.err
+    assert "step 2/2 loss=" in captured.out
     saved = json.loads((work / "results.json").read_text())
     assert saved["complete"] is True
     assert set(saved["pretrain_losses"]) == {"0", "1"}

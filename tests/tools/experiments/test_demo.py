@@ -63,6 +63,9 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # The pre-training's progress bar, on standard error; its log lines on stdout.
+    assert "GLARE: 100%" in result.stderr and "img/s" in result.stderr
+    assert "step 2/2 loss=" in result.stdout
     table = (tmp_path / "results.txt").read_text().splitlines()
     assert table[0].split() == ["model", "background", "road", "mIoU"]
     for row in table[1:]:

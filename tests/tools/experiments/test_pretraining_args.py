@@ -130,3 +130,22 @@ def test_pretrain_folder_samples_local_patches_per_view(
     folder_job.local_patches_per_view = None
     pretrain_folder(folder_job, tmp_path / "all.pth", log=lambda _: None)
     assert not drawn  # K = all: every valid patch, nothing sampled
+
+
+def test_pretrain_with_progress_draws_a_bar_and_keeps_the_log_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = load_tool("experiments/pretraining_args")
+    job = _folder_job(tmp_path)
+    export, history = tool.pretrain_with_progress(job, tmp_path / "out.pth")
+    assert export.is_file() and len(history.losses) == job.steps
+    captured = capsys.readouterr()
+    # The bar, on standard error: step, loss and terms, images/s, data-wait share.
+    bar = captured.err.replace("\r", "\n").splitlines()
+    final = [line for line in bar if f"{job.steps}/{job.steps}" in line][-1]
+    assert final.startswith("GLARE: 100%")
+    for shown in ("loss=", "global=", "local_matching=", "img/s", "data "):
+        assert shown in final, (shown, final)
+    # The plain lines, on standard output (a tool's log file).
+    assert f"step {job.steps}/{job.steps} loss=" in captured.out
+    assert "images, 2 steps in" in captured.out

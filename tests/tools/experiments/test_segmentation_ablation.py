@@ -41,6 +41,9 @@ def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
         [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900
     )
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    # One progress bar (standard error) per pre-training: the "glare" variant.
+    assert first.stderr.count("GLARE: 100%") >= 1 and "img/s" in first.stderr
+    assert "step 2/2 loss=" in first.stdout
     runs = {
         path.parent.name: json.loads(path.read_text())
         for path in (tmp_path / "runs" / "mri").glob("*/seed0.json")
