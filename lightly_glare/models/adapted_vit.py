@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from timm.layers.attention import Attention
 from timm.layers.format import Format
+from timm.layers.mlp import Mlp
 from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
@@ -101,8 +103,72 @@ def _enable_dynamic_img_size(vit: VisionTransformer) -> None:
     patch_embed.output_fmt = Format.NHWC
 
 
+#: Low-precision copies ``(weight, bias)`` of frozen ``nn.Linear`` layers, by layer.
+LinearWeights = Mapping[nn.Module, tuple[Tensor, Tensor | None]]
+
+
+def _linear(layer: nn.Module, x: Tensor, weights: LinearWeights | None) -> Tensor:
+    """``layer(x)``, with the layer's low-precision copy when ``weights`` has one.
+
+    Under autocast ``F.linear`` casts its fp32 arguments to the autocast dtype
+    and leaves tensors already in it as they are, so the result is bit-identical
+    to ``layer(x)``; only the cast of the weights is saved.
+    """
+    copies = None if weights is None else weights.get(layer)
+    return layer(x) if copies is None else F.linear(x, *copies)
+
+
+def _attention_qkv(
+    attn: Attention, x: Tensor, weights: LinearWeights | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """q, k, v (each (B, heads, T, d_h)) and the output gate of a timm Attention."""
+    batch, tokens, _ = x.shape
+    gate = _linear(attn.gate, x, weights).sigmoid() if attn.gate is not None else None
+    qkv = _linear(attn.qkv, x, weights).reshape(
+        batch, tokens, 3, attn.num_heads, attn.head_dim
+    )  # (B, T, 3, heads, d_h)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, d_h)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v, gate
+
+
+def _attention_output(
+    attn: Attention, out: Tensor, gate: Tensor | None, weights: LinearWeights | None
+) -> Tensor:
+    """The output projection of a timm Attention, from SDPA's (B, heads, T, d_h)."""
+    batch, _, tokens, _ = out.shape
+    out = out.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)  # (B, T, D)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(_linear(attn.proj, out, weights))
+
+
+def _sdpa(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return F.scaled_dot_product_attention(
+        q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0
+    )  # (B, heads, T, d_h)
+
+
+def _attention(attn: Attention, x: Tensor, weights: LinearWeights | None) -> Tensor:
+    """The fused ``Attention.forward`` of timm (SDPA), with low-precision weights."""
+    q, k, v, gate = _attention_qkv(attn, x, weights)
+    return _attention_output(attn, _sdpa(attn, q, k, v), gate, weights)
+
+
+def _mlp(mlp: nn.Module, x: Tensor, weights: LinearWeights | None) -> Tensor:
+    """A block's MLP; timm's ``Mlp`` with low-precision weight copies."""
+    if weights is None or type(mlp) is not Mlp:
+        return cast(Tensor, mlp(x))
+    x = mlp.drop1(mlp.act(_linear(mlp.fc1, x, weights)))
+    return cast(Tensor, mlp.drop2(_linear(mlp.fc2, mlp.norm(x), weights)))
+
+
 def attention_with_cls_map(
-    attn: Attention, x: Tensor, num_prefix_tokens: int
+    attn: Attention,
+    x: Tensor,
+    num_prefix_tokens: int,
+    weights: LinearWeights | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Runs a timm ``Attention`` and also returns the class token's attention map.
 
@@ -115,30 +181,21 @@ def attention_with_cls_map(
         attn: The attention module of a timm block.
         x: Normalised input tokens, shape (B, T, D).
         num_prefix_tokens: Number P of class/register tokens at the start.
+        weights: Low-precision copies of the frozen linear layers to use under
+            autocast (see :class:`UniAdapterViT`); None: the layers' own.
 
     Returns:
         The attention output with shape (B, T, D) and the class token's attention
         to the N = T - P patch tokens, renormalised over patches, shape
         (B, heads, N).
     """
-    batch, tokens, _ = x.shape
-    gate = attn.gate(x).sigmoid() if attn.gate is not None else None
-    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, d_h)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    out = F.scaled_dot_product_attention(
-        q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0
-    )  # (B, heads, T, d_h)
+    q, k, v, gate = _attention_qkv(attn, x, weights)
+    out = _sdpa(attn, q, k, v)  # (B, heads, T, d_h)
     cls_logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
     cls_row = cls_logits.float().softmax(dim=-1)[:, :, 0]  # (B, heads, T)
     patch_row = cls_row[:, :, num_prefix_tokens:]  # (B, heads, N)
     patch_row = patch_row / patch_row.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-    out = out.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)  # (B, T, D)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    out = attn.proj_drop(attn.proj(out))
-    return out, patch_row
+    return _attention_output(attn, out, gate, weights), patch_row
 
 
 def _nearest_multiple(size: int, multiple: int) -> int:
@@ -172,10 +229,22 @@ class UniAdapterViT(nn.Module):
     attention map is requested it is computed explicitly from that block's own
     q and k (see :func:`attention_with_cls_map`).
 
+    Under autocast (ours): autocast casts a frozen fp32 weight to the autocast
+    dtype at every use (its cast cache holds only trainable leaves), i.e. the
+    whole backbone twice per GLARE step (teacher and student). The attention
+    and MLP (timm ``Mlp``) linear layers whose parameters do not require
+    gradients keep one low-precision copy per autocast dtype instead, made at
+    the first autocast forward and remade when a weight changes (in-place
+    update or new storage); the outputs are bit-identical to autocast's own
+    casts. ``cache_autocast_weights=False`` turns this off (it costs half the
+    frozen linear weights' fp32 memory for bf16).
+
     Attributes:
         vit: The frozen timm backbone.
         adapters: One :class:`UniAdapter` per block (the student's).
         report: Parameter counts (also logged at construction).
+        cache_autocast_weights: Reuse low-precision copies of the frozen linear
+            weights under autocast.
 
     Examples:
         >>> import timm
@@ -191,6 +260,7 @@ class UniAdapterViT(nn.Module):
         scale: float = 0.1,
         dropout: float = 0.0,
         zero_init: bool = True,
+        cache_autocast_weights: bool = True,
     ) -> None:
         """Wraps ``vit``, freezes it and inserts one adapter per block.
 
@@ -203,6 +273,9 @@ class UniAdapterViT(nn.Module):
             dropout: Adapter dropout. Defaults to 0.
             zero_init: Zero-initialise the up-projections so the adapted model
                 starts as an exact copy of ``vit``. Defaults to True.
+            cache_autocast_weights: Keep low-precision copies of the frozen
+                linear weights for autocast forwards instead of casting them
+                at every use. Defaults to True (ours).
         """
         super().__init__()
         _check_supported(vit)
@@ -218,6 +291,61 @@ class UniAdapterViT(nn.Module):
             adapters=len(vit.blocks) * count_adapter_parameters(dim, bottleneck),
         )
         logger.info("UniAdapterViT: %s", self.report)
+        self.cache_autocast_weights = cache_autocast_weights
+        self._autocast_key: tuple[object, ...] | None = None
+        self._autocast_weights: dict[nn.Module, tuple[Tensor, Tensor | None]] = {}
+
+    def _frozen_linears(self) -> list[nn.Linear]:
+        """The blocks' attention and MLP linear layers with frozen fp32 weights."""
+        return [
+            layer
+            for block in self.blocks
+            for part in (block.attn, block.mlp)
+            for layer in part.modules()
+            if isinstance(layer, nn.Linear)
+            and layer.weight.dtype == torch.float32
+            and not any(p.requires_grad for p in layer.parameters())
+        ]
+
+    def autocast_weights(self, device: torch.device) -> LinearWeights | None:
+        """Low-precision copies of the frozen linear weights for this forward.
+
+        Args:
+            device: The device of the inputs.
+
+        Returns:
+            ``{layer: (weight, bias)}`` in the autocast dtype when autocast is
+            enabled on ``device`` (and :attr:`cache_autocast_weights`), else
+            None. The copies are remade when a weight's storage, version
+            (in-place update), device or ``requires_grad`` changes.
+        """
+        if not self.cache_autocast_weights or not torch.is_autocast_enabled(
+            device.type
+        ):
+            return None
+        dtype = torch.get_autocast_dtype(device.type)
+        layers = self._frozen_linears()
+        key = (
+            dtype,
+            device.type,
+            tuple(
+                (id(layer), p.data_ptr(), p._version, p.device)
+                for layer in layers
+                for p in layer.parameters()
+            ),
+        )
+        if key != self._autocast_key:
+            self._autocast_weights = {}  # free the old copies first
+            self._autocast_weights = {
+                layer: (
+                    layer.weight.detach().to(dtype),
+                    None if layer.bias is None else layer.bias.detach().to(dtype),
+                )
+                for layer in layers
+                if layer.weight.device.type == device.type
+            }
+            self._autocast_key = key
+        return self._autocast_weights
 
     @property
     def embed_dim(self) -> int:
@@ -318,6 +446,7 @@ class UniAdapterViT(nn.Module):
         wanted = [index % self.num_blocks for index in intermediate_indices]
         collected: dict[int, Tensor] = {}
         vit = self.vit
+        weights = self.autocast_weights(images.device)
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         cls_attention = None
         last = self.num_blocks - 1
@@ -325,14 +454,22 @@ class UniAdapterViT(nn.Module):
             zip(self.blocks, adapters, strict=True)
         ):
             normed = block.norm1(x)
+            attn = cast(Attention, block.attn)
             if return_cls_attention and index == last:
-                attn_out, cls_attention = attention_with_cls_map(
-                    cast(Attention, block.attn), normed, self.num_prefix_tokens
+                attn_out, cls_attention = (
+                    attention_with_cls_map(attn, normed, self.num_prefix_tokens)
+                    if weights is None
+                    else attention_with_cls_map(
+                        attn, normed, self.num_prefix_tokens, weights
+                    )
                 )
+            elif weights is None:
+                attn_out = attn(normed)
             else:
-                attn_out = block.attn(normed)
+                attn_out = _attention(attn, normed, weights)
             h = x + block.drop_path1(block.ls1(attn_out))
-            x = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h)))) + adapter(h)
+            mlp_out = _mlp(block.mlp, block.norm2(h), weights)
+            x = h + block.drop_path2(block.ls2(mlp_out)) + adapter(h)
             if index in wanted:
                 collected[index] = x
         return BackboneOutput(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -26,7 +27,11 @@ from lightly_glare.models.export import (
     CheckpointMismatchError,
     export_adapted_backbone,
 )
-from lightly_glare.models.geometry import match_patches, transfer_masks
+from lightly_glare.models.geometry import (
+    bilinear_gather,
+    map_patch_centers,
+    transfer_masks,
+)
 from lightly_glare.models.heads import GlareProjectionHead
 from lightly_glare.models.patch_augmentations import (
     PatchAugmentation,
@@ -112,6 +117,23 @@ def _reinitialised_copy(module: nn.Module) -> nn.Module:
         if callable(getattr(submodule, "reset_parameters", None)):
             submodule.reset_parameters()  # type: ignore[operator]
     return fresh
+
+
+@dataclass
+class _TokenPair:
+    """Matched student and teacher tokens of one term, before the projection.
+
+    Attributes:
+        student: Student tokens, shape (M, D).
+        teacher: The teacher's target tokens, shape (M, D).
+        head: ``"head"`` ([CLS] / regions) or ``"patch_head"``.
+        valid: Which of the M pairs count, shape (M,); None: all.
+    """
+
+    student: Tensor
+    teacher: Tensor
+    head: str
+    valid: Tensor | None = None
 
 
 def _sample_patches(
@@ -484,10 +506,16 @@ class GLARE(nn.Module):
         elif needs_distortion:
             raise ValueError("The local distortion term needs a patch augmentation.")
         student = self.backbone.forward_features(student_input)
-        output = self._global_output(student, teacher)
-        output.patch_masks = (
-            None if patch_masks is None else patch_masks.unflatten(0, (2, batch))
-        )
+        # Every term's tokens are collected first and each head runs once per
+        # network on all of them (ours): one weight-norm recomputation, one
+        # low-precision cast of the teacher's weights and larger matmuls
+        # instead of one call per term. Rows are projected independently, so
+        # the projections are those of separate calls.
+        tokens: dict[str, _TokenPair] = {}
+        if GLOBAL in self.terms:
+            tokens[GLOBAL] = _TokenPair(
+                student.tokens[:, 0], teacher.tokens[:, 0], head="head"
+            )  # (2B, D) each: both views
         regions = None
         if REGIONAL in self.terms:
             assert teacher.cls_attention is not None  # requested above
@@ -497,48 +525,68 @@ class GLARE(nn.Module):
                 teacher.cls_attention, generator
             )  # (2B, R, N), (2B, R)
         if needs_distortion and patch_masks is not None:
-            output.pairs[LOCAL_DISTORTION] = self._local_distortion(
+            tokens[LOCAL_DISTORTION] = self._local_distortion(
                 student, teacher, patch_masks, generator
             )
         if LOCAL_MATCHING in self.terms:
-            output.pairs[LOCAL_MATCHING] = self._local_matching(
+            tokens[LOCAL_MATCHING] = self._local_matching(
                 student, teacher, geometry, grid, generator
             )
+        region_masks = None
         if regions is not None:
-            output.pairs[REGIONAL], output.region_masks = self._regional(
+            tokens[REGIONAL], region_masks = self._regional(
                 student, teacher, geometry, grid, *regions
             )
+        pairs = self._project(tokens)
+        output = GlareOutput(teacher_global=[], student_global=[])
+        if GLOBAL in pairs:
+            global_pair = pairs.pop(GLOBAL)
+            output.teacher_global = list(global_pair.teacher.chunk(2))  # 2 x (B, K)
+            output.student_global = list(global_pair.student.chunk(2))
+        output.pairs = {term: pairs[term] for term in ALL_TERMS if term in pairs}
+        output.patch_masks = (
+            None if patch_masks is None else patch_masks.unflatten(0, (2, batch))
+        )
+        output.region_masks = region_masks
         return output
+
+    def _project(self, tokens: Mapping[str, _TokenPair]) -> dict[str, MatchedPair]:
+        """Projects every term's tokens with one call of each head and network.
+
+        Args:
+            tokens: The matched tokens per term.
+
+        Returns:
+            The matched projections per term, in the order of ``tokens``.
+        """
+        groups: dict[int, list[str]] = {}  # one group per distinct student head
+        for term, pair in tokens.items():
+            groups.setdefault(id(self._student_head(pair.head)), []).append(term)
+        pairs: dict[str, MatchedPair] = {}
+        for terms in groups.values():
+            head = tokens[terms[0]].head
+            sizes = [tokens[term].student.shape[0] for term in terms]
+            student_in = torch.cat([tokens[term].student for term in terms])
+            teacher_in = torch.cat([tokens[term].teacher for term in terms])
+            student_out = self._student_head(head)(student_in)  # (sum M, K)
+            with torch.no_grad():
+                teacher_out = self.teacher[head](teacher_in)  # (sum M, K)
+            for term, student_part, teacher_part in zip(
+                terms,
+                student_out.split(sizes),
+                teacher_out.split(sizes),
+                strict=True,
+            ):
+                pairs[term] = MatchedPair(
+                    teacher=teacher_part, student=student_part, valid=tokens[term].valid
+                )
+        return {term: pairs[term] for term in tokens}
+
+    def _student_head(self, head: str) -> nn.Module:
+        return self.student_head if head == "head" else self.student_patch_head
 
     def _patch_tokens(self, out: BackboneOutput) -> Tensor:
         return out.tokens[:, self.backbone.num_prefix_tokens :]  # (2B, N, D)
-
-    def _global_output(
-        self, student: BackboneOutput, teacher: BackboneOutput
-    ) -> GlareOutput:
-        if GLOBAL not in self.terms:
-            return GlareOutput(teacher_global=[], student_global=[])
-        student_cls = self.student_head(student.tokens[:, 0])  # (2B, K)
-        with torch.no_grad():
-            teacher_cls = self.teacher["head"](teacher.tokens[:, 0])  # (2B, K)
-        return GlareOutput(
-            teacher_global=list(teacher_cls.chunk(2)),
-            student_global=list(student_cls.chunk(2)),
-        )
-
-    def _project_pair(
-        self,
-        student_tokens: Tensor,
-        teacher_tokens: Tensor,
-        head: str,
-        valid: Tensor | None = None,
-    ) -> MatchedPair:
-        student_head = self.student_head if head == "head" else self.student_patch_head
-        with torch.no_grad():
-            teacher = self.teacher[head](teacher_tokens)  # (M, K)
-        return MatchedPair(
-            teacher=teacher, student=student_head(student_tokens), valid=valid
-        )
 
     def _local_pair(
         self,
@@ -546,8 +594,8 @@ class GLARE(nn.Module):
         teacher_tokens: Tensor,
         candidates: Tensor,
         generator: torch.Generator | None,
-    ) -> MatchedPair:
-        """Projects the patch pairs of a local term through the patch heads.
+    ) -> _TokenPair:
+        """The patch pairs of a local term, for the patch heads.
 
         Args:
             student_tokens: Student patch tokens, shape (2B, N, D).
@@ -562,7 +610,7 @@ class GLARE(nn.Module):
             their validity.
         """
         if self.local_patches_per_view is None:
-            return self._project_pair(
+            return _TokenPair(
                 student_tokens[candidates],  # (M, D)
                 teacher_tokens[candidates],  # (M, D)
                 head="patch_head",
@@ -571,7 +619,7 @@ class GLARE(nn.Module):
             candidates, self.local_patches_per_view, generator
         )  # (2B, K), (2B, K)
         index = index[..., None].expand(-1, -1, student_tokens.shape[-1])  # (2B,K,D)
-        return self._project_pair(
+        return _TokenPair(
             student_tokens.gather(1, index).flatten(0, 1),  # (2B * K, D)
             teacher_tokens.gather(1, index).flatten(0, 1),  # (2B * K, D)
             head="patch_head",
@@ -584,7 +632,7 @@ class GLARE(nn.Module):
         teacher: BackboneOutput,
         patch_masks: Tensor,
         generator: torch.Generator | None,
-    ) -> MatchedPair:
+    ) -> _TokenPair:
         selected = (
             patch_masks
             if self.local_distortion_patches == "distorted"
@@ -604,20 +652,45 @@ class GLARE(nn.Module):
         geometry: Tensor,
         grid: tuple[int, int],
         generator: torch.Generator | None,
-    ) -> MatchedPair:
+    ) -> _TokenPair:
         teacher_patches = self._patch_tokens(teacher).chunk(2)  # 2 x (B, N, D)
-        targets, inside = [], []
+        student_patches = self._patch_tokens(student)  # (2B, N, D): views a = 0, 1
+        coords, inside = [], []
         for a, b in ((0, 1), (1, 0)):
-            target, inside_b = match_patches(
-                teacher_patches[b], geometry[:, a], geometry[:, b], grid
-            )  # (B, N, D), (B, N)
-            targets.append(target)
+            coords_b, inside_b = map_patch_centers(
+                geometry[:, a], geometry[:, b], grid, grid
+            )  # (B, N, 2): view-a patch centres in view b's grid, (B, N)
+            coords.append(coords_b)
             inside.append(inside_b)
-        return self._local_pair(
-            self._patch_tokens(student),  # (2B, N, D): views a = 0, 1
-            torch.cat(targets),  # (2B, N, D): view b's teacher tokens there
-            torch.cat(inside),  # (2B, N)
-            generator,
+        candidates = torch.cat(inside)  # (2B, N)
+        if self.local_patches_per_view is None:
+            targets = [
+                bilinear_gather(teacher_patches[b], coords[a], grid)
+                for a, b in ((0, 1), (1, 0))
+            ]  # 2 x (B, N, D): view b's teacher tokens at view a's patches
+            return self._local_pair(
+                student_patches, torch.cat(targets), candidates, generator
+            )
+        # Draw the pairs first and interpolate the teacher's tokens only there
+        # (ours): the same pairs and targets as interpolating at every patch.
+        index, valid = _sample_patches(
+            candidates, self.local_patches_per_view, generator
+        )  # (2B, K), (2B, K)
+        index_a = index.chunk(2)  # 2 x (B, K)
+        targets = [
+            bilinear_gather(
+                teacher_patches[b],
+                coords[a].gather(1, index_a[a][..., None].expand(-1, -1, 2)),
+                grid,
+            )  # (B, K, D)
+            for a, b in ((0, 1), (1, 0))
+        ]
+        gather_index = index[..., None].expand(-1, -1, student_patches.shape[-1])
+        return _TokenPair(
+            student_patches.gather(1, gather_index).flatten(0, 1),  # (2B * K, D)
+            torch.cat(targets).flatten(0, 1),  # (2B * K, D)
+            head="patch_head",
+            valid=valid.flatten(),  # (2B * K,)
         )
 
     def _regional(
@@ -628,7 +701,7 @@ class GLARE(nn.Module):
         grid: tuple[int, int],
         region_masks: Tensor,
         region_valid: Tensor,
-    ) -> tuple[MatchedPair, Tensor]:
+    ) -> tuple[_TokenPair, Tensor]:
         masks = region_masks.chunk(2)  # 2 x (B, R, N)
         valid = region_valid.chunk(2)  # 2 x (B, R)
         student_cls = student.tokens[:, 0].chunk(2)  # 2 x (B, D)
@@ -661,7 +734,7 @@ class GLARE(nn.Module):
             student_regions.append(pooled.flatten(0, 1))  # (B * R, D)
             teacher_regions.append(target.flatten(0, 1))
             kept.append(keep.flatten())  # (B * R,)
-        pair = self._project_pair(
+        pair = _TokenPair(
             torch.cat(student_regions),  # (2B * R, D)
             torch.cat(teacher_regions),
             head="head",

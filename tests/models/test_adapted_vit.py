@@ -237,3 +237,69 @@ def test_glare_trains_on_views_of_another_size_than_the_vit() -> None:
     for pair in output.pairs.values():
         assert pair.student.shape == pair.teacher.shape
         assert pair.student.shape[0] > 0 and torch.isfinite(pair.student).all()
+
+
+def _adapted_with_active_adapters(variant: str = "plain") -> UniAdapterViT:
+    torch.manual_seed(0)
+    adapted = UniAdapterViT(make_vit(variant), bottleneck=4, zero_init=False)
+    return adapted
+
+
+def _autocast_run(
+    adapted: UniAdapterViT, images: torch.Tensor, cache: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and adapter gradients of one bf16 autocast forward/backward."""
+    adapted.cache_autocast_weights = cache
+    adapted.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = adapted.forward_features(
+            images, return_cls_attention=True, intermediate_indices=(0, -1)
+        )
+    out.tokens.float().square().mean().backward()
+    assert out.cls_attention is not None and out.intermediates is not None
+    grads = [p.grad.clone() for p in adapted.adapters.parameters()]  # type: ignore[union-attr]
+    return [out.tokens, out.cls_attention, *out.intermediates], grads
+
+
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_autocast_weight_copies_are_bit_identical_to_autocast_casts(
+    variant: str,
+) -> None:
+    adapted = _adapted_with_active_adapters(variant)
+    images = torch.randn(2, 3, image_size(adapted.vit), image_size(adapted.vit))
+    expected, expected_grads = _autocast_run(adapted, images, cache=False)
+    assert not adapted._autocast_weights  # nothing copied with the cache off
+    for _ in range(2):  # made at the first forward, reused at the second
+        outputs, grads = _autocast_run(adapted, images, cache=True)
+        for got, want in zip(outputs + grads, expected + expected_grads, strict=True):
+            assert torch.equal(got, want)
+    copies = adapted._autocast_weights
+    assert len(copies) == 4 * adapted.num_blocks  # qkv, proj, fc1, fc2
+    assert all(weight.dtype == torch.bfloat16 for weight, _ in copies.values())
+
+
+def test_autocast_weight_copies_are_remade_when_weights_change() -> None:
+    adapted = _adapted_with_active_adapters()
+    images = torch.randn(2, 3, image_size(adapted.vit), image_size(adapted.vit))
+    _autocast_run(adapted, images, cache=True)
+    state = {k: v + 0.01 for k, v in adapted.vit.state_dict().items()}
+    adapted.vit.load_state_dict(state)  # in place: new versions, same storage
+    expected, expected_grads = _autocast_run(adapted, images, cache=False)
+    outputs, grads = _autocast_run(adapted, images, cache=True)
+    for got, want in zip(outputs + grads, expected + expected_grads, strict=True):
+        assert torch.equal(got, want)
+    # A layer that trains again is left to autocast (and gets its gradient).
+    qkv = adapted.blocks[0].attn.qkv
+    assert isinstance(qkv, torch.nn.Linear)
+    qkv.requires_grad_(True)
+    _autocast_run(adapted, images, cache=True)
+    assert qkv not in adapted._autocast_weights
+    assert qkv.weight.grad is not None and qkv.weight.grad.abs().sum() > 0
+
+
+def test_no_weight_copies_without_autocast() -> None:
+    adapted = _adapted_with_active_adapters()
+    images = torch.randn(2, 3, image_size(adapted.vit), image_size(adapted.vit))
+    assert adapted.autocast_weights(images.device) is None
+    adapted.forward_features(images)
+    assert not adapted._autocast_weights

@@ -1,4 +1,5 @@
 import math
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from lightly_glare.loss import (
     LOCAL_MATCHING,
     REGIONAL,
     GlareLoss,
+    MatchedPair,
 )
 from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
@@ -21,7 +23,7 @@ from lightly_glare.models import (
 )
 from lightly_glare.models.adapted_vit import BackboneOutput
 from lightly_glare.models.geometry import bilinear_gather, map_patch_centers
-from lightly_glare.models.glare import _sample_patches
+from lightly_glare.models.glare import _sample_patches, _TokenPair
 from lightly_glare.transforms import GlareTransform, PatchBlur
 from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 
@@ -133,6 +135,92 @@ def test_backbone_weights_exist_once() -> None:
     vit_storage = {p.data_ptr() for p in model.backbone.vit.parameters()}
     teacher_storage = {p.data_ptr() for p in model.teacher.parameters()}
     assert not vit_storage & teacher_storage
+
+
+def separate_projections(
+    model: GLARE, tokens: Mapping[str, _TokenPair]
+) -> dict[str, MatchedPair]:
+    """The previous projection: each term through the heads in a call of its own."""
+    pairs = {}
+    for term, pair in tokens.items():
+        with torch.no_grad():
+            teacher = model.teacher[pair.head](pair.teacher)
+        student = model._student_head(pair.head)(pair.student)
+        pairs[term] = MatchedPair(teacher=teacher, student=student, valid=pair.valid)
+    return pairs
+
+
+@pytest.mark.parametrize("share_patch_head", [False, True])
+def test_heads_run_once_and_equal_a_call_per_term(
+    share_patch_head: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = small_glare(
+        region_pooling=CrossAttentionRegionPooling(48, learnable=True),
+        share_patch_head=share_patch_head,
+    )
+    for adapter in model.backbone.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    views, geometry = random_batch(model, batch=4)
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        criterion = GlareLoss(output_dim=DIM)
+        model.zero_grad(set_to_none=True)
+        output = model(views, geometry, generator=torch.Generator().manual_seed(1))
+        loss = criterion(output)
+        loss.backward()
+        tensors = [*output.teacher_global, *output.student_global, loss]
+        for pair in output.pairs.values():
+            tensors += [pair.teacher, pair.student]
+        grads = [p.grad for p in model.trainable_parameters()]
+        return tensors, grads  # type: ignore[return-value]
+
+    calls: list[str] = []
+    heads = {
+        "student_head": model.student_head,
+        "student_patch_head": model.student_patch_head,
+        "teacher_head": model.teacher["head"],
+        "teacher_patch_head": model.teacher["patch_head"],
+    }
+    distinct = {id(head): (name, head) for name, head in heads.items()}
+    for name, head in distinct.values():  # a shared head is hooked once
+        head.register_forward_hook(lambda *_, name=name: calls.append(name))
+    batched, batched_grads = run()
+    assert sorted(calls) == sorted(name for name, _ in distinct.values())
+    monkeypatch.setattr(
+        GLARE, "_project", lambda self, tokens: separate_projections(self, tokens)
+    )
+    separate, separate_grads = run()
+    for got, want in zip(batched, separate, strict=True):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(batched_grads, separate_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_frozen_weights_stay_bit_identical_through_bf16_steps() -> None:
+    model = small_glare()
+    for adapter in model.backbone.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    criterion = GlareLoss(output_dim=DIM)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    frozen = {k: v.clone() for k, v in model.backbone.vit.state_dict().items()}
+    trained = [p.clone() for p in model.trainable_parameters()]
+    for _ in range(2):
+        views, geometry = random_batch(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = criterion(model(views, geometry))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.update_teacher(0.9)
+    assert model.backbone._autocast_weights  # the bf16 copies were used
+    for key, value in model.backbone.vit.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, frozen[key])
+    assert all(
+        not torch.equal(old, new)
+        for old, new in zip(trained, model.trainable_parameters(), strict=True)
+        if new.grad is not None and new.grad.abs().sum() > 0
+    )
 
 
 def test_teacher_outputs_carry_no_gradient_and_shapes() -> None:
@@ -329,11 +417,15 @@ def test_sampled_local_pairs_are_valid_patches_with_fixed_shapes(
         LOCAL_DISTORTION: (output.patch_masks.flatten(0, 1), teacher),
         LOCAL_MATCHING: (torch.cat([inside for _, inside in mapped]), bilinear),
     }
+    # One call per head and network on both terms' tokens, in term order.
+    assert len(head_inputs["student"]) == len(head_inputs["teacher"]) == 1
+    student_inputs = head_inputs["student"][0].chunk(len(expected))
+    teacher_inputs = head_inputs["teacher"][0].chunk(len(expected))
     for call, (term, (candidates, targets)) in enumerate(expected.items()):
         pair = output.pairs[term]
         assert pair.student.shape == pair.teacher.shape == (2 * batch * count, DIM)
         assert pair.valid is not None and pair.valid.shape == (2 * batch * count,)
-        sampled = head_inputs["student"][call].unflatten(0, (2 * batch, count))
+        sampled = student_inputs[call].unflatten(0, (2 * batch, count))
         matches = (sampled[:, :, None] == student[:, None]).all(dim=-1)  # (2B, K, N)
         assert (matches.sum(dim=-1) == 1).all()  # a patch token of its own image
         index = matches.int().argmax(dim=-1)  # (2B, K)
@@ -342,7 +434,7 @@ def test_sampled_local_pairs_are_valid_patches_with_fixed_shapes(
         assert torch.equal(valid, candidates.gather(1, index))
         # Images with fewer candidates than K contribute exactly those.
         assert torch.equal(valid.sum(dim=1), candidates.sum(dim=1).clamp(max=count))
-        target = head_inputs["teacher"][call].unflatten(0, (2 * batch, count))
+        target = teacher_inputs[call].unflatten(0, (2 * batch, count))
         assert torch.equal(
             target, targets.gather(1, index[..., None].expand_as(target))
         )
