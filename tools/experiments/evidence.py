@@ -277,10 +277,7 @@ def summarize_pilot(work_dir: Path) -> str:
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        seeds = ", ".join(
-            f"{s}: {d:+.2f}"
-            for s, d in zip(row["seeds"], row["differences"], strict=True)
-        )
+        seeds = ablation.per_seed_differences(row)
         lines.append(
             f"| {row['domain']} | {row['step']} | {row['n']} | {row['mean']:+.2f} "
             f"[{row['low']:+.2f}, {row['high']:+.2f}] | {seeds} |"

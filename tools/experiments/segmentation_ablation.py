@@ -528,6 +528,14 @@ def paired_differences(
     return rows
 
 
+def per_seed_differences(row: dict[str, Any]) -> str:
+    """``seed: difference`` of each seed of a :func:`paired_row` row."""
+    return ", ".join(
+        f"{seed}: {difference:+.2f}"
+        for seed, difference in zip(row["seeds"], row["differences"], strict=True)
+    )
+
+
 def difference_lines(rows: Sequence[dict[str, Any]], key: str = "domain") -> list[str]:
     """Markdown table of :func:`paired_row` rows (mIoU points)."""
     lines = [
@@ -537,10 +545,7 @@ def difference_lines(rows: Sequence[dict[str, Any]], key: str = "domain") -> lis
     ]
     for row in rows:
         excludes = "yes" if row["low"] > 0 or row["high"] < 0 else "no"
-        seeds = ", ".join(
-            f"{s}: {d:+.2f}"
-            for s, d in zip(row["seeds"], row["differences"], strict=True)
-        )
+        seeds = per_seed_differences(row)
         lines.append(
             f"| {row[key]} | {row['comparison']} | {row['n']} "
             f"| {row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}] "
