@@ -456,12 +456,8 @@ class UniAdapterViT(nn.Module):
             normed = block.norm1(x)
             attn = cast(Attention, block.attn)
             if return_cls_attention and index == last:
-                attn_out, cls_attention = (
-                    attention_with_cls_map(attn, normed, self.num_prefix_tokens)
-                    if weights is None
-                    else attention_with_cls_map(
-                        attn, normed, self.num_prefix_tokens, weights
-                    )
+                attn_out, cls_attention = attention_with_cls_map(
+                    attn, normed, self.num_prefix_tokens, weights
                 )
             elif weights is None:
                 attn_out = attn(normed)

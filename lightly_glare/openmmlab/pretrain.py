@@ -264,7 +264,9 @@ class GlarePretrainer(BaseModel):
             self._load_checkpoint_heads(str(checkpoint), loaded)
         self.num_steps: Tensor
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
-        self._glare_loss = torch.compile(self._eager_loss) if compile else None
+        self._glare_loss = (
+            torch.compile(self._eager_loss) if compile else self._eager_loss
+        )
         print_log(
             f"GlarePretrainer: {backbone.get('arch')} at "
             f"{backbone.get('img_size')} px from "
@@ -344,7 +346,7 @@ class GlarePretrainer(BaseModel):
         generator = self.step_generator(views[0].device)
         if self.training:
             self.num_steps += 1
-        loss = (self._glare_loss or self._eager_loss)(views, geometry, generator, step)
+        loss = self._glare_loss(views, geometry, generator, step)
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in self.criterion.last_terms.items()}
             raise NonFiniteLossError(
