@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 from pretraining_args import (
+    PRETRAINING_OPTIONS,
     add_pretraining_arguments,
     pretrain_with_progress,
     pretraining_job,
@@ -157,16 +158,14 @@ def task_labels(records: list[ElpvRecord]) -> dict[str, Tensor]:
 
 
 def pretrain_settings(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Everything that shapes a seed's pre-training (an export is reused only
+    when its recorded settings are equal)."""
     return {
         "seed": seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "base_lr": args.base_lr,
-        "momentum_start": args.momentum_start,
         "img_size": args.img_size,
-        "output_dim": args.output_dim,
-        "hidden_dim": args.hidden_dim,
-        "adapter_bottleneck": args.adapter_bottleneck,
+        "checkpoint": str(args.checkpoint),
+        "data_root": str(args.data_root),
+        **{name: getattr(args, name) for name in PRETRAINING_OPTIONS},
     }
 
 

@@ -89,3 +89,17 @@ def test_tool_end_to_end_on_a_small_real_image_folder(
     table = (work / "results.md").read_text()
     assert table.count("| DINOv2 + GLARE |") == 4
     assert table.count("| DINOv2 (start) |") == 4
+
+
+def test_an_export_is_reused_only_with_every_pretraining_setting_equal() -> None:
+    tool = load_tool("experiments/classification_transfer")
+    from pretraining_args import PRETRAINING_OPTIONS
+
+    args = tool.parse_args([])
+    settings = tool.pretrain_settings(args, seed=0)
+    assert tool.pretrain_settings(tool.parse_args([]), seed=0) == settings
+    assert tool.pretrain_settings(args, seed=1) != settings
+    for name in (*PRETRAINING_OPTIONS, "img_size", "checkpoint", "data_root"):
+        changed = tool.parse_args([])
+        setattr(changed, name, "changed")
+        assert tool.pretrain_settings(changed, seed=0) != settings, name

@@ -1,4 +1,4 @@
-"""tools/train.py, tools/test.py and tools/dist_train.sh, run as users run them."""
+"""tools/train.py, tools/test.py and tools/dist_train.sh (mmseg's entry points)."""
 
 from __future__ import annotations
 
