@@ -254,20 +254,69 @@ def pilot_curves(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def suggested_steps(rows: Sequence[dict[str, Any]]) -> int | None:
-    """The step with the highest mean gain over domains (ties: fewer steps)."""
-    steps = sorted({row["step"] for row in rows})
+def head_warmup_of(records: Sequence[dict[str, Any]]) -> int:
+    """Head warm-up steps of the GLARE runs (0 where not recorded)."""
+    return max(
+        (
+            int(r.get("args", {}).get("head_warmup_steps", 0))
+            for r in records
+            if r["variant"] == "glare"
+        ),
+        default=0,
+    )
+
+
+def best_step(rows: Sequence[dict[str, Any]], warmup: int) -> tuple[int, float] | None:
+    """The step after the head warm-up with the highest mean gain over domains.
+
+    During the warm-up only the heads train, so the backbone is the start model
+    and every difference is 0 by construction: those steps are not candidates.
+
+    Args:
+        rows: :func:`pilot_curves` rows.
+        warmup: Head warm-up steps of the runs.
+
+    Returns:
+        ``(step, mean gain)`` (ties: fewer steps), or None if no step was
+        evaluated after the warm-up.
+    """
+    steps = sorted({row["step"] for row in rows if row["step"] > warmup})
     if not steps:
         return None
     gains = {
         step: float(np.mean([row["mean"] for row in rows if row["step"] == step]))
         for step in steps
     }
-    return max(steps, key=lambda step: (gains[step], -step))
+    step = max(steps, key=lambda step: (gains[step], -step))
+    return step, gains[step]
+
+
+def pilot_verdict(best: tuple[int, float] | None, warmup: int) -> str:
+    """The pilot's advice on ``--steps`` for the other tables."""
+    if best is None:
+        return (
+            f"No step was evaluated after the head warm-up ({warmup} steps): "
+            "evaluate later steps (`--eval-at`)."
+        )
+    step, gain = best
+    if gain > 0:
+        return (
+            f"Step with the highest mean gain over domains after the head warm-up "
+            f"({warmup} steps; ties: fewer): {step} ({gain:+.2f}). Pass the chosen "
+            "count as `--steps` to the other tables."
+        )
+    return (
+        f"No step after the head warm-up ({warmup} steps) has a positive mean "
+        f"gain over domains; the least negative is step {step} ({gain:+.2f}). "
+        "GLARE does not improve the holdout probe at any evaluated step of this "
+        "schedule, so the pilot gives no step count to prefer: the other tables "
+        "keep their default `--steps`."
+    )
 
 
 def summarize_pilot(work_dir: Path) -> str:
-    rows = pilot_curves(load_records(work_dir))
+    records = load_records(work_dir)
+    rows = pilot_curves(records)
     lines = [
         "Holdout split (the last 25 % of the train tiles). GLARE − none in mIoU "
         "points at each evaluated step of one schedule; 95 % CI: paired t over "
@@ -282,12 +331,8 @@ def summarize_pilot(work_dir: Path) -> str:
             f"| {row['domain']} | {row['step']} | {row['n']} | {row['mean']:+.2f} "
             f"[{row['low']:+.2f}, {row['high']:+.2f}] | {seeds} |"
         )
-    choice = suggested_steps(rows)
-    lines += [
-        "",
-        f"Step with the highest mean gain over domains (ties: fewer): {choice}. "
-        "Pass the chosen count as `--steps` to the other tables.",
-    ]
+    warmup = head_warmup_of(records)
+    lines += ["", pilot_verdict(best_step(rows, warmup), warmup)]
     text = write_summary(
         work_dir, "Pilot: holdout gain vs steps", lines, rows, name="gain_vs_steps"
     )

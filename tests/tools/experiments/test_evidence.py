@@ -144,6 +144,24 @@ def test_ablation_summary_reports_paired_differences(tmp_path: Path) -> None:
     assert (tmp_path / "differences.png").stat().st_size > 1000
 
 
+def test_pilot_never_picks_a_warm_up_step_and_says_when_no_step_gains() -> None:
+    _, evidence = _tools()
+
+    def rows(gains: dict[int, float]) -> list[dict[str, float]]:
+        return [{"step": step, "mean": gain} for step, gain in gains.items()]
+
+    # Inside the warm-up the backbone is the start model: 0 is not a gain.
+    falling = rows({25: 0.0, 50: 0.0, 75: -0.8, 100: -1.2})
+    assert evidence.best_step(falling, warmup=50) == (75, -0.8)
+    verdict = evidence.pilot_verdict(evidence.best_step(falling, 50), 50)
+    assert "No step after the head warm-up (50 steps) has a positive" in verdict
+    assert "least negative is step 75 (-0.80)" in verdict
+    rising = rows({25: 0.0, 50: 0.3, 75: 0.3})
+    assert evidence.best_step(rising, warmup=25) == (50, 0.3)  # ties: fewer
+    assert evidence.best_step(rising, warmup=75) is None
+    assert "evaluate later steps" in evidence.pilot_verdict(None, 75)
+
+
 def test_pilot_and_data_amount_summaries(tmp_path: Path) -> None:
     _, evidence = _tools()
     pilot = tmp_path / "pilot"
@@ -160,10 +178,11 @@ def test_pilot_and_data_amount_summaries(tmp_path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"domain": "aerial", "variant": variant, "seed": seed}
         record |= {"miou": evaluations[-1]["miou"], "evaluations": evaluations}
+        record |= {"args": {"head_warmup_steps": 25}}
         path.write_text(json.dumps(record))
     text = evidence.summarize_pilot(pilot)
     assert "| aerial | 50 | 2 | +0.55 [" in text
-    assert "highest mean gain over domains (ties: fewer): 50." in text
+    assert "after the head warm-up (25 steps; ties: fewer): 50 (+0.55)." in text
     assert (pilot / "gain_vs_steps.png").stat().st_size > 1000
     for fraction, gain in ((0.1, 0.001), (0.3, 0.002), (1.0, 0.004)):
         _write_runs(
