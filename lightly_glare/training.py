@@ -434,7 +434,8 @@ class FolderPretraining:
         output_dim: Output size of the projection heads
             (:class:`~lightly_glare.models.GlareProjectionHead`).
         hidden_dim: Hidden size of the heads (DINO: 2048).
-        adapter_bottleneck: Hidden size of every UniAdapter (64, ours; see
+        adapter_bottleneck: Hidden size of every UniAdapter (None:
+            ``embed_dim // 12``, 32 for ViT-S, 64 for ViT-B; ours; see
             :class:`~lightly_glare.models.UniAdapterViT`). The export records
             it, so loaders build adapters of this size.
         workers: DataLoader worker processes.
@@ -472,7 +473,7 @@ class FolderPretraining:
     weights: Mapping[str, float] = field(default_factory=dict)
     output_dim: int = DEFAULT_OUTPUT_DIM
     hidden_dim: int = 2048
-    adapter_bottleneck: int = 64
+    adapter_bottleneck: int | None = None
     workers: int = 2
     base_lr: float = 5e-4
     momentum_start: float = 0.996

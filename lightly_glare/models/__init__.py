@@ -42,7 +42,11 @@ from lightly_glare.models.region_sampler import (
     AttentionRegionSampler,
     attention_mass_masks,
 )
-from lightly_glare.models.uniadapter import UniAdapter, count_adapter_parameters
+from lightly_glare.models.uniadapter import (
+    UniAdapter,
+    count_adapter_parameters,
+    default_bottleneck,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_PATCHES_PER_VIEW",
@@ -68,4 +72,5 @@ __all__ = [
     "load_exported_checkpoint",
     "save_atomic",
     "count_adapter_parameters",
+    "default_bottleneck",
 ]

@@ -16,7 +16,11 @@ from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from lightly_glare.models.uniadapter import UniAdapter, count_adapter_parameters
+from lightly_glare.models.uniadapter import (
+    UniAdapter,
+    count_adapter_parameters,
+    default_bottleneck,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -249,14 +253,14 @@ class UniAdapterViT(nn.Module):
     Examples:
         >>> import timm
         >>> vit = timm.create_model("vit_small_patch16_224", num_classes=0)
-        >>> backbone = UniAdapterViT(vit, bottleneck=64)
+        >>> backbone = UniAdapterViT(vit)  # bottleneck 384 // 12 = 32
         >>> tokens = backbone(torch.randn(2, 3, 224, 224))  # (2, 197, 384)
     """
 
     def __init__(
         self,
         vit: VisionTransformer,
-        bottleneck: int = 64,
+        bottleneck: int | None = None,
         scale: float = 0.1,
         dropout: float = 0.0,
         zero_init: bool = True,
@@ -268,7 +272,9 @@ class UniAdapterViT(nn.Module):
             vit: A timm ``VisionTransformer`` (any size, patch 14 or 16,
                 LayerScale, register tokens). It is frozen and switched to
                 dynamic image size in place.
-            bottleneck: Adapter bottleneck size. Defaults to 64 (ours).
+            bottleneck: Adapter bottleneck size. Defaults to
+                :func:`~lightly_glare.models.default_bottleneck` of the
+                ViT's width (``embed_dim // 12``; ours).
             scale: Adapter output scale. Defaults to 0.1 (UniAdapter).
             dropout: Adapter dropout. Defaults to 0.
             zero_init: Zero-initialise the up-projections so the adapted model
@@ -283,6 +289,7 @@ class UniAdapterViT(nn.Module):
         self.vit = vit
         self.vit.requires_grad_(False)
         dim = int(vit.embed_dim)
+        bottleneck = default_bottleneck(dim) if bottleneck is None else bottleneck
         self.adapters = nn.ModuleList(
             UniAdapter(dim, bottleneck, scale, dropout, zero_init) for _ in vit.blocks
         )

@@ -230,7 +230,7 @@ class GLARE(nn.Module):
         patch_head: nn.Module | None = None,
         share_patch_head: bool = False,
         terms: Collection[str] = ALL_TERMS,
-        adapter_bottleneck: int = 64,
+        adapter_bottleneck: int | None = None,
         adapter_scale: float = 0.1,
         freeze_heads: bool = False,
         patch_augmentation: PatchAugmentation | None = None,
@@ -258,7 +258,7 @@ class GLARE(nn.Module):
             terms: Terms to compute; pass ``GlareLoss.active_terms`` so that
                 switched-off terms cost nothing.
             adapter_bottleneck: Adapter bottleneck when wrapping a plain ViT.
-                Defaults to 64 (ours).
+                Defaults to None: ``embed_dim // 12`` (ours).
             adapter_scale: Adapter output scale when wrapping a plain ViT.
                 Defaults to 0.1 (UniAdapter).
             freeze_heads: Freeze the heads (the paper's literal reading: only

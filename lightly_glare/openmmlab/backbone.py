@@ -96,8 +96,9 @@ class GlareViT(BaseModule):
             patch size). Defaults to 512.
         out_indices (Sequence[int]): Blocks whose outputs are returned.
             Defaults to (2, 5, 8, 11) (mmseg's ViT UperNet and UDI's protocol).
-        adapter_bottleneck (int): UniAdapter bottleneck size; must match the
-            GLARE export. Defaults to 64.
+        adapter_bottleneck (int, optional): UniAdapter bottleneck size; must
+            match the GLARE export. Defaults to None: ``embed_dim // 12`` (32
+            for ViT-S, 64 for ViT-B), the size GLARE exports have by default.
         adapter_scale (float): UniAdapter output scale; must match the GLARE
             export. Defaults to 0.1.
         drop_path_rate (float): Stochastic depth rate of the ViT.
@@ -130,7 +131,7 @@ class GlareViT(BaseModule):
         arch: str | dict[str, Any] = "vit_base_patch16_224",
         img_size: int | Sequence[int] = 512,
         out_indices: Sequence[int] = (2, 5, 8, 11),
-        adapter_bottleneck: int = 64,
+        adapter_bottleneck: int | None = None,
         adapter_scale: float = 0.1,
         drop_path_rate: float = 0.0,
         checkpoint: str | None = None,

@@ -79,7 +79,7 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
     img_size: int = 224,
     checkpoint: str | Mapping[str, Any] | None = None,
     checkpoint_key: str | None = None,
-    adapter_bottleneck: int = 64,
+    adapter_bottleneck: int | None = None,
     adapter_scale: float = 0.1,
     vit_cfg: dict[str, Any] | None = None,
     checkpoint_source: str | None = None,
@@ -100,7 +100,8 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
             when an mmengine checkpoint is loaded afterwards). Defaults to None.
         checkpoint_key (str, optional): Sub-dict of the checkpoint holding the
             weights. Defaults to None.
-        adapter_bottleneck (int): UniAdapter bottleneck. Defaults to 64.
+        adapter_bottleneck (int, optional): UniAdapter bottleneck. Defaults to
+            None: ``embed_dim // 12`` (32 for ViT-S, 64 for ViT-B).
         adapter_scale (float): UniAdapter output scale. Defaults to 0.1.
         vit_cfg (dict, optional): Further keyword arguments of
             ``timm.create_model`` (e.g. ``drop_path_rate``; ``depth`` for tiny

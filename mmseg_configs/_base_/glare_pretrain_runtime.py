@@ -31,7 +31,7 @@ model = dict(
         img_size=224,
         checkpoint=None,
         checkpoint_key=None,
-        adapter_bottleneck=64,
+        adapter_bottleneck=None,  # embed_dim // 12: 32 for ViT-S, 64 for ViT-B
         adapter_scale=0.1,
         vit_cfg=dict()),
     # [CLS] / region head; input_dim is filled in from the backbone.

@@ -74,13 +74,28 @@ def test_backbone_frozen_and_adapters_trainable() -> None:
 def test_report_for_vit_small_matches_spec() -> None:
     vit = timm.create_model("vit_small_patch16_224", num_classes=0)
     backbone_params = sum(p.numel() for p in vit.parameters())
-    report = UniAdapterViT(vit).report
+    report = UniAdapterViT(vit, bottleneck=64).report
     assert report.adapters == 12 * (3 * 384 + 2 * 384 * 64 + 64)  # 604,416
     assert report.backbone == backbone_params
     assert report.percent == pytest.approx(100 * 604_416 / backbone_params)
     # docs/ARCHITECTURE.md: 2.8 % of ViT-S/16 for bottleneck 64
     assert 2.7 < report.percent < 2.9
     assert "604,416" in str(report)
+    # The default, embed_dim // 12 = 32: 1.4 %.
+    default = UniAdapterViT(vit)
+    assert {adapter.bottleneck for adapter in default.adapters} == {32}
+    assert default.report.adapters == 12 * (3 * 384 + 2 * 384 * 32 + 32)  # 309,120
+    assert 1.3 < default.report.percent < 1.5
+
+
+@pytest.mark.parametrize(("dim", "bottleneck"), [(384, 32), (768, 64), (1024, 85)])
+def test_default_bottleneck_is_a_twelfth_of_the_width(
+    dim: int, bottleneck: int
+) -> None:
+    from lightly_glare.models import UniAdapter, default_bottleneck
+
+    assert default_bottleneck(dim) == bottleneck
+    assert UniAdapter(dim).bottleneck == bottleneck
 
 
 def test_intermediates_and_teacher_adapters() -> None:
@@ -133,7 +148,7 @@ def test_adapter_reads_the_stream_after_attention_outside_layerscale(
     )
     vit.forward_features(images)  # timm's own forward, fixed image size
     handle.remove()
-    adapted = nonzero_adapters(UniAdapterViT(vit))
+    adapted = nonzero_adapters(UniAdapterViT(vit, bottleneck=64))
     depth = len(vit.blocks)
     out = adapted.forward_features(images, intermediate_indices=range(depth))
     assert out.intermediates is not None

@@ -59,7 +59,7 @@ CASES = {
         "out_indices",
         "adapter_bottleneck",
         "64",
-        "int",
+        "int | None",
     ),
     "GlarePretrainer": Case(
         MODELS,

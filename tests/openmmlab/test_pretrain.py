@@ -846,4 +846,7 @@ def test_compiled_pretrainer_gives_the_eager_losses_and_gradients(
     (eager_losses, eager_grads), (compiled_losses, compiled_grads) = runs
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     for eager, compiled in zip(eager_grads, compiled_grads, strict=True):
-        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-5)
+        # Fused kernels sum in another order: compare near-zero entries on the
+        # scale of a typical gradient entry (the largest are ~1000x larger).
+        typical = eager.abs().mean().item()
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3 * typical)

@@ -119,10 +119,11 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--adapter-bottleneck",
         type=positive_int,
-        default=64,
+        default=None,
         metavar="B",
-        help="hidden size of every UniAdapter (default: 64; recorded in the "
-        "export, so loaders build adapters of this size)",
+        help="hidden size of every UniAdapter (default: embed_dim // 12, 32 for "
+        "the ViT-S/14; recorded in the export, so loaders build adapters of "
+        "this size)",
     )
     group.add_argument(
         "--num-regions",

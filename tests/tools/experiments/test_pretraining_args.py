@@ -50,7 +50,13 @@ def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     tool, parser = pretraining_parser()
-    assert parser.parse_args([]).adapter_bottleneck == 64
+    default = parser.parse_args([])
+    assert default.adapter_bottleneck is None  # the library's embed_dim // 12
+    assert (
+        tool.pretraining_job(default, "vit_small_patch14_dinov2", "x", "f", 28, 0)
+        .adapter_bottleneck
+        is None
+    )
     args = parser.parse_args(["--adapter-bottleneck", "16"])
     job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
     assert job.adapter_bottleneck == 16
