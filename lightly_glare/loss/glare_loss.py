@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from lightly.loss import DINOLoss
 from torch import Tensor, nn
 
@@ -240,11 +241,15 @@ class GlareLoss(nn.Module):
             terms[term] = self.pair_losses[term](
                 pair.teacher, pair.student, valid=pair.valid, teacher_temp=temp
             )
-        self.last_terms = {name: value.detach() for name, value in terms.items()}
-        return sum(
-            (self.weights[name] * value for name, value in terms.items()),
-            start=next(iter(terms.values())).new_zeros(()),
+        # Stacked, not summed term by term: under torch.compile (torch 2.14), a
+        # graph returning a pointwise function of a single term together with
+        # that term's detached value returns the total without its gradient.
+        self.last_terms = dict(
+            zip(terms, torch.stack(list(terms.values())).detach().unbind())
         )
+        return torch.stack(
+            [self.weights[name] * value for name, value in terms.items()]
+        ).sum()
 
 
 def as_pair(pair: PairLike) -> MatchedPair:

@@ -89,6 +89,39 @@ def test_total_is_weighted_sum_of_terms() -> None:
     )
 
 
+@pytest.mark.parametrize("term", [*ALL_TERMS, "all"])
+def test_compiled_loss_gives_the_eager_total_and_gradients(term: str) -> None:
+    """One active term or all: torch.compile keeps the total's gradient."""
+    weights = {
+        f"{name}_weight": float(term in (name, "all")) for name in ALL_TERMS
+    }
+    output = make_output(dim=16)
+    students = [*output.student_global, *(p.student for p in output.pairs.values())]
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        criterion = GlareLoss(output_dim=16, **weights)
+        leaves = [s.detach().clone().requires_grad_() for s in students]
+        output.student_global = leaves[:2]
+        for pair, leaf in zip(output.pairs.values(), leaves[2:], strict=True):
+            pair.student = leaf
+        loss_fn = torch.compile(criterion) if compiled else criterion
+        total = loss_fn(output)
+        assert total.requires_grad
+        total.backward()
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
+        results.append((total.detach(), criterion.last_terms, grads))
+    torch._dynamo.reset()
+    (eager, eager_terms, eager_grads), (compiled, compiled_terms, grads) = results
+    torch.testing.assert_close(compiled, eager)
+    assert compiled_terms.keys() == eager_terms.keys()
+    for name, value in eager_terms.items():
+        torch.testing.assert_close(compiled_terms[name], value)
+    assert any(g.abs().sum() > 0 for g in eager_grads)
+    for got, expected in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 def test_pair_validity_restricts_each_term_to_its_valid_pairs() -> None:
     output = make_output()
     subsets: dict[str, MatchedPair] = {}
