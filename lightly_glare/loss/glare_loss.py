@@ -244,9 +244,8 @@ class GlareLoss(nn.Module):
         # Stacked, not summed term by term: under torch.compile (torch 2.14), a
         # graph returning a pointwise function of a single term together with
         # that term's detached value returns the total without its gradient.
-        self.last_terms = dict(
-            zip(terms, torch.stack(list(terms.values())).detach().unbind())
-        )
+        detached = torch.stack(list(terms.values())).detach().unbind()
+        self.last_terms = dict(zip(terms, detached, strict=True))
         return torch.stack(
             [self.weights[name] * value for name, value in terms.items()]
         ).sum()
