@@ -92,9 +92,7 @@ def test_total_is_weighted_sum_of_terms() -> None:
 @pytest.mark.parametrize("term", [*ALL_TERMS, "all"])
 def test_compiled_loss_gives_the_eager_total_and_gradients(term: str) -> None:
     """One active term or all: torch.compile keeps the total's gradient."""
-    weights = {
-        f"{name}_weight": float(term in (name, "all")) for name in ALL_TERMS
-    }
+    weights = {f"{name}_weight": float(term in (name, "all")) for name in ALL_TERMS}
     output = make_output(dim=16)
     students = [*output.student_global, *(p.student for p in output.pairs.values())]
     results = []

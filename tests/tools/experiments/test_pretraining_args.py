@@ -53,8 +53,9 @@ def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
     default = parser.parse_args([])
     assert default.adapter_bottleneck is None  # the library's embed_dim // 12
     assert (
-        tool.pretraining_job(default, "vit_small_patch14_dinov2", "x", "f", 28, 0)
-        .adapter_bottleneck
+        tool.pretraining_job(
+            default, "vit_small_patch14_dinov2", "x", "f", 28, 0
+        ).adapter_bottleneck
         is None
     )
     args = parser.parse_args(["--adapter-bottleneck", "16"])
