@@ -16,11 +16,7 @@ from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from lightly_glare.models.uniadapter import (
-    UniAdapter,
-    count_adapter_parameters,
-    default_bottleneck,
-)
+from lightly_glare.models.uniadapter import UniAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -289,13 +285,12 @@ class UniAdapterViT(nn.Module):
         self.vit = vit
         self.vit.requires_grad_(False)
         dim = int(vit.embed_dim)
-        bottleneck = default_bottleneck(dim) if bottleneck is None else bottleneck
         self.adapters = nn.ModuleList(
             UniAdapter(dim, bottleneck, scale, dropout, zero_init) for _ in vit.blocks
         )
         self.report = TrainableReport(
             backbone=sum(p.numel() for p in vit.parameters()),
-            adapters=len(vit.blocks) * count_adapter_parameters(dim, bottleneck),
+            adapters=sum(p.numel() for p in self.adapters.parameters()),
         )
         logger.info("UniAdapterViT: %s", self.report)
         self.cache_autocast_weights = cache_autocast_weights

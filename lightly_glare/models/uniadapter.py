@@ -44,13 +44,12 @@ class UniAdapter(nn.Module):
         zero_init: bool = True,
     ) -> None:
         super().__init__()
-        if bottleneck is None and dim > 0:
-            bottleneck = default_bottleneck(dim)
-        if dim <= 0 or bottleneck is None or bottleneck <= 0:
+        if dim <= 0 or (bottleneck is not None and bottleneck <= 0):
             raise ValueError(
                 f"dim and bottleneck must be positive, got dim={dim}, "
                 f"bottleneck={bottleneck}."
             )
+        bottleneck = default_bottleneck(dim) if bottleneck is None else bottleneck
         self.dim = dim
         self.bottleneck = bottleneck
         self.scale = scale
