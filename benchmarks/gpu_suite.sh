@@ -33,6 +33,7 @@ if [ -n "$SMOKE" ]; then
     BENCH=(--device cpu --img-size 32 --batch 2 --steps 1 --warmup 1
            --hidden-dim 64 --output-dim 256 --workers 0)
     CROPS=8
+    KERNELS=(--device cpu --rounds 1 --calls 1 --dtypes bf16)
     # The aerial config shrunk to a 2-block ViT-Ti at 32 px, 2 iterations.
     CONFIG=mmseg_configs/pretrain/glare_vit-s14-dinov2_1xb16-300iter_aerial-126.py
     TRAIN=(model.backbone.arch=vit_tiny_patch16_224 model.backbone.img_size=32
@@ -51,6 +52,7 @@ else
     BENCH=(--device cuda --img-size 224 --batch 256 --steps 10 --warmup 3
            --workers 12)
     CROPS=1024
+    KERNELS=(--device cuda --rounds 3 --calls 20)
     CONFIG=mmseg_configs/pretrain/glare_vit-b16_1xb64-20k_unlabeled-224.py
     TRAIN=(train_cfg.max_iters=20 train_dataloader.num_workers=8
            default_hooks.logger.interval=5)
@@ -97,6 +99,8 @@ section "CUDA-only tests" \
 section "Step throughput: two-view DINO vs GLARE (defaults), bf16" \
     "$PYTHON" benchmarks/step_throughput.py "${BENCH[@]}" --models "${MODELS[@]}" \
     --amp --count-flops --peak-tflops 989
+section "Attention kernels: SDPA vs matmul (UniAdapterViT attention='auto' uses SDPA on CUDA)" \
+    "$PYTHON" benchmarks/attention_kernels.py "${KERNELS[@]}"
 section "Real crops for the end-to-end runs" \
     "$PYTHON" -c "from tests.conftest import real_photo
 photo = real_photo()  # 512 x 600

@@ -38,12 +38,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GLOBAL, GlareLoss
 from lightly_glare.models import (
+    ATTENTION_KERNELS,
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     GLARE,
     GlareProjectionHead,
     parse_patch_count,
 )
 from lightly_glare.precision import AMP_HELP, resolve_amp
+from lightly_glare.training import fused_adamw, parameter_groups
 from lightly_glare.transforms import GlareTransform
 
 Batch = tuple[list[torch.Tensor], torch.Tensor]
@@ -77,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP
+    )
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_KERNELS,
+        default="auto",
+        help="UniAdapterViT's attention kernel (default: auto, the library's)",
     )
     parser.add_argument(
         "--data-dir",
@@ -150,6 +158,7 @@ def build(
     )
     if terms == (GLOBAL,):
         model.patch_augmentation = None
+    model.backbone.attention = args.attention
     return model.to(args.device), criterion.to(args.device)
 
 
@@ -190,7 +199,8 @@ def time_steps(
 
     With ``--count-flops`` the first untimed step runs under a FLOP counter.
     """
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
+    groups = parameter_groups(model, weight_decay=0.04)
+    optimizer = fused_adamw(groups, 1e-4, args.device)
     amp = resolve_amp(args.amp, args.device)
     device_type = torch.device(args.device).type
 
@@ -247,6 +257,7 @@ def main() -> None:
     print(
         f"device={args.device} batch={args.batch} image={args.img_size}px "
         f"bf16={resolve_amp(args.amp, args.device)} compile={args.compile} "
+        f"attention={args.attention} "
         f"heads: hidden={args.hidden_dim} output={args.output_dim} "
         f"patch_output={args.patch_output_dim or args.output_dim}"
     )

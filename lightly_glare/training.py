@@ -233,6 +233,33 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, ob
     ]
 
 
+#: Devices where ``torch.optim.AdamW(fused=True)`` has a kernel.
+FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def fused_adamw(
+    groups: list[dict[str, object]], lr: float, device: torch.device | str
+) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel where the device has one.
+
+    The per-parameter (CPU) and foreach implementations spend about 50-85 ms
+    per step on the 15.5 M trainable parameters of GLARE with DINOv2-S/14 (two
+    8192-output heads) on a 2-core CPU; the fused kernel about 10 ms (ours,
+    timed with the optimizer step alone).
+
+    Args:
+        groups: Parameter groups (:func:`parameter_groups`).
+        lr: Learning rate of every group.
+        device: The parameters' device; fused on CPU and CUDA, the default
+            implementation elsewhere.
+
+    Returns:
+        The optimizer.
+    """
+    fused = torch.device(device).type in FUSED_ADAMW_DEVICES
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
 def learning_rate(step: int, peak: float, config: PretrainConfig) -> float:
     """Linear warm-up to ``peak``, then cosine decay to ``config.min_lr``."""
     warmup = max(1, int(config.warmup_fraction * config.steps))
@@ -310,7 +337,8 @@ def pretrain(
             f"{start_step}: no step would run (the run is finished)."
         )
     peak = config.base_lr * batch_size / 256
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=peak)
+    groups = parameter_groups(model, config.weight_decay)
+    optimizer = fused_adamw(groups, peak, device)
     if optimizer_state is not None:
         optimizer.load_state_dict(dict(optimizer_state))
     history = PretrainHistory()

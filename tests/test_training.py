@@ -26,6 +26,7 @@ from lightly_glare.training import (
     PretrainConfig,
     build_folder_pretraining,
     folder_loader,
+    fused_adamw,
     learning_rate,
     parameter_groups,
     pretrain,
@@ -110,6 +111,32 @@ def test_no_weight_decay_on_norms_and_biases() -> None:
     assert all(p.ndim <= 1 for p in no_decay["params"])  # type: ignore[union-attr]
     n = len(decay["params"]) + len(no_decay["params"])  # type: ignore[arg-type]
     assert n == len(model.trainable_parameters())
+
+
+def test_fused_adamw_follows_the_reference_adamw() -> None:
+    """Fused on CPU (a kernel instead of per-tensor loops), same updates."""
+    torch.manual_seed(0)
+    models = [small_model()[0] for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = [p.detach().clone() for p in models[0].trainable_parameters()]
+    optimizers = [
+        fused_adamw(parameter_groups(models[0], 0.04), 1e-2, "cpu"),
+        torch.optim.AdamW(parameter_groups(models[1], 0.04), lr=1e-2),
+    ]
+    assert optimizers[0].defaults["fused"] and not optimizers[1].defaults["fused"]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in start]
+        for model, optimizer in zip(models, optimizers, strict=True):
+            for param, grad in zip(model.trainable_parameters(), grads, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+    fused, reference = (list(m.trainable_parameters()) for m in models)
+    for got, want, before in zip(fused, reference, start, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        assert not torch.equal(got, before)
+    # A device without the fused kernel gets the default implementation.
+    optimizer = fused_adamw([{"params": [torch.zeros(1)]}], 1.0, "meta")
+    assert not optimizer.defaults["fused"]
 
 
 def test_bf16_autocast_on_cpu_stays_finite_on_real_images(loader: DataLoader) -> None:

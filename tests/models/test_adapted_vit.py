@@ -318,3 +318,84 @@ def test_no_weight_copies_without_autocast() -> None:
     assert adapted.autocast_weights(images.device) is None
     adapted.forward_features(images)
     assert not adapted._autocast_weights
+
+
+def _adapter_gradients(
+    adapted: UniAdapterViT, images: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and adapter gradients of one forward/backward (current autocast)."""
+    adapted.zero_grad(set_to_none=True)
+    out = adapted.forward_features(images, return_cls_attention=True)
+    out.tokens.float().square().mean().backward()
+    assert out.cls_attention is not None
+    grads = [p.grad.clone() for p in adapted.adapters.parameters()]  # type: ignore[union-attr]
+    return [out.tokens, out.cls_attention], grads
+
+
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+def test_matmul_attention_is_timms_unfused_attention(variant: str) -> None:
+    adapted = _adapted_with_active_adapters(variant)
+    adapted.attention = "matmul"
+    images = torch.randn(2, 3, image_size(adapted.vit), image_size(adapted.vit))
+    outputs, grads = _adapter_gradients(adapted, images)
+    for block in adapted.blocks:  # timm's own explicit attention
+        block.attn.fused_attn = False
+    adapted.attention = "sdpa"
+    expected, expected_grads = _adapter_gradients(adapted, images)
+    for got, want in zip(outputs + grads, expected + expected_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_matmul_and_fused_attention_agree_under_bf16_autocast() -> None:
+    adapted = _adapted_with_active_adapters()
+    images = torch.randn(2, 3, image_size(adapted.vit), image_size(adapted.vit))
+    results = {}
+    for kernel in ("matmul", "sdpa"):
+        adapted.attention = kernel
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results[kernel] = _adapter_gradients(adapted, images)
+    (tokens, cls_map), grads = results["matmul"]
+    (want_tokens, want_map), want_grads = results["sdpa"]
+    torch.testing.assert_close(tokens, want_tokens, atol=0.02, rtol=0.0)
+    torch.testing.assert_close(cls_map, want_map, atol=1e-4, rtol=0.0)
+    for got, want in zip(grads, want_grads, strict=True):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, atol=0.02 * scale, rtol=0.0)
+
+
+def test_auto_attention_multiplies_matrices_on_the_cpu_under_bf16_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapted = _adapted_with_active_adapters()
+    cpu = torch.device("cpu")
+    assert adapted.attention == "auto"
+    assert not adapted.uses_matmul_attention(cpu)
+    assert not adapted.uses_matmul_attention(torch.device("cuda"))
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    images = torch.randn(1, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert adapted.uses_matmul_attention(cpu)
+        assert not adapted.uses_matmul_attention(torch.device("cuda"))
+        adapted.forward_features(images, return_cls_attention=True)
+        assert not calls
+        adapted.attention = "sdpa"
+        assert not adapted.uses_matmul_attention(cpu)
+        adapted.forward_features(images)
+        assert len(calls) == adapted.num_blocks
+    with torch.autocast("cpu", dtype=torch.float16):
+        adapted.attention = "auto"
+        assert not adapted.uses_matmul_attention(cpu)
+    adapted.attention = "matmul"
+    assert adapted.uses_matmul_attention(cpu)
+
+
+def test_unknown_attention_kernel_is_refused() -> None:
+    with pytest.raises(ValueError, match="auto, sdpa, matmul; got 'flash'"):
+        UniAdapterViT(make_vit(), attention="flash")  # type: ignore[arg-type]

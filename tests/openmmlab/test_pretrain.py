@@ -340,8 +340,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_optimizer_decays_like_plain_loop(full_run: tuple[Path, Runner]) -> None:
-    """mmengine's paramwise_cfg gives the plain loop's decay / no-decay split."""
+def test_optimizer_decays_and_fuses_like_plain_loop(
+    full_run: tuple[Path, Runner],
+) -> None:
+    """mmengine's paramwise_cfg gives the plain loop's decay / no-decay split;
+    the AdamW is fused, as the plain loop's on the CPU."""
     _, runner = full_run
     decay, no_decay = parameter_groups(runner.model, weight_decay=0.04)
     expected_decay = {id(p) for p in decay["params"]}
@@ -354,6 +357,7 @@ def test_optimizer_decays_like_plain_loop(full_run: tuple[Path, Runner]) -> None
                 assert group["weight_decay"] in (0.0, 0.04)
     assert found[True] == expected_decay and found[False] == expected_no_decay
     assert expected_decay and expected_no_decay
+    assert all(group["fused"] for group in runner.optim_wrapper.optimizer.param_groups)
 
 
 @pytest.mark.parametrize(

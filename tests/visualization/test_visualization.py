@@ -107,7 +107,7 @@ def test_attention_maps_grid_is_row_major(monkeypatch: pytest.MonkeyPatch) -> No
     backbone = _backbone("plain")
     targets = [5, 11, 12]  # one patch index per head on the 4 x 4 grid
 
-    def one_hot_attention(attn, x, num_prefix_tokens, weights=None):  # type: ignore[no-untyped-def]
+    def one_hot_attention(attn, x, num_prefix_tokens, weights=None, matmul=False):  # type: ignore[no-untyped-def]
         row = torch.zeros(x.shape[0], 3, 16)
         for head, target in enumerate(targets):
             row[:, head, target] = 1.0
