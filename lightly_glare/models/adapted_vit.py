@@ -375,10 +375,15 @@ class UniAdapterViT(nn.Module):
             ``{layer: (weight, bias)}`` in the autocast dtype when autocast is
             enabled on ``device`` (and :attr:`cache_autocast_weights`), else
             None. The copies are remade when a weight's storage, version
-            (in-place update), device or ``requires_grad`` changes.
+            (in-place update), device or ``requires_grad`` changes. None
+            while ``torch.compile`` traces: the check reads data pointers,
+            which Dynamo cannot trace (a graph break per forward), and the
+            compiled graph does the casts itself.
         """
-        if not self.cache_autocast_weights or not torch.is_autocast_enabled(
-            device.type
+        if (
+            not self.cache_autocast_weights
+            or torch.compiler.is_compiling()
+            or not torch.is_autocast_enabled(device.type)
         ):
             return None
         dtype = torch.get_autocast_dtype(device.type)

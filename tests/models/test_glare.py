@@ -496,14 +496,15 @@ def test_invalid_arguments() -> None:
 
 
 def explain_training_step(
-    model: GLARE, generator: torch.Generator | None = None
+    model: GLARE, generator: torch.Generator | None = None, amp: bool = False
 ) -> ExplainOutput:
     """``torch._dynamo.explain`` of a step: forward, loss and backward."""
     criterion = GlareLoss(output_dim=DIM)
     views, geometry = real_batch(image_size(model.backbone.vit))
 
     def step(views: list[torch.Tensor], geometry: torch.Tensor) -> torch.Tensor:
-        loss = criterion(model(views, geometry, generator=generator))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = criterion(model(views, geometry, generator=generator))
         loss.backward()
         return loss.detach()
 
@@ -518,6 +519,15 @@ def explain_training_step(
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
 def test_default_training_step_is_one_graph_without_host_syncs(variant: str) -> None:
     explanation = explain_training_step(small_glare(variant))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_bf16_training_step_is_one_graph_without_host_syncs() -> None:
+    """Under CPU bf16 autocast: the matmul attention, no frozen-weight cache."""
+    model = small_glare()
+    assert model.backbone.cache_autocast_weights
+    explanation = explain_training_step(model, amp=True)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
