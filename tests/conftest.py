@@ -88,6 +88,29 @@ def real_photo() -> Image.Image:
         return image.convert("RGB")
 
 
+def make_ade_folder(
+    root: Path, counts: tuple[int, int] = (4, 2), size: tuple[int, int] = (256, 192)
+) -> None:
+    """Real photo crops in ADE20k layout; labels 1..4 from grey levels (0: ignore).
+
+    Args:
+        root: The dataset root (``images/`` and ``annotations/`` are made in it).
+        counts: Number of training and validation images.
+        size: Crop width and height in pixels.
+    """
+    photo = real_photo()
+    width, height = size
+    for split, count in zip(("training", "validation"), counts, strict=True):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(count):
+            crop = photo.crop((40 * i, 30 * i, 40 * i + width, 30 * i + height))
+            name = f"ADE_{split}_{i:08d}"
+            crop.save(root / "images" / split / f"{name}.jpg")
+            label = (np.asarray(crop.convert("L")) // 64 + 1).astype(np.uint8)
+            Image.fromarray(label).save(root / "annotations" / split / f"{name}.png")
+
+
 @pytest.fixture(scope="module")
 def roads_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """128 px crops of a real photo in the prepared aerial layout. Train tiles

@@ -21,11 +21,9 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import real_photo
+from tests.conftest import make_ade_folder
 
 pytestmark = pytest.mark.slow
 
@@ -189,22 +187,6 @@ def test_user_config_inherits_shipped_config_from_the_wheel(
     ]
 
 
-def make_ade_folder(root: Path) -> None:
-    """Real photo crops in ADE20k layout; labels 1..4 from grey levels."""
-    photo = real_photo()
-    for split, count in (("training", 2), ("validation", 1)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "annotations" / split).mkdir(parents=True)
-        for i in range(count):
-            crop = photo.crop((40 * i, 30 * i, 40 * i + 128, 30 * i + 96))
-            name = f"ADE_{split}_{i:08d}"
-            crop.save(root / "images" / split / f"{name}.jpg")
-            label = np.asarray(crop.convert("L")) // 64 + 1
-            Image.fromarray(label.astype(np.uint8)).save(
-                root / "annotations" / split / f"{name}.png"
-            )
-
-
 def test_console_script_trains_a_shipped_config(venv: Path, tmp_path: Path) -> None:
     """``lightly-glare train glare_ade20k``: 2 iterations + validation, tiny model."""
     user = empty_dir(tmp_path)
@@ -212,7 +194,7 @@ def test_console_script_trains_a_shipped_config(venv: Path, tmp_path: Path) -> N
     help_text = run(["lightly-glare", "--help"], cwd=user, env=env).stdout
     assert "  train " in help_text and "  export " in help_text
     data, work_dir = tmp_path / "ade", tmp_path / "work"
-    make_ade_folder(data)
+    make_ade_folder(data, counts=(2, 1), size=(128, 96))
     options = [
         *TINY_MODEL,
         f"train_dataloader.dataset.data_root={data}",

@@ -45,10 +45,9 @@ def test_cls_attention_matches_explicit_attention(variant: str) -> None:
     torch.testing.assert_close(out.tokens, adapted(images), atol=1e-6, rtol=1e-5)
 
 
-def test_other_blocks_keep_fused_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    vit = make_vit()
-    assert all(block.attn.fused_attn for block in vit.blocks)
-    calls = []
+def spy_on_sdpa(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of ``F.scaled_dot_product_attention``: one entry per call."""
+    calls: list[int] = []
     original = torch.nn.functional.scaled_dot_product_attention
 
     def spy(*args: object, **kwargs: object) -> torch.Tensor:
@@ -56,6 +55,13 @@ def test_other_blocks_keep_fused_attention(monkeypatch: pytest.MonkeyPatch) -> N
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_other_blocks_keep_fused_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    vit = make_vit()
+    assert all(block.attn.fused_attn for block in vit.blocks)
+    calls = spy_on_sdpa(monkeypatch)
     UniAdapterViT(vit).forward_features(
         torch.randn(1, 3, 32, 32), return_cls_attention=True
     )
@@ -371,14 +377,7 @@ def test_auto_attention_multiplies_matrices_on_the_cpu_under_bf16_only(
     assert adapted.attention == "auto"
     assert not adapted.uses_matmul_attention(cpu)
     assert not adapted.uses_matmul_attention(torch.device("cuda"))
-    calls = []
-    original = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    calls = spy_on_sdpa(monkeypatch)
     images = torch.randn(1, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert adapted.uses_matmul_attention(cpu)

@@ -17,7 +17,7 @@ from mmengine.logging import MMLogger
 from PIL import Image
 
 from lightly_glare import precision
-from tests.conftest import load_tool, real_photo
+from tests.conftest import load_tool, make_ade_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools"
@@ -157,21 +157,6 @@ def test_dist_train_launches_torchrun(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------- ADE20k config, tiny
-
-
-def make_ade_folder(root: Path) -> None:
-    """Real photo crops in ADE20k layout; labels 1..4 from grey levels (0: ignore)."""
-    photo = real_photo()
-    for split, count in (("training", 4), ("validation", 2)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "annotations" / split).mkdir(parents=True)
-        for i in range(count):
-            crop = photo.crop((40 * i, 30 * i, 40 * i + 256, 30 * i + 192))
-            name = f"ADE_{split}_{i:08d}"
-            crop.save(root / "images" / split / f"{name}.jpg")
-            grey = np.asarray(crop.convert("L"))
-            label = (grey // 64 + 1).astype(np.uint8)
-            Image.fromarray(label).save(root / "annotations" / split / f"{name}.png")
 
 
 @pytest.mark.slow
