@@ -266,20 +266,28 @@ def _adapted_with_active_adapters(variant: str = "plain") -> UniAdapterViT:
     return adapted
 
 
+def _forward_backward(
+    adapted: UniAdapterViT, images: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs (tokens, class attention, blocks 0 and -1) and adapter gradients
+    of one forward/backward under the current autocast state."""
+    adapted.zero_grad(set_to_none=True)
+    out = adapted.forward_features(
+        images, return_cls_attention=True, intermediate_indices=(0, -1)
+    )
+    out.tokens.float().square().mean().backward()
+    assert out.cls_attention is not None and out.intermediates is not None
+    grads = [p.grad.clone() for p in adapted.adapters.parameters()]  # type: ignore[union-attr]
+    return [out.tokens, out.cls_attention, *out.intermediates], grads
+
+
 def _autocast_run(
     adapted: UniAdapterViT, images: torch.Tensor, cache: bool
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Outputs and adapter gradients of one bf16 autocast forward/backward."""
     adapted.cache_autocast_weights = cache
-    adapted.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = adapted.forward_features(
-            images, return_cls_attention=True, intermediate_indices=(0, -1)
-        )
-    out.tokens.float().square().mean().backward()
-    assert out.cls_attention is not None and out.intermediates is not None
-    grads = [p.grad.clone() for p in adapted.adapters.parameters()]  # type: ignore[union-attr]
-    return [out.tokens, out.cls_attention, *out.intermediates], grads
+        return _forward_backward(adapted, images)
 
 
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
@@ -326,28 +334,16 @@ def test_no_weight_copies_without_autocast() -> None:
     assert not adapted._autocast_weights
 
 
-def _adapter_gradients(
-    adapted: UniAdapterViT, images: torch.Tensor
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs and adapter gradients of one forward/backward (current autocast)."""
-    adapted.zero_grad(set_to_none=True)
-    out = adapted.forward_features(images, return_cls_attention=True)
-    out.tokens.float().square().mean().backward()
-    assert out.cls_attention is not None
-    grads = [p.grad.clone() for p in adapted.adapters.parameters()]  # type: ignore[union-attr]
-    return [out.tokens, out.cls_attention], grads
-
-
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
 def test_matmul_attention_is_timms_unfused_attention(variant: str) -> None:
     adapted = _adapted_with_active_adapters(variant)
     adapted.attention = "matmul"
     images = torch.randn(2, 3, image_size(adapted.vit), image_size(adapted.vit))
-    outputs, grads = _adapter_gradients(adapted, images)
+    outputs, grads = _forward_backward(adapted, images)
     for block in adapted.blocks:  # timm's own explicit attention
         block.attn.fused_attn = False
     adapted.attention = "sdpa"
-    expected, expected_grads = _adapter_gradients(adapted, images)
+    expected, expected_grads = _forward_backward(adapted, images)
     for got, want in zip(outputs + grads, expected + expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
@@ -359,9 +355,9 @@ def test_matmul_and_fused_attention_agree_under_bf16_autocast() -> None:
     for kernel in ("matmul", "sdpa"):
         adapted.attention = kernel
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            results[kernel] = _adapter_gradients(adapted, images)
-    (tokens, cls_map), grads = results["matmul"]
-    (want_tokens, want_map), want_grads = results["sdpa"]
+            results[kernel] = _forward_backward(adapted, images)
+    (tokens, cls_map, *_), grads = results["matmul"]
+    (want_tokens, want_map, *_), want_grads = results["sdpa"]
     torch.testing.assert_close(tokens, want_tokens, atol=0.02, rtol=0.0)
     torch.testing.assert_close(cls_map, want_map, atol=1e-4, rtol=0.0)
     for got, want in zip(grads, want_grads, strict=True):
