@@ -20,7 +20,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.layers.attention import Attention
 from torch import Tensor
+
+from lightly_glare.models.adapted_vit import (
+    _attention_probabilities,
+    _matmul_attention,
+)
 
 Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -29,10 +35,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SHAPES = ((32, 6, 65), (32, 6, 82), (32, 6, 197), (32, 12, 197))
 
 
+#: A timm attention module for the scale (d_h^-0.5 for d_h = 64) and the
+#: attention dropout (none in eval mode) of UniAdapterViT's matmul path.
+ATTENTION = Attention(64, num_heads=1).eval()
+
+
 def matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """timm's unfused attention with an fp32 softmax, as UniAdapterViT's."""
-    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return logits.float().softmax(dim=-1).to(v.dtype) @ v
+    """UniAdapterViT's unfused attention (two matmuls, fp32 softmax)."""
+    return _matmul_attention(ATTENTION, _attention_probabilities(ATTENTION, q, k), v)
 
 
 KERNELS: dict[str, Kernel] = {
@@ -70,12 +80,11 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10, help="calls per timing")
-    parser.add_argument("--head-dim", type=int, default=64)
     args = parser.parse_args()
     print(f"device={args.device} threads={torch.get_num_threads()}")
     print(f"{'B x H x T':>14s} {'dtype':5s} {'sdpa ms':>16s} {'matmul ms':>16s} ratio")
     for batch, heads, tokens in SHAPES:
-        shape = (batch, heads, tokens, args.head_dim)
+        shape = (batch, heads, tokens, ATTENTION.head_dim)
         for dtype_name in args.dtypes:
             times: dict[str, list[float]] = {name: [] for name in KERNELS}
             for _ in range(args.rounds):
