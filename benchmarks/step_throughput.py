@@ -40,6 +40,7 @@ from lightly_glare.loss import ALL_TERMS, GLOBAL, GlareLoss
 from lightly_glare.models import (
     ATTENTION_KERNELS,
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    DEFAULT_STUDENT_DROP_PATH,
     GLARE,
     GlareProjectionHead,
     parse_patch_count,
@@ -122,6 +123,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--hidden-dim", type=int, default=2048, help="hidden size of every head"
     )
+    parser.add_argument(
+        "--student-drop-path",
+        type=float,
+        default=DEFAULT_STUDENT_DROP_PATH,
+        help="GLARE(student_drop_path=...), both steps (default: the library's, "
+        f"{DEFAULT_STUDENT_DROP_PATH})",
+    )
     return parser.parse_args(argv)
 
 
@@ -155,6 +163,7 @@ def build(
         patch_head=GlareProjectionHead(dim, args.hidden_dim, output_dim=patch_dim),
         terms=criterion.active_terms,
         local_patches_per_view=local_patches_per_view,
+        student_drop_path=args.student_drop_path,
     )
     if terms == (GLOBAL,):
         model.patch_augmentation = None

@@ -25,6 +25,7 @@ from lightly_glare.loss import ALL_TERMS, LOCAL_DISTORTION, GlareLoss
 from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_OUTPUT_DIM,
+    DEFAULT_STUDENT_DROP_PATH,
     GLARE,
     AttentionRegionSampler,
     GlareProjectionHead,
@@ -477,6 +478,8 @@ class FolderPretraining:
         local_patches_per_view: Patch pairs per image and view of each local
             term (see :class:`~lightly_glare.models.GLARE`; None: every valid
             patch).
+        student_drop_path: Sample-skipping stochastic depth of the student's
+            frozen blocks (see :class:`~lightly_glare.models.GLARE`).
         num_regions: Most regions drawn per image from the teacher's attention
             heads, at most one per head (None: the sampler's default, 6).
         head_warmup_steps: See :class:`PretrainConfig`.
@@ -507,6 +510,7 @@ class FolderPretraining:
     momentum_start: float = 0.996
     amp: bool | None = None
     local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW
+    student_drop_path: float = DEFAULT_STUDENT_DROP_PATH
     num_regions: int | None = None
     head_warmup_steps: int = 0
     patch_augmentation: str = "blur"
@@ -582,6 +586,7 @@ def build_folder_pretraining(
         region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
         patch_augmentation=distortion,
         local_patches_per_view=job.local_patches_per_view,
+        student_drop_path=job.student_drop_path,
     )
     if job.checkpoint_heads:
         heads = load_projection_heads(

@@ -31,6 +31,7 @@ from lightly_glare.models.export import (
 )
 from lightly_glare.models.glare import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    DEFAULT_STUDENT_DROP_PATH,
     GLARE,
     parse_patch_count,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ATTENTION_KERNELS",
     "AttentionKernel",
     "DEFAULT_LOCAL_PATCHES_PER_VIEW",
+    "DEFAULT_STUDENT_DROP_PATH",
     "DEFAULT_OUTPUT_DIM",
     "GLARE",
     "parse_patch_count",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, cast, get_args
 
 import torch
@@ -16,6 +17,7 @@ from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
+from lightly_glare.models.patch_augmentations import _rand
 from lightly_glare.models.uniadapter import UniAdapter
 
 logger = logging.getLogger(__name__)
@@ -189,6 +191,25 @@ def _mlp(mlp: nn.Module, x: Tensor, weights: LinearWeights | None) -> Tensor:
     return cast(Tensor, mlp.drop2(_linear(mlp.fc2, mlp.norm(x), weights)))
 
 
+def _attention_branch(
+    block: Block, weights: LinearWeights | None, matmul: bool, x: Tensor
+) -> Tensor:
+    """A block's attention residual ``ls1(attn(norm1(x)))``: (B, T, D)."""
+    normed = block.norm1(x)
+    attn = cast(Attention, block.attn)
+    if weights is None and not matmul:
+        out = attn(normed)
+    else:
+        out = _attention(attn, normed, weights, matmul)
+    return cast(Tensor, block.drop_path1(block.ls1(out)))
+
+
+def _mlp_branch(block: Block, weights: LinearWeights | None, x: Tensor) -> Tensor:
+    """A block's MLP residual ``ls2(mlp(norm2(x)))``: (B, T, D)."""
+    out = _mlp(block.mlp, block.norm2(x), weights)
+    return cast(Tensor, block.drop_path2(block.ls2(out)))
+
+
 def attention_with_cls_map(
     attn: Attention,
     x: Tensor,
@@ -229,6 +250,51 @@ def attention_with_cls_map(
     patch_row = cls_row[:, :, num_prefix_tokens:]  # (B, heads, N)
     patch_row = patch_row / patch_row.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return _attention_output(attn, out, gate, weights), patch_row
+
+
+def kept_samples(batch: int, drop_path: float) -> int:
+    """Samples of a batch whose frozen branches run under ``drop_path``.
+
+    Args:
+        batch: Rows B of the batch.
+        drop_path: Share of the rows whose branch is skipped, in [0, 1).
+
+    Returns:
+        ``max(1, round(B * (1 - drop_path)))``.
+    """
+    return max(1, round(batch * (1.0 - drop_path)))
+
+
+def _add_sampled_residual(
+    x: Tensor,
+    branch: Callable[[Tensor], Tensor],
+    kept: int | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``x + branch(x)``, the branch computed only for ``kept`` random samples.
+
+    DINOv2's sample-skipping stochastic depth: the branch runs on a uniformly
+    drawn subset of ``kept`` of the B rows and its output, scaled by
+    ``B / kept`` so that its expectation over the draw is the full branch, is
+    added to those rows; the other rows pass unchanged. Shapes are fixed by
+    ``kept`` (no host sync).
+
+    Args:
+        x: Tokens, shape (B, T, D).
+        branch: A residual branch mapping (B', T, D) to (B', T, D).
+        kept: Rows to compute, 1 <= kept <= B; None: every row,
+            ``x + branch(x)``.
+        generator: Optional random generator of the draw.
+
+    Returns:
+        Tokens with shape (B, T, D), in ``x``'s dtype.
+    """
+    if kept is None:
+        return x + branch(x)
+    batch = x.shape[0]
+    rows = _rand((batch,), generator, x.device).argsort()[:kept]  # (kept,)
+    update = branch(x.index_select(0, rows))  # (kept, T, D)
+    return x.index_add(0, rows, update.to(x.dtype), alpha=batch / kept)
 
 
 def _nearest_multiple(size: int, multiple: int) -> int:
@@ -494,6 +560,8 @@ class UniAdapterViT(nn.Module):
         adapters: nn.ModuleList | None = None,
         return_cls_attention: bool = False,
         intermediate_indices: Sequence[int] = (),
+        drop_path: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> BackboneOutput:
         """Runs the adapted backbone.
 
@@ -506,14 +574,31 @@ class UniAdapterViT(nn.Module):
                 attention to the patches, per head.
             intermediate_indices: Blocks whose outputs (before the final norm)
                 to return, e.g. ``(2, 5, 8, 11)`` for UperNet.
+            drop_path: Sample-skipping stochastic depth (DINOv2's, ours for a
+                frozen backbone): every block computes its frozen attention
+                and MLP branches only for :func:`kept_samples` rows drawn
+                anew per branch, adding them scaled by ``B / kept``; the
+                adapters run on every row. 0 (default): every branch on
+                every row. Only for training a student (it changes the
+                output).
+            generator: Optional random generator of ``drop_path``'s draws.
 
         Returns:
             A :class:`BackboneOutput` with N = h * w patch tokens for the grid
             (h, w) of :meth:`grid_size`.
 
         Raises:
-            ValueError: Wrong number of adapters, image shape or image size.
+            ValueError: Wrong number of adapters, image shape or image size;
+                ``drop_path`` outside [0, 1) or combined with
+                ``return_cls_attention`` (the map needs every row).
         """
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}.")
+        if drop_path and return_cls_attention:
+            raise ValueError(
+                "return_cls_attention needs every row of the last block; "
+                "use drop_path=0 for it."
+            )
         adapters = self.adapters if adapters is None else adapters
         if len(adapters) != self.num_blocks:
             raise ValueError(
@@ -533,22 +618,29 @@ class UniAdapterViT(nn.Module):
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         cls_attention = None
         last = self.num_blocks - 1
+        kept = kept_samples(x.shape[0], drop_path) if drop_path else None
         for index, (block, adapter) in enumerate(
             zip(self.blocks, adapters, strict=True)
         ):
-            normed = block.norm1(x)
-            attn = cast(Attention, block.attn)
             if return_cls_attention and index == last:
                 attn_out, cls_attention = attention_with_cls_map(
-                    attn, normed, self.num_prefix_tokens, weights, matmul=matmul
+                    cast(Attention, block.attn),
+                    block.norm1(x),
+                    self.num_prefix_tokens,
+                    weights,
+                    matmul=matmul,
                 )
-            elif weights is None and not matmul:
-                attn_out = attn(normed)
+                h = x + block.drop_path1(block.ls1(attn_out))
             else:
-                attn_out = _attention(attn, normed, weights, matmul)
-            h = x + block.drop_path1(block.ls1(attn_out))
-            mlp_out = _mlp(block.mlp, block.norm2(h), weights)
-            x = h + block.drop_path2(block.ls2(mlp_out)) + adapter(h)
+                h = _add_sampled_residual(
+                    x,
+                    partial(_attention_branch, block, weights, matmul),
+                    kept,
+                    generator,
+                )
+            x = _add_sampled_residual(
+                h, partial(_mlp_branch, block, weights), kept, generator
+            ) + adapter(h)
             if index in wanted:
                 collected[index] = x
         return BackboneOutput(

@@ -54,6 +54,10 @@ LocalPatches = Literal["distorted", "all"]
 #: image for DINOv2-S/14 at 112 px (docs/PERFORMANCE.md).
 DEFAULT_LOCAL_PATCHES_PER_VIEW = 4
 
+#: Default sample-skipping stochastic depth of the student's frozen blocks
+#: (ours; docs/PERFORMANCE.md).
+DEFAULT_STUDENT_DROP_PATH = 0.0
+
 
 def parse_patch_count(value: str) -> int | None:
     """A ``local_patches_per_view`` as typed: a positive integer, or ``all``.
@@ -240,6 +244,7 @@ class GLARE(nn.Module):
         min_region_patches: int = 2,
         local_distortion_patches: LocalPatches = "distorted",
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
+        student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,
     ) -> None:
         """Builds student and teacher.
 
@@ -290,6 +295,14 @@ class GLARE(nn.Module):
                 capped at the number of patches. Defaults to
                 :data:`DEFAULT_LOCAL_PATCHES_PER_VIEW` (4). None: every valid
                 patch (boolean indexing: data-dependent shapes, a host sync).
+            student_drop_path: Sample-skipping stochastic depth of the
+                student's frozen blocks in training (ours, as DINOv2 and
+                LightlyTrain train their students): each block's attention
+                and MLP branch runs on a random ``1 - student_drop_path``
+                share of the 2B rows, scaled up to keep its expectation (see
+                :meth:`UniAdapterViT.forward_features`); the adapters, the
+                teacher and evaluation see every row. Defaults to
+                :data:`DEFAULT_STUDENT_DROP_PATH`.
         """
         super().__init__()
         unknown = set(terms) - set(ALL_TERMS)
@@ -310,6 +323,10 @@ class GLARE(nn.Module):
             raise ValueError(
                 "local_patches_per_view must be None or a positive integer, got "
                 f"{local_patches_per_view}."
+            )
+        if not 0.0 <= student_drop_path < 1.0:
+            raise ValueError(
+                f"student_drop_path must be in [0, 1), got {student_drop_path}."
             )
         if share_patch_head and patch_head is not None:
             raise ValueError("Pass either patch_head or share_patch_head=True.")
@@ -340,6 +357,7 @@ class GLARE(nn.Module):
         self.min_region_patches = min_region_patches
         self.local_distortion_patches = local_distortion_patches
         self.local_patches_per_view = local_patches_per_view
+        self.student_drop_path = student_drop_path
         # One deep copy of all student modules: a head shared between [CLS]
         # and patches stays shared in the teacher.
         self.teacher = _deepcopy(self._student_modules())
@@ -505,7 +523,11 @@ class GLARE(nn.Module):
             )
         elif needs_distortion:
             raise ValueError("The local distortion term needs a patch augmentation.")
-        student = self.backbone.forward_features(student_input)
+        student = self.backbone.forward_features(
+            student_input,
+            drop_path=self.student_drop_path if self.training else 0.0,
+            generator=generator,
+        )
         # Every term's tokens are collected first and each head runs once per
         # network on all of them (ours): one weight-norm recomputation, one
         # low-precision cast of the teacher's weights and larger matmuls

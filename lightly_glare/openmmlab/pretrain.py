@@ -28,7 +28,11 @@ from torch import Tensor
 
 from lightly_glare.data.seeded import derive_seed
 from lightly_glare.loss import LOCAL_DISTORTION
-from lightly_glare.models import DEFAULT_LOCAL_PATCHES_PER_VIEW, GLARE
+from lightly_glare.models import (
+    DEFAULT_LOCAL_PATCHES_PER_VIEW,
+    DEFAULT_STUDENT_DROP_PATH,
+    GLARE,
+)
 from lightly_glare.models.glare import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
@@ -163,6 +167,9 @@ class GlarePretrainer(BaseModel):
         local_patches_per_view (int, optional): Patch pairs per image and view
             of each local term (None: every valid patch, with data-dependent
             shapes). Defaults to 4 (``DEFAULT_LOCAL_PATCHES_PER_VIEW``).
+        student_drop_path (float): Sample-skipping stochastic depth of the
+            student's frozen blocks (see :class:`~lightly_glare.models.GLARE`).
+            Defaults to ``DEFAULT_STUDENT_DROP_PATH``.
         freeze_heads (bool): Train only the adapters. Defaults to False.
         checkpoint_heads (bool): Load the projection heads of the backbone's
             checkpoint when it has them (DINO / iBOT / DINOv2 training
@@ -204,6 +211,7 @@ class GlarePretrainer(BaseModel):
         min_region_patches: int = 2,
         local_distortion_patches: LocalPatches = "distorted",
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
+        student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,
         freeze_heads: bool = False,
         checkpoint_heads: bool = True,
         seed: int = 0,
@@ -259,6 +267,7 @@ class GlarePretrainer(BaseModel):
             min_region_patches=min_region_patches,
             local_distortion_patches=local_distortion_patches,
             local_patches_per_view=local_patches_per_view,
+            student_drop_path=student_drop_path,
         )
         if checkpoint:
             self._load_checkpoint_heads(str(checkpoint), loaded)

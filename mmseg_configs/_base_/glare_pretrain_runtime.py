@@ -49,6 +49,9 @@ model = dict(
     # (at most 1 / 0.95 of a DINO step) with fixed shapes; None: every valid
     # patch (docs/PERFORMANCE.md).
     local_patches_per_view=4,
+    # Share of the rows whose frozen attention / MLP branch the student skips
+    # in each block (sample-skipping stochastic depth; docs/PERFORMANCE.md).
+    student_drop_path=0.0,
     # The student's distortion for L_loc1. Only patch_ratio here, which every
     # patch augmentation (PatchBlur, PatchNoise, PatchColorJitter, PatchMasking)
     # accepts, so that an inheriting config swaps the type in one line.

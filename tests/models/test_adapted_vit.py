@@ -394,3 +394,86 @@ def test_auto_attention_multiplies_matrices_on_the_cpu_under_bf16_only(
 def test_unknown_attention_kernel_is_refused() -> None:
     with pytest.raises(ValueError, match="auto, sdpa, matmul; got 'flash'"):
         UniAdapterViT(make_vit(), attention="flash")  # type: ignore[arg-type]
+
+
+def _sample_skipping_reference(
+    adapted: UniAdapterViT, images: torch.Tensor, drop_path: float, seed: int
+) -> torch.Tensor:
+    """DINOv2's ``drop_add_residual_stochastic_depth`` written out per branch:
+    ``x[rows] += B / kept * branch(x[rows])`` for ``kept`` rows drawn from the
+    same generator stream, the adapters on every row."""
+    vit = adapted.vit
+    generator = torch.Generator().manual_seed(seed)
+    batch = images.shape[0]
+    kept = max(1, round(batch * (1 - drop_path)))
+
+    def add_residual(x: torch.Tensor, branch: torch.nn.Module) -> torch.Tensor:
+        rows = torch.rand(batch, generator=generator).argsort()[:kept]
+        out = x.clone()
+        out[rows] += batch / kept * branch(x[rows])
+        return out
+
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+    for block, adapter in zip(vit.blocks, adapted.adapters, strict=True):
+        h = add_residual(x, lambda t, b=block: b.ls1(b.attn(b.norm1(t))))
+        x = add_residual(h, lambda t, b=block: b.ls2(b.mlp(b.norm2(t))))
+        x = x + adapter(h)
+    return vit.norm(x)
+
+
+@pytest.mark.parametrize("variant", VIT_VARIANTS)
+@pytest.mark.parametrize("drop_path", [0.25, 0.5])
+def test_drop_path_skips_frozen_branches_per_sample_as_dinov2(
+    variant: str, drop_path: float
+) -> None:
+    adapted = nonzero_adapters(UniAdapterViT(make_vit(variant), bottleneck=8))
+    size = image_size(adapted.vit)
+    images = torch.randn(4, 3, size, size)
+    out = adapted.forward_features(
+        images, drop_path=drop_path, generator=torch.Generator().manual_seed(3)
+    )
+    expected = _sample_skipping_reference(adapted, images, drop_path, seed=3)
+    torch.testing.assert_close(out.tokens, expected)
+    full = adapted(images)
+    skipped = (out.tokens - full).abs().amax(dim=(1, 2))  # (B,)
+    assert (skipped > 1e-3).all()  # every image lost some branch
+
+
+def test_drop_path_computes_frozen_branches_only_for_the_kept_rows() -> None:
+    adapted = UniAdapterViT(make_vit(), bottleneck=4)
+    rows: dict[str, list[int]] = {"qkv": [], "fc1": [], "adapter": []}
+    for block, adapter in zip(adapted.vit.blocks, adapted.adapters, strict=True):
+        for name, layer in (
+            ("qkv", block.attn.qkv),
+            ("fc1", block.mlp.fc1),
+            ("adapter", adapter.down),
+        ):
+            layer.register_forward_pre_hook(
+                lambda module, args, name=name: rows[name].append(args[0].shape[0])
+            )
+    images = torch.randn(8, 3, 32, 32)
+    adapted.forward_features(images, drop_path=0.3)
+    depth = len(adapted.vit.blocks)
+    assert rows == {"qkv": [6] * depth, "fc1": [6] * depth, "adapter": [8] * depth}
+
+
+def test_drop_path_reaches_every_adapter_and_nothing_frozen() -> None:
+    adapted = UniAdapterViT(make_vit(), bottleneck=4, zero_init=False)
+    images = torch.randn(4, 3, 32, 32)
+    tokens = adapted.forward_features(images, drop_path=0.5).tokens
+    tokens.square().mean().backward()
+    assert all(p.grad is None for p in adapted.vit.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in adapted.adapters.parameters()
+    )
+
+
+def test_invalid_drop_path_is_refused() -> None:
+    adapted = UniAdapterViT(make_vit())
+    images = torch.randn(2, 3, 32, 32)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"drop_path must be in \[0, 1\)"):
+            adapted.forward_features(images, drop_path=bad)
+    with pytest.raises(ValueError, match="return_cls_attention needs every row"):
+        adapted.forward_features(images, drop_path=0.1, return_cls_attention=True)

@@ -548,6 +548,31 @@ def test_every_valid_patch_needs_data_dependent_shapes() -> None:
     assert "nonzero" in str(explanation.break_reasons[0].reason)
 
 
+def test_student_drop_path_only_thins_the_training_student(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = small_glare(student_drop_path=0.5)
+    rows: list[int] = []  # rows entering block 0's qkv: teacher, then student
+    model.backbone.vit.blocks[0].attn.qkv.register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].shape[0])
+    )
+    views, geometry = random_batch(model, batch=4)
+    model(views, geometry)
+    assert rows == [8, 4]  # 2B rows; the student computes half of them
+    rows.clear()
+    model.eval()
+    model(views, geometry)
+    assert rows == [8, 8]
+    with pytest.raises(ValueError, match=r"student_drop_path must be in \[0, 1\)"):
+        small_glare(student_drop_path=1.0)
+
+
+def test_drop_path_training_step_is_one_graph_without_host_syncs() -> None:
+    explanation = explain_training_step(small_glare(student_drop_path=0.3))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 def test_parse_patch_count_takes_k_or_all() -> None:
     assert parse_patch_count("all") is None and parse_patch_count("4") == 4
     for bad in ("0", "-1", "four", ""):

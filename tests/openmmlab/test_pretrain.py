@@ -508,6 +508,7 @@ def test_parts_are_built_from_nested_configs(image_dir: Path) -> None:
         patch_augmentation={"type": "PatchNoise", "patch_ratio": 0.5},
         loss={"type": "GlareLoss", "regional_weight": 0.5},
         local_patches_per_view=3,
+        student_drop_path=0.25,
     )
     glare = model.glare
     assert isinstance(glare.patch_augmentation, PatchNoise)
@@ -520,6 +521,7 @@ def test_parts_are_built_from_nested_configs(image_dir: Path) -> None:
     assert model.criterion.global_loss.center.shape[-1] == 64
     assert model.criterion.pair_losses["local_matching"].output_dim == 48
     assert glare.local_patches_per_view == 3
+    assert glare.student_drop_path == 0.25
     out = model(one_batch(image_dir))
     assert torch.isfinite(out["loss"])
 

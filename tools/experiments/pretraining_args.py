@@ -18,6 +18,7 @@ from typing import Any
 from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_OUTPUT_DIM,
+    DEFAULT_STUDENT_DROP_PATH,
     parse_patch_count,
 )
 from lightly_glare.monitoring import ProgressBar
@@ -43,6 +44,7 @@ PRETRAINING_OPTIONS = (
     "num_regions",
     "head_warmup_steps",
     "local_patches_per_view",
+    "student_drop_path",
     "patch_augmentation",
     "amp",
     "workers",
@@ -58,6 +60,17 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return number
+
+
+def drop_rate(value: str) -> float:
+    """``--student-drop-path``: a number in [0, 1)."""
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0  # not a number: refused below with the same message
+    if not 0.0 <= rate < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return rate
 
 
 def patch_count(value: str) -> int | None:
@@ -146,6 +159,15 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         help="patch pairs per image and view of each local term, sampled among "
         f"the valid ones, or 'all' (default: {DEFAULT_LOCAL_PATCHES_PER_VIEW}; "
         "cost per K in docs/PERFORMANCE.md)",
+    )
+    group.add_argument(
+        "--student-drop-path",
+        type=drop_rate,
+        default=DEFAULT_STUDENT_DROP_PATH,
+        metavar="P",
+        help="share of the rows whose frozen attention / MLP branch the student "
+        "skips in each block, as DINOv2 trains its students (default: "
+        f"{DEFAULT_STUDENT_DROP_PATH}; docs/PERFORMANCE.md)",
     )
     group.add_argument(
         "--patch-augmentation",

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from lightly_glare.models import AttentionRegionSampler
+from lightly_glare.models import DEFAULT_STUDENT_DROP_PATH, AttentionRegionSampler
+from lightly_glare.models import adapted_vit as adapted_vit_module
 from lightly_glare.models import glare as glare_module
 from lightly_glare.training import FolderPretraining, pretrain_folder
 from tests.conftest import load_tool
@@ -76,6 +77,37 @@ def test_local_patches_per_view_takes_k_or_all_and_refuses_zero(
         args = parser.parse_args(["--local-patches-per-view", value])
         assert args.local_patches_per_view == count
     check_refuses_patch_counts(parser.parse_args, capsys)
+
+
+def test_student_drop_path_reaches_the_job_and_the_model(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tool, parser = pretraining_parser()
+    assert parser.parse_args([]).student_drop_path == DEFAULT_STUDENT_DROP_PATH
+    args = parser.parse_args(["--student-drop-path", "0.5", "--steps", "1"])
+    job = tool.pretraining_job(
+        args, "vit_small_patch14_dinov2", "unused", tmp_path, 28, 0
+    )
+    assert job.student_drop_path == 0.5
+    rows: list[int] = []
+    folder_job = _folder_job(tmp_path, student_drop_path=job.student_drop_path)
+    original = adapted_vit_module._add_sampled_residual
+
+    def counting(x: Tensor, branch: Any, kept: int | None, *rest: Any) -> Tensor:
+        rows.append(x.shape[0] if kept is None else kept)
+        return original(x, branch, kept, *rest)
+
+    monkeypatch.setattr(adapted_vit_module, "_add_sampled_residual", counting)
+    pretrain_folder(folder_job, tmp_path / "dp.pth", log=lambda _: None)
+    # teacher: 2 views x batch 2 rows per branch; student: half of them
+    assert set(rows) == {4, 2}
+    for bad in ("1", "-0.1", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--student-drop-path", bad])
+        error = capsys.readouterr().err
+        assert f"--student-drop-path: expected a number in [0, 1), got {bad}" in error
 
 
 def test_pretrain_folder_draws_at_most_num_regions(
