@@ -88,6 +88,8 @@ OPTIONS = tuple(
 )
 #: Options that do not change the computed numbers (may differ on resume).
 NOT_COMPARED = ("workers",)
+#: Settings added after runs were first written, with the value such runs used.
+LEGACY_SETTINGS: dict[str, Any] = {"student_drop_path": 0.0}
 #: The frozen ViT: restored from the start checkpoint, not saved in the run's.
 _FROZEN_PREFIX = "backbone.vit."
 
@@ -175,9 +177,9 @@ def pretrain(
             fields: ``batch_size``, ``seed``, ``weights``, ``output_dim``,
             ``hidden_dim``, ``adapter_bottleneck``, ``workers``, ``base_lr``,
             ``momentum_start``, ``amp`` (None: bf16 where the device has it
-            natively), ``local_patches_per_view``, ``num_regions``,
-            ``head_warmup_steps``, ``patch_augmentation``, ``checkpoint_heads``,
-            ``freeze_heads``, ``indices``.
+            natively), ``local_patches_per_view``, ``student_drop_path``,
+            ``num_regions``, ``head_warmup_steps``, ``patch_augmentation``,
+            ``checkpoint_heads``, ``freeze_heads``, ``indices``.
 
     Returns:
         The run: its folder, every step's losses, the device.
@@ -338,7 +340,7 @@ def _restore(
     Returns:
         The step to continue at.
     """
-    saved = state["settings"]
+    saved = {**LEGACY_SETTINGS, **state["settings"]}
     differ = [
         f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
         for k in sorted(set(saved) | set(settings))

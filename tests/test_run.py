@@ -93,6 +93,14 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
         lightly_glare.pretrain(
             out, data, checkpoint, steps=5, resume=True, base_lr=1e-3, **TINY
         )
+    # A run written before the student_drop_path option trained without it.
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    del state["settings"]["student_drop_path"]
+    torch.save(state, out / CHECKPOINT)
+    with pytest.raises(ResumeError, match="student_drop_path: 0.0 -> 0.5"):
+        lightly_glare.pretrain(
+            out, data, checkpoint, steps=5, resume=True, student_drop_path=0.5, **TINY
+        )
 
     resumed = lightly_glare.pretrain(
         out, data, checkpoint, steps=5, save_every=2, resume=True, **TINY
