@@ -93,14 +93,15 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
         lightly_glare.pretrain(
             out, data, checkpoint, steps=5, resume=True, base_lr=1e-3, **TINY
         )
-    # A run written before the student_drop_path option trained without it.
+    # A run written before the student_drop_path option trained without it:
+    # the default (0.3) is refused, by name, for such a run.
     state = torch.load(out / CHECKPOINT, weights_only=True)
-    del state["settings"]["student_drop_path"]
+    rate = state["settings"].pop("student_drop_path")
     torch.save(state, out / CHECKPOINT)
-    with pytest.raises(ResumeError, match="student_drop_path: 0.0 -> 0.5"):
-        lightly_glare.pretrain(
-            out, data, checkpoint, steps=5, resume=True, student_drop_path=0.5, **TINY
-        )
+    with pytest.raises(ResumeError, match="student_drop_path: 0.0 -> 0.3"):
+        lightly_glare.pretrain(out, data, checkpoint, steps=5, resume=True, **TINY)
+    state["settings"]["student_drop_path"] = rate
+    torch.save(state, out / CHECKPOINT)
 
     resumed = lightly_glare.pretrain(
         out, data, checkpoint, steps=5, save_every=2, resume=True, **TINY

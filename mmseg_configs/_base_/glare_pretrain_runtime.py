@@ -51,7 +51,7 @@ model = dict(
     local_patches_per_view=4,
     # Share of the rows whose frozen attention / MLP branch the student skips
     # in each block (sample-skipping stochastic depth; docs/PERFORMANCE.md).
-    student_drop_path=0.0,
+    student_drop_path=0.3,
     # The student's distortion for L_loc1. Only patch_ratio here, which every
     # patch augmentation (PatchBlur, PatchNoise, PatchColorJitter, PatchMasking)
     # accepts, so that an inheriting config swaps the type in one line.

@@ -191,10 +191,11 @@ def test_heads_run_once_and_equal_a_call_per_term(
         GLARE, "_project", lambda self, tokens: separate_projections(self, tokens)
     )
     separate, separate_grads = run()
+    # fp32 rounding of the two matmul layouts: up to ~2e-6 relative here.
     for got, want in zip(batched, separate, strict=True):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for got, want in zip(batched_grads, separate_grads, strict=True):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_frozen_weights_stay_bit_identical_through_bf16_steps() -> None:
@@ -258,7 +259,9 @@ def test_default_distortion_only_with_the_local_distortion_term() -> None:
 
 def test_identical_views_without_distortion_give_identical_local_targets() -> None:
     """With identical crops, L_loc2 pairs each student patch with its own token."""
-    model = small_glare(terms=("local_matching",), local_patches_per_view=None)
+    model = small_glare(
+        terms=("local_matching",), local_patches_per_view=None, student_drop_path=0
+    )  # student and teacher compute the same function
     model.patch_augmentation = None
     model.teacher.load_state_dict(model._student_modules().state_dict())
     image = torch.randn(2, 3, 32, 32)
