@@ -56,8 +56,8 @@ DEFAULT_LOCAL_PATCHES_PER_VIEW = 4
 
 #: Default sample-skipping stochastic depth of the student's frozen blocks (ours):
 #: DINOv2's and LightlyTrain's student rate. On the segmentation-transfer
-#: harness (DINOv2-S/14, aerial and MRI, 3 seeds) it was not below 0 on either
-#: domain and above it on MRI, at 0.8x the step's FLOPs (docs/PERFORMANCE.md).
+#: harness (DINOv2-S/14, holdout split) it was not below 0 on aerial (5 seeds) and
+#: above it on MRI (3 seeds), at 0.82x the step's FLOPs (docs/PERFORMANCE.md).
 DEFAULT_STUDENT_DROP_PATH = 0.3
 
 
