@@ -252,6 +252,20 @@ def attention_with_cls_map(
     return _attention_output(attn, out, gate, weights), patch_row
 
 
+def check_drop_path(rate: float, name: str = "drop_path") -> None:
+    """Refuses a stochastic-depth rate outside [0, 1).
+
+    Args:
+        rate: Share of the rows whose branch is skipped.
+        name: The argument's name, for the message.
+
+    Raises:
+        ValueError: ``rate`` is outside [0, 1).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {rate}.")
+
+
 def kept_samples(batch: int, drop_path: float) -> int:
     """Samples of a batch whose frozen branches run under ``drop_path``.
 
@@ -592,8 +606,7 @@ class UniAdapterViT(nn.Module):
                 ``drop_path`` outside [0, 1) or combined with
                 ``return_cls_attention`` (the map needs every row).
         """
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}.")
+        check_drop_path(drop_path)
         if drop_path and return_cls_attention:
             raise ValueError(
                 "return_cls_attention needs every row of the last block; "

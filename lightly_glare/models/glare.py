@@ -22,7 +22,11 @@ from lightly_glare.loss.glare_output import (
     GlareOutput,
     MatchedPair,
 )
-from lightly_glare.models.adapted_vit import BackboneOutput, UniAdapterViT
+from lightly_glare.models.adapted_vit import (
+    BackboneOutput,
+    UniAdapterViT,
+    check_drop_path,
+)
 from lightly_glare.models.export import (
     CheckpointMismatchError,
     export_adapted_backbone,
@@ -326,10 +330,7 @@ class GLARE(nn.Module):
                 "local_patches_per_view must be None or a positive integer, got "
                 f"{local_patches_per_view}."
             )
-        if not 0.0 <= student_drop_path < 1.0:
-            raise ValueError(
-                f"student_drop_path must be in [0, 1), got {student_drop_path}."
-            )
+        check_drop_path(student_drop_path, "student_drop_path")
         if share_patch_head and patch_head is not None:
             raise ValueError("Pass either patch_head or share_patch_head=True.")
         self.terms = tuple(term for term in ALL_TERMS if term in terms)
