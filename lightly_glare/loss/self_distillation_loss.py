@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 class SelfDistillationLoss(nn.Module):
@@ -96,32 +98,31 @@ class SelfDistillationLoss(nn.Module):
                 f"Expected output dimension {self.output_dim}, got {student.shape[1]}."
             )
         temp = self.teacher_temp if teacher_temp is None else teacher_temp
-        teacher = teacher.detach().float()
-        teacher_probs = F.softmax((teacher - self.center) / temp, dim=-1)  # (M, K)
-        student_log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)
-        per_item = -(teacher_probs * student_log_probs).sum(dim=-1)  # (M,)
+        chunks = _row_chunks(student)
+        teacher_probs, teacher_sum = _teacher_targets(
+            teacher.detach(), self.center, temp, valid, chunks
+        )  # (M, K), (K,)
+        per_item = _SoftCrossEntropy.apply(
+            student, teacher_probs, self.student_temp, chunks
+        )  # (M,): -sum_k P_t log P_s
         if valid is None:
-            loss = per_item.sum() / max(student.shape[0], 1)
+            count = per_item.new_full((), float(student.shape[0]))
+            loss = per_item.sum() / count.clamp_min(1.0)
         else:  # no host sync: the count stays a tensor
-            count = valid.sum(dtype=per_item.dtype).clamp_min(1.0)
-            loss = torch.where(valid, per_item, 0.0).sum() / count
-        self.update_center(teacher, valid)
+            count = valid.sum(dtype=per_item.dtype)
+            loss = torch.where(valid, per_item, 0.0).sum() / count.clamp_min(1.0)
+        self._move_center(teacher_sum, count)
         return loss
 
     @torch.no_grad()
-    def update_center(self, teacher: Tensor, valid: Tensor | None = None) -> None:
-        """Moves the center towards the mean of ``teacher`` across ranks.
+    def _move_center(self, teacher_sum: Tensor, count: Tensor) -> None:
+        """Moves the center towards the mean teacher output across ranks.
 
         Args:
-            teacher: Teacher head outputs, shape (M, K).
-            valid: Optional boolean mask of the rows to average, shape (M,).
+            teacher_sum: Sum of this rank's (valid) teacher outputs, shape (K,).
+            count: Number of rows in that sum, a scalar tensor.
         """
-        if valid is None:
-            count = teacher.new_full((1,), float(teacher.shape[0]))
-        else:
-            teacher = teacher.masked_fill(~valid[:, None], 0.0)  # (M, K)
-            count = valid.sum(dtype=teacher.dtype)[None]  # (1,)
-        stats = torch.cat([teacher.sum(dim=0), count])  # (K + 1,): sum and count
+        stats = torch.cat([teacher_sum, count[None]])  # (K + 1,): sum and count
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         total, count = stats[:-1], stats[-1]
@@ -132,6 +133,102 @@ class SelfDistillationLoss(nn.Module):
         # A new tensor rather than an in-place copy: the loss's backward may
         # still read the old center (torch.compile saves or recomputes from it).
         self.center = torch.where(count > 0, updated, self.center)
+
+
+#: Elements per row chunk of the loss on CPU (ours): 2**18 fp32 values = 1 MiB,
+#: so each chunk's passes (cast, shift, softmax, dot) stay in a core's L2 cache
+#: instead of streaming whole (M, K) tensors through memory once per pass.
+_CPU_CHUNK_ELEMENTS = 2**18
+
+
+def _row_chunks(outputs: Tensor) -> list[slice]:
+    """Row slices in which the loss processes ``outputs`` of shape (M, K).
+
+    One slice on accelerators and under ``torch.compile`` (which fuse the
+    passes themselves); L2-sized blocks of rows on CPU in eager mode.
+    """
+    rows, width = outputs.shape
+    if outputs.device.type != "cpu" or torch.compiler.is_compiling():
+        return [slice(0, rows)]
+    step = max(1, _CPU_CHUNK_ELEMENTS // max(width, 1))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    """fp32 for low-precision outputs (bf16 autocast), fp64 kept as is."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+@torch.no_grad()
+def _teacher_targets(
+    teacher: Tensor,
+    center: Tensor,
+    temp: float,
+    valid: Tensor | None,
+    chunks: list[slice],
+) -> tuple[Tensor, Tensor]:
+    """The teacher's centred, sharpened distributions and its row sum.
+
+    Args:
+        teacher: Teacher outputs, shape (M, K).
+        center: The current center, shape (1, K).
+        temp: Teacher temperature.
+        valid: Boolean mask of the rows that enter the sum, shape (M,); None:
+            every row.
+        chunks: Row slices to process one at a time (:func:`_row_chunks`).
+
+    Returns:
+        ``softmax((teacher - center) / temp)`` with shape (M, K) and the
+        sum of the (valid) teacher rows with shape (K,), for the center.
+    """
+    dtype = _compute_dtype(teacher)
+    weights = None if valid is None else valid.to(dtype)  # (M,): 1 or 0
+    probs = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
+    total = teacher.new_zeros(teacher.shape[1], dtype=dtype)
+    for rows in chunks:
+        logits = teacher[rows].to(dtype, copy=True)  # (m, K), shifted in place
+        total += logits.sum(dim=0) if weights is None else weights[rows] @ logits
+        probs[rows] = torch.softmax(logits.sub_(center).div_(temp), dim=-1)
+    return probs, total
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Per-row ``-sum_k p_k log softmax(s / tau)_k`` with a fused backward (ours).
+
+    Computed as ``logsumexp(s / tau) - <p, s / tau>`` (the rows of ``p`` sum to
+    1), row chunk by row chunk; the backward recomputes the student softmax,
+    ``grad_s = g * (softmax(s / tau) - p) / tau``, instead of keeping the (M, K)
+    log-probabilities and running one autograd node per elementwise op. Same
+    value and gradient as the composite expression, in about half the time on
+    CPU (memory-bound passes over (M, K)).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, student: Tensor, probs: Tensor, temp: float, chunks: list[slice]
+    ) -> Tensor:
+        per_item = probs.new_empty(student.shape[0])  # (M,)
+        for rows in chunks:
+            logits = student[rows].to(probs.dtype, copy=True).div_(temp)  # (m, K)
+            per_item[rows] = torch.logsumexp(logits, dim=-1) - torch.linalg.vecdot(
+                probs[rows], logits
+            )
+        ctx.save_for_backward(student, probs)
+        ctx.temp, ctx.chunks = temp, chunks
+        return per_item
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        student, probs = ctx.saved_tensors
+        grad_student = torch.empty_like(student)  # (M, K), the student's dtype
+        for rows in ctx.chunks:
+            logits = student[rows].to(probs.dtype, copy=True).div_(ctx.temp)
+            scale = (grad[rows] / ctx.temp)[:, None]  # (m, 1)
+            grad_student[rows] = (
+                torch.softmax(logits, dim=-1).sub_(probs[rows]).mul_(scale)
+            )
+        return grad_student, None, None, None
 
 
 class GlareRegionalLoss(SelfDistillationLoss):

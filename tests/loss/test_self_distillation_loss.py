@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lightly_glare.loss import SelfDistillationLoss
+from lightly_glare.loss import self_distillation_loss as module
 
 
 def reference_loss(
@@ -33,6 +34,61 @@ def test_matches_reference_and_updates_center(teacher_temp: float, m: int) -> No
     torch.testing.assert_close(
         loss_fn.center, 0.9 * center_before + 0.1 * teacher.mean(0, keepdim=True)
     )
+
+
+def composite_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    center: torch.Tensor,
+    valid: torch.Tensor,
+    ts: float,
+    tt: float,
+) -> torch.Tensor:
+    """The loss as plain autograd ops: the expression the fused one replaces."""
+    p_t = torch.softmax((teacher.float() - center) / tt, dim=-1)
+    log_p_s = torch.log_softmax(student.float() / ts, dim=-1)
+    per_item = -(p_t * log_p_s).sum(dim=-1)
+    return torch.where(valid, per_item, 0.0).sum() / valid.sum().clamp_min(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [1, 3, 64])
+def test_row_chunks_give_the_composite_value_gradient_and_center(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, chunk_rows: int
+) -> None:
+    """Chunks that do not divide M (1, 3 rows of 10), or one chunk (64)."""
+    monkeypatch.setattr(module, "_CPU_CHUNK_ELEMENTS", chunk_rows * 32)
+    torch.manual_seed(0)
+    loss_fn = SelfDistillationLoss(output_dim=32, center_momentum=0.9)
+    loss_fn.center.normal_()
+    center_before = loss_fn.center.clone()
+    teacher = (3 * torch.randn(10, 32)).to(dtype)
+    student = (3 * torch.randn(10, 32)).to(dtype).requires_grad_()
+    reference_student = student.detach().clone().requires_grad_()
+    valid = torch.tensor([True, False] * 5)
+    loss = loss_fn(teacher, student, valid=valid, teacher_temp=0.05)
+    expected = composite_loss(
+        reference_student, teacher, center_before, valid, 0.1, 0.05
+    )
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    assert student.grad is not None and student.grad.dtype == dtype
+    torch.testing.assert_close(student.grad, reference_student.grad)
+    batch_mean = teacher.float()[valid].mean(0, keepdim=True)
+    torch.testing.assert_close(loss_fn.center, 0.9 * center_before + 0.1 * batch_mean)
+
+
+def test_fused_backward_passes_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "_CPU_CHUNK_ELEMENTS", 2 * 6)  # 2-row chunks
+    teacher = torch.randn(5, 6, dtype=torch.float64)
+    student = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([True, True, False, True, True])
+
+    def loss_of_student(s: torch.Tensor) -> torch.Tensor:  # a fresh center per call
+        return SelfDistillationLoss(output_dim=6).double()(teacher, s, valid=valid)
+
+    assert torch.autograd.gradcheck(loss_of_student, (student,))
 
 
 def test_gradient_only_through_student() -> None:
