@@ -6,7 +6,10 @@ heads, batch and resolution. The DINO step is GLARE restricted to the global ter
 all four terms, once per value of ``--local-patches-per-view`` (the local terms'
 patch pairs per image and view; ``all``: every valid patch). Optionally also
 measures the end-to-end step with data loading and GlareTransform augmentation
-from an image folder.
+from an image folder. With ``--rounds`` every step is built once and the steps
+are timed in turn, round after round: the GLARE / DINO ratio of each round
+compares steps timed seconds apart, which a shared machine's slow phases
+affect alike.
 
 Examples:
     # CPU, small sizes (about a minute)
@@ -16,6 +19,9 @@ Examples:
     python benchmarks/step_throughput.py --models vit_small_patch16_224 \
         --img-size 112 --batch 16 --steps 3 --warmup 1 \
         --local-patches-per-view all 8 16 32
+    # CPU, the GLARE / DINO ratio: 5 rounds of 8 steps each, in turn
+    python benchmarks/step_throughput.py --models vit_small_patch14_dinov2 \
+        --img-size 126 --batch 16 --steps 8 --warmup 2 --rounds 5
     # GPU, real sizes, bf16
     python benchmarks/step_throughput.py --device cuda --batch 256 --img-size 224
 """
@@ -24,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,8 +73,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=112)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument(
+        "--steps", type=positive_int, default=5, help="timed steps per round"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps")
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="timed rounds; each round times every step (DINO, then each GLARE "
+        "K) in turn, so slow phases of a shared machine hit all of them; prints "
+        "each round and the median and range of the GLARE / DINO ratio",
+    )
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
@@ -141,6 +159,14 @@ def patch_count(value: str) -> int | None:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def positive_int(value: str) -> int:
+    """A count of at least 1 (argparse type)."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def build(
     name: str,
     terms: tuple[str, ...],
@@ -198,16 +224,61 @@ def loader_batches(
             yield views, geometry
 
 
-def time_steps(
+@dataclass
+class StepRunner:
+    """One benchmarked step (model, loss, optimizer and its batches).
+
+    Attributes:
+        step: Runs one training step.
+        batch: Images per step.
+        device: Device the step runs on.
+        resident_gib: Device memory the step keeps between steps (weights,
+            gradients, optimizer state), CUDA only: the peak of a round counts
+            this step's resident memory, not that of the others built beside it.
+        gflops: GFLOPs per image of one step (``--count-flops``), else None.
+    """
+
+    step: Callable[[], None]
+    batch: int
+    device: str
+    resident_gib: float = 0.0
+    gflops: float | None = None
+
+    def time_round(self, steps: int) -> tuple[float, float]:
+        """Runs ``steps`` timed steps.
+
+        Returns:
+            Images/s and peak memory in GiB (CUDA: this step's; CPU: the
+            process's maximum resident set so far).
+        """
+        cuda = self.device == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            others = torch.cuda.memory_allocated() / 2**30 - self.resident_gib
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**30 - others
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return steps * self.batch / (time.perf_counter() - start), peak
+
+
+def prepare_step(
     model: GLARE,
     criterion: GlareLoss,
     batches: Iterator[Batch],
     args: argparse.Namespace,
-) -> tuple[float, float, float | None]:
-    """Returns (images/s, peak memory in GiB, GFLOPs per image or None).
+) -> StepRunner:
+    """Builds the optimizer and runs the untimed steps of one benchmarked step.
 
     With ``--count-flops`` the first untimed step runs under a FLOP counter.
     """
+    cuda = args.device == "cuda"
+    before = torch.cuda.memory_allocated() if cuda else 0
     groups = parameter_groups(model, weight_decay=0.04)
     optimizer = fused_adamw(groups, 1e-4, args.device)
     amp = resolve_amp(args.amp, args.device)
@@ -228,26 +299,35 @@ def time_steps(
         optimizer.step()
         model.update_teacher(0.996)
 
-    gflops = None
+    runner = StepRunner(step, args.batch, args.device)
     if args.count_flops:
         with FlopCounterMode(display=False) as counter:
             step()
-        gflops = counter.get_total_flops() / args.batch / 1e9
+        runner.gflops = counter.get_total_flops() / args.batch / 1e9
     for _ in range(args.warmup - int(args.count_flops)):  # counted step included
         step()
-    if args.device == "cuda":
+    if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process
-    speed = args.steps * args.batch / (time.perf_counter() - start)
-    return speed, peak, gflops
+        runner.resident_gib = (torch.cuda.memory_allocated() - before) / 2**30
+    return runner
+
+
+def time_rounds(
+    runners: dict[str, StepRunner], args: argparse.Namespace
+) -> dict[str, tuple[list[float], float]]:
+    """Times every runner ``--rounds`` times, in turn within each round.
+
+    Returns:
+        Per label: images/s of each round and the peak memory in GiB.
+    """
+    speeds: dict[str, list[float]] = {label: [] for label in runners}
+    peaks = dict.fromkeys(runners, 0.0)
+    for _ in range(args.rounds):
+        for label, runner in runners.items():
+            speed, peak = runner.time_round(args.steps)
+            speeds[label].append(speed)
+            peaks[label] = max(peaks[label], peak)
+    return {label: (speeds[label], peaks[label]) for label in runners}
 
 
 def flop_columns(gflops: float | None, speed: float, peak: float | None) -> str:
@@ -277,40 +357,62 @@ def main() -> None:
     print(header)
     for name in args.models:
         dino = "dino (2 views)"
-        results = {}
-        for label, terms, count in [(dino, (GLOBAL,), None)] + [
+        variants = [(dino, (GLOBAL,), None)] + [
             (f"glare K={count or 'all'}", ALL_TERMS, count)
             for count in args.local_patches_per_view
-        ]:
+        ]
+        runners, models = {}, {}
+        for label, terms, count in variants:
             model, criterion = build(name, terms, args, count)
             size = model.backbone.vit.patch_embed.img_size[0]
-            results[label] = time_steps(
-                model, criterion, synthetic_batches(args.batch, size, args.device), args
-            )
-            speed, peak, gflops = results[label]
+            batches = synthetic_batches(args.batch, size, args.device)
+            runners[label] = prepare_step(model, criterion, batches, args)
+            models[label] = (model, criterion, size)
+        results = time_rounds(runners, args)
+        for label, (speeds, peak) in results.items():
+            speed = statistics.median(speeds)
+            rounds = "" if len(speeds) == 1 else "   rounds " + format_list(speeds)
             print(
                 f"{name:28s} {label:18s} {speed:9.1f} {peak:9.2f}"
-                f"{flop_columns(gflops, speed, args.peak_tflops)}"
+                f"{flop_columns(runners[label].gflops, speed, args.peak_tflops)}"
+                f"{rounds}"
             )
-            if label.startswith("glare") and args.data_dir is not None:
-                e2e = time_steps(
-                    model,
-                    criterion,
-                    loader_batches(
-                        args.data_dir, args.batch, size, args.workers, args.device
-                    ),
-                    args,
+        if args.data_dir is not None:
+            for label, (model, criterion, size) in models.items():
+                if label == dino:
+                    continue
+                loading = loader_batches(
+                    args.data_dir, args.batch, size, args.workers, args.device
                 )
+                uncounted = argparse.Namespace(**{**vars(args), "count_flops": False})
+                e2e, e2e_peak = prepare_step(
+                    model, criterion, loading, uncounted
+                ).time_round(args.steps)
+                compute = statistics.median(results[label][0])
                 print(
-                    f"{name:28s} {'glare + loading':18s} {e2e[0]:9.1f} {e2e[1]:9.2f}"
-                    f"   (x{e2e[0] / results[label][0]:.2f} of compute-only)"
+                    f"{name:28s} {'glare + loading':18s} {e2e:9.1f} {e2e_peak:9.2f}"
+                    f"   (x{e2e / compute:.2f} of compute-only)"
                 )
-        dino_speed, _, dino_gflops = results.pop(dino)
-        for label, (speed, _, gflops) in results.items():
+        dino_speeds = results.pop(dino)[0]
+        for label, (speeds, _) in results.items():
+            ratios = [g / d for g, d in zip(speeds, dino_speeds, strict=True)]
+            spread = ""
+            if len(ratios) > 1:
+                spread = f"   (rounds {format_list(ratios, 3)}; {min(ratios):.3f}-"
+                spread += f"{max(ratios):.3f})"
             cost = ""
+            dino_gflops, gflops = runners[dino].gflops, runners[label].gflops
             if gflops is not None and dino_gflops is not None:
                 cost = f"   (dino/glare FLOPs {dino_gflops / gflops:.3f})"
-            print(f"{name:28s} {label + ' / dino':18s} {speed / dino_speed:9.3f}{cost}")
+            print(
+                f"{name:28s} {label + ' / dino':18s} "
+                f"{statistics.median(ratios):9.3f}{spread}{cost}"
+            )
+
+
+def format_list(values: list[float], digits: int = 1) -> str:
+    """``1.0, 2.5, ...``: a list of figures for one line."""
+    return ", ".join(f"{value:.{digits}f}" for value in values)
 
 
 if __name__ == "__main__":

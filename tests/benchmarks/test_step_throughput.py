@@ -29,3 +29,29 @@ def test_local_patches_per_view_takes_k_or_all_and_refuses_zero(
     args = benchmark.parse_args(["--local-patches-per-view", "all", "4"])
     assert args.local_patches_per_view == [None, 4]
     check_refuses_patch_counts(benchmark.parse_args, capsys)
+
+
+def test_rounds_time_every_step_in_turn() -> None:
+    benchmark = load_benchmark()
+    calls: list[str] = []
+    runners = {
+        label: benchmark.StepRunner(
+            lambda label=label: calls.append(label), batch=2, device="cpu"
+        )
+        for label in ("dino", "glare")
+    }
+    args = benchmark.parse_args(["--rounds", "3", "--steps", "2"])
+    results = benchmark.time_rounds(runners, args)
+    assert calls == ["dino", "dino", "glare", "glare"] * 3
+    for speeds, peak in results.values():
+        assert len(speeds) == 3 and min(speeds) > 0 and peak > 0
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--steps"])
+def test_refuses_zero_rounds_and_steps(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benchmark = load_benchmark()
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([option, "0"])
+    assert "must be at least 1, got 0" in capsys.readouterr().err
