@@ -182,12 +182,12 @@ def _teacher_targets(
         sum of the (valid) teacher rows with shape (K,), for the center.
     """
     dtype = _compute_dtype(teacher)
-    weights = None if valid is None else valid.to(dtype)  # (M,): 1 or 0
     probs = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
     total = teacher.new_zeros(teacher.shape[1], dtype=dtype)
     for rows in chunks:
         logits = teacher[rows].to(dtype, copy=True)  # (m, K), shifted in place
-        total += logits.sum(dim=0) if weights is None else weights[rows] @ logits
+        kept = logits if valid is None else logits.where(valid[rows, None], 0.0)
+        total += kept.sum(dim=0)
         probs[rows] = torch.softmax(logits.sub_(center).div_(temp), dim=-1)
     return probs, total
 
