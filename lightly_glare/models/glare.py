@@ -52,11 +52,12 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 RegionMatch = Literal["geometry", "attention"]
 LocalPatches = Literal["distorted", "all"]
 
-#: Default patch pairs per image and view of each local term (ours): the largest
-#: K whose step costs at most 1 / 0.95 of a two-view DINO step (matmul FLOPs,
-#: ViT-S/16, ViT-B/16 and DINOv2-S/14 at 224 px) and at most 18.8 GFLOP per
-#: image for DINOv2-S/14 at 112 px (docs/PERFORMANCE.md).
-DEFAULT_LOCAL_PATCHES_PER_VIEW = 4
+#: Default patch pairs per image and view of each local term (ours): the cheapest
+#: K tested (2, 4, every patch) whose segmentation transfer is not below every
+#: patch's by more than the seed spread; its step costs at most 1 / 0.95 of a
+#: two-view DINO step (matmul FLOPs, ViT-S/16, ViT-B/16 and DINOv2-S/14 at
+#: 224 px; docs/PERFORMANCE.md).
+DEFAULT_LOCAL_PATCHES_PER_VIEW = 2
 
 #: Default sample-skipping stochastic depth of the student's frozen blocks (ours):
 #: DINOv2's and LightlyTrain's student rate. On the segmentation-transfer
@@ -299,7 +300,7 @@ class GLARE(nn.Module):
                 with fewer valid patches contributes all of them (the remaining
                 slots are marked invalid in :attr:`MatchedPair.valid`). K is
                 capped at the number of patches. Defaults to
-                :data:`DEFAULT_LOCAL_PATCHES_PER_VIEW` (4). None: every valid
+                :data:`DEFAULT_LOCAL_PATCHES_PER_VIEW` (2). None: every valid
                 patch (boolean indexing: data-dependent shapes, a host sync).
             student_drop_path: Sample-skipping stochastic depth of the
                 student's frozen blocks in training (ours, as DINOv2 and

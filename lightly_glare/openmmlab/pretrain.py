@@ -166,7 +166,7 @@ class GlarePretrainer(BaseModel):
             Defaults to ``'distorted'``.
         local_patches_per_view (int, optional): Patch pairs per image and view
             of each local term (None: every valid patch, with data-dependent
-            shapes). Defaults to 4 (``DEFAULT_LOCAL_PATCHES_PER_VIEW``).
+            shapes). Defaults to 2 (``DEFAULT_LOCAL_PATCHES_PER_VIEW``).
         student_drop_path (float): Sample-skipping stochastic depth of the
             student's frozen blocks (see :class:`~lightly_glare.models.GLARE`).
             Defaults to ``DEFAULT_STUDENT_DROP_PATH``.

@@ -48,7 +48,7 @@ model = dict(
     # Patch pairs per image and view of each local term: bounds the step's cost
     # (at most 1 / 0.95 of a DINO step) with fixed shapes; None: every valid
     # patch (docs/PERFORMANCE.md).
-    local_patches_per_view=4,
+    local_patches_per_view=2,
     # Share of the rows whose frozen attention / MLP branch the student skips
     # in each block (sample-skipping stochastic depth; docs/PERFORMANCE.md).
     student_drop_path=0.3,

@@ -25,7 +25,7 @@ def test_local_patches_per_view_takes_k_or_all_and_refuses_zero(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     benchmark = load_benchmark()
-    assert benchmark.parse_args([]).local_patches_per_view == [4]
+    assert benchmark.parse_args([]).local_patches_per_view == [2]  # the library's
     args = benchmark.parse_args(["--local-patches-per-view", "all", "4"])
     assert args.local_patches_per_view == [None, 4]
     check_refuses_patch_counts(benchmark.parse_args, capsys)

@@ -236,7 +236,7 @@ def test_teacher_outputs_carry_no_gradient_and_shapes() -> None:
         assert pair.student.shape == pair.teacher.shape
         assert pair.student.requires_grad and not pair.teacher.requires_grad
     assert output.patch_masks is not None and output.patch_masks.shape == (2, 3, 16)
-    # L_loc1 projects K = 4 pairs per image and view (the default), all of
+    # L_loc1 projects K pairs per image and view (the default K), all of
     # them distorted patches (30 % of 16 -> 5 candidates).
     distortion = output.pairs["local_distortion"]
     assert distortion.student.shape[0] == 2 * 3 * DEFAULT_LOCAL_PATCHES_PER_VIEW

@@ -149,7 +149,7 @@ def test_pretrain_folder_samples_local_patches_per_view(
 
     monkeypatch.setattr(glare_module, "_sample_patches", spy)
     tool, parser = pretraining_parser()
-    assert parser.parse_args([]).local_patches_per_view == 4  # the default
+    assert parser.parse_args([]).local_patches_per_view == 2  # the default
     assert (
         parser.parse_args(["--local-patches-per-view", "all"]).local_patches_per_view
         is None
