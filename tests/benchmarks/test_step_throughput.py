@@ -10,13 +10,13 @@ from tests.conftest import ROOT
 from tests.tools.experiments.test_pretraining_args import check_refuses_patch_counts
 
 
-def load_benchmark() -> ModuleType:
-    """Imports ``benchmarks/step_throughput.py`` as a module."""
-    path = ROOT / "benchmarks" / "step_throughput.py"
-    spec = importlib.util.spec_from_file_location("step_throughput", path)
+def load_benchmark(name: str = "step_throughput") -> ModuleType:
+    """Imports ``benchmarks/<name>.py`` as a module."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["step_throughput"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
