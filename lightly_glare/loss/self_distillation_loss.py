@@ -195,12 +195,12 @@ def _teacher_targets(
 class _SoftCrossEntropy(torch.autograd.Function):
     """Per-row ``-sum_k p_k log softmax(s / tau)_k`` with a fused backward (ours).
 
-    Computed as ``logsumexp(s / tau) - <p, s / tau>`` (the rows of ``p`` sum to
-    1), row chunk by row chunk; the backward recomputes the student softmax,
-    ``grad_s = g * (softmax(s / tau) - p) / tau``, instead of keeping the (M, K)
-    log-probabilities and running one autograd node per elementwise op. Same
-    value and gradient as the composite expression, in about half the time on
-    CPU (memory-bound passes over (M, K)).
+    Computed row chunk by row chunk; the backward recomputes the student
+    softmax and returns ``g * (softmax(s / tau) - p) / tau`` (the rows of ``p``
+    sum to 1), instead of keeping the (M, K) log-probabilities and running one
+    autograd node per elementwise op. Same value and gradient as the composite
+    expression, in less time on CPU (memory-bound passes over (M, K);
+    ``benchmarks/loss_throughput.py``).
     """
 
     @staticmethod
@@ -210,9 +210,8 @@ class _SoftCrossEntropy(torch.autograd.Function):
         per_item = probs.new_empty(student.shape[0])  # (M,)
         for rows in chunks:
             logits = student[rows].to(probs.dtype, copy=True).div_(temp)  # (m, K)
-            per_item[rows] = torch.logsumexp(logits, dim=-1) - torch.linalg.vecdot(
-                probs[rows], logits
-            )
+            log_probs = torch.log_softmax(logits, dim=-1)  # (m, K)
+            per_item[rows] = -torch.linalg.vecdot(probs[rows], log_probs)
         ctx.save_for_backward(student, probs)
         ctx.temp, ctx.chunks = temp, chunks
         return per_item
