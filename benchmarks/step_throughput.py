@@ -232,7 +232,7 @@ class StepRunner:
         step: Runs one training step.
         batch: Images per step.
         device: Device the step runs on.
-        resident_gib: Device memory the step keeps between steps (weights,
+        resident_gib: Device memory the step keeps between steps (its model,
             gradients, optimizer state), CUDA only: the peak of a round counts
             this step's resident memory, not that of the others built beside it.
         gflops: GFLOPs per image of one step (``--count-flops``), else None.
@@ -277,8 +277,6 @@ def prepare_step(
 
     With ``--count-flops`` the first untimed step runs under a FLOP counter.
     """
-    cuda = args.device == "cuda"
-    before = torch.cuda.memory_allocated() if cuda else 0
     groups = parameter_groups(model, weight_decay=0.04)
     optimizer = fused_adamw(groups, 1e-4, args.device)
     amp = resolve_amp(args.amp, args.device)
@@ -306,10 +304,15 @@ def prepare_step(
         runner.gflops = counter.get_total_flops() / args.batch / 1e9
     for _ in range(args.warmup - int(args.count_flops)):  # counted step included
         step()
-    if cuda:
-        torch.cuda.synchronize()
-        runner.resident_gib = (torch.cuda.memory_allocated() - before) / 2**30
     return runner
+
+
+def allocated_gib(device: str) -> float:
+    """Device memory allocated now in GiB (CUDA; 0 elsewhere)."""
+    if device != "cuda":
+        return 0.0
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() / 2**30
 
 
 def time_rounds(
@@ -363,10 +366,12 @@ def main() -> None:
         ]
         runners, models = {}, {}
         for label, terms, count in variants:
+            before = allocated_gib(args.device)
             model, criterion = build(name, terms, args, count)
             size = model.backbone.vit.patch_embed.img_size[0]
             batches = synthetic_batches(args.batch, size, args.device)
             runners[label] = prepare_step(model, criterion, batches, args)
+            runners[label].resident_gib = allocated_gib(args.device) - before
             models[label] = (model, criterion, size)
         results = time_rounds(runners, args)
         for label, (speeds, peak) in results.items():
@@ -385,9 +390,9 @@ def main() -> None:
                     args.data_dir, args.batch, size, args.workers, args.device
                 )
                 uncounted = argparse.Namespace(**{**vars(args), "count_flops": False})
-                e2e, e2e_peak = prepare_step(
-                    model, criterion, loading, uncounted
-                ).time_round(args.steps)
+                runner = prepare_step(model, criterion, loading, uncounted)
+                runner.resident_gib = runners[label].resident_gib  # the same model
+                e2e, e2e_peak = runner.time_round(args.steps)
                 compute = statistics.median(results[label][0])
                 print(
                     f"{name:28s} {'glare + loading':18s} {e2e:9.1f} {e2e_peak:9.2f}"
