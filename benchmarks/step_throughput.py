@@ -43,6 +43,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightly_glare.argument_types import drop_rate, patch_count, positive_int
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import ALL_TERMS, GLOBAL, GlareLoss
 from lightly_glare.models import (
@@ -51,7 +52,6 @@ from lightly_glare.models import (
     DEFAULT_STUDENT_DROP_PATH,
     GLARE,
     GlareProjectionHead,
-    parse_patch_count,
 )
 from lightly_glare.precision import AMP_HELP, resolve_amp
 from lightly_glare.training import fused_adamw, parameter_groups
@@ -143,28 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--student-drop-path",
-        type=float,
+        type=drop_rate,
         default=DEFAULT_STUDENT_DROP_PATH,
         help="GLARE(student_drop_path=...), both steps (default: the library's, "
         f"{DEFAULT_STUDENT_DROP_PATH})",
     )
     return parser.parse_args(argv)
-
-
-def patch_count(value: str) -> int | None:
-    """A ``--local-patches-per-view`` value (:func:`parse_patch_count`)."""
-    try:
-        return parse_patch_count(value)
-    except ValueError as error:  # argparse shows only ArgumentTypeError's text
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def positive_int(value: str) -> int:
-    """A count of at least 1 (argparse type)."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
 
 
 def build(
@@ -252,9 +236,8 @@ class StepRunner:
             process's maximum resident set so far).
         """
         cuda = self.device == "cuda"
+        others = allocated_gib(self.device) - self.resident_gib
         if cuda:
-            torch.cuda.synchronize()
-            others = torch.cuda.memory_allocated() / 2**30 - self.resident_gib
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         for _ in range(steps):

@@ -33,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "visualization": {"models"},
     "cli": {"pretrain_cli"},  # imported when `lightly-glare pretrain` runs
     "pretrain_cli": {"run", "training", "models"},
+    "argument_types": {"models"},
     "openmmlab": {
         "precision",
         "models",

@@ -47,11 +47,18 @@ def test_rounds_time_every_step_in_turn() -> None:
         assert len(speeds) == 3 and min(speeds) > 0 and peak > 0
 
 
-@pytest.mark.parametrize("option", ["--rounds", "--steps"])
-def test_refuses_zero_rounds_and_steps(
-    option: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("option", "bad", "message"),
+    [
+        ("--rounds", "0", "expected a positive integer, got 0"),
+        ("--steps", "0", "expected a positive integer, got 0"),
+        ("--student-drop-path", "1", "expected a number in [0, 1), got 1"),
+    ],
+)
+def test_refuses_bad_rounds_steps_and_drop_path(
+    option: str, bad: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     benchmark = load_benchmark()
     with pytest.raises(SystemExit):
-        benchmark.parse_args([option, "0"])
-    assert "must be at least 1, got 0" in capsys.readouterr().err
+        benchmark.parse_args([option, bad])
+    assert f"argument {option}: {message}" in capsys.readouterr().err

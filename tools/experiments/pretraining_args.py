@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightly_glare.argument_types import drop_rate, patch_count, positive_int
 from lightly_glare.models import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_OUTPUT_DIM,
     DEFAULT_STUDENT_DROP_PATH,
-    parse_patch_count,
 )
 from lightly_glare.monitoring import ProgressBar
 from lightly_glare.precision import AMP_HELP
@@ -49,36 +49,6 @@ PRETRAINING_OPTIONS = (
     "amp",
     "workers",
 )
-
-
-def positive_int(value: str) -> int:
-    """An option that must be a positive integer (``--adapter-bottleneck``)."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0  # not an integer: refused below with the same message
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
-
-
-def drop_rate(value: str) -> float:
-    """``--student-drop-path``: a number in [0, 1)."""
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = -1.0  # not a number: refused below with the same message
-    if not 0.0 <= rate < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return rate
-
-
-def patch_count(value: str) -> int | None:
-    """``--local-patches-per-view``: :func:`parse_patch_count`, its message shown."""
-    try:
-        return parse_patch_count(value)
-    except ValueError as error:  # argparse shows only ArgumentTypeError's text
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
