@@ -192,6 +192,17 @@ def _teacher_targets(
     return probs, total
 
 
+def _student_logits(
+    student: Tensor, rows: slice, dtype: torch.dtype, temp: float
+) -> Tensor:
+    """``student[rows] / temp`` in ``dtype``, a new tensor: (m, K).
+
+    The forward and the backward of :class:`_SoftCrossEntropy` both take the
+    student's logits from here, so the backward recomputes exactly them.
+    """
+    return student[rows].to(dtype, copy=True).div_(temp)
+
+
 class _SoftCrossEntropy(torch.autograd.Function):
     """Per-row ``-sum_k p_k log softmax(s / tau)_k`` with a fused backward (ours).
 
@@ -209,7 +220,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
     ) -> Tensor:
         per_item = probs.new_empty(student.shape[0])  # (M,)
         for rows in chunks:
-            logits = student[rows].to(probs.dtype, copy=True).div_(temp)  # (m, K)
+            logits = _student_logits(student, rows, probs.dtype, temp)  # (m, K)
             log_probs = torch.log_softmax(logits, dim=-1)  # (m, K)
             per_item[rows] = -torch.linalg.vecdot(probs[rows], log_probs)
         ctx.save_for_backward(student, probs)
@@ -222,7 +233,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
         student, probs = ctx.saved_tensors
         grad_student = torch.empty_like(student)  # (M, K), the student's dtype
         for rows in ctx.chunks:
-            logits = student[rows].to(probs.dtype, copy=True).div_(ctx.temp)
+            logits = _student_logits(student, rows, probs.dtype, ctx.temp)
             scale = (grad[rows] / ctx.temp)[:, None]  # (m, 1)
             grad_student[rows] = (
                 torch.softmax(logits, dim=-1).sub_(probs[rows]).mul_(scale)
