@@ -12,7 +12,10 @@ the ones it wants::
 
 Every written value comes from :func:`step_scalars`, so that the JSONL lines
 and the TensorBoard scalars of a step are the same numbers (TensorBoard stores
-them as float32).
+them as float32). Whether the objective teaches shows in the teacher's
+entropies, not in the loss (the loss is the teacher's entropy plus the KL to
+the student): :class:`UniformTeacherWarning` says when the teacher stays near
+uniform, and :func:`teacher_summary` sums a run up.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from lightly_glare.loss import TEACHER_PREFIX
 from lightly_glare.training import StepEvent
 
 #: Scalar tags: the total loss, one per loss term (``loss/<term>``), the
@@ -39,15 +43,18 @@ def step_scalars(event: StepEvent) -> dict[str, float]:
         event: The finished step.
 
     Returns:
-        ``loss/total``, ``loss/<term>`` for every computed term, ``train/lr``,
-        ``train/momentum``, ``speed/images_per_s`` (this step) and
-        ``speed/data_wait`` (share of the step's time spent waiting for the
-        batch, 0 to 1).
+        ``loss/total``, ``loss/<term>`` for every computed term, the teacher
+        diagnostics ``teacher/<term>/{entropy,batch_entropy,kl}`` (fractions
+        of log K; :func:`~lightly_glare.loss.statistics_scalars`),
+        ``train/lr``, ``train/momentum``, ``speed/images_per_s`` (this step)
+        and ``speed/data_wait`` (share of the step's time spent waiting for
+        the batch, 0 to 1).
     """
     seconds = max(event.step_seconds, 1e-9)
     return {
         LOSS_TAG: event.loss,
         **{f"{TERM_PREFIX}{name}": value for name, value in event.terms.items()},
+        **event.teacher,
         "train/lr": event.lr,
         "train/momentum": event.momentum,
         "speed/images_per_s": event.images / seconds,
@@ -235,3 +242,94 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     figure.savefig(path, dpi=100)
     return path
+
+
+#: Teacher entropy (fraction of log K) from which a teacher counts as uniform
+#: for :class:`UniformTeacherWarning` (ours: within 5 % of log K).
+UNIFORM_TEACHER = 0.95
+
+
+class UniformTeacherWarning:
+    """Warns once when the teacher stays near uniform in every term.
+
+    A teacher within a few percent of log K in every term for ``patience``
+    steps in a row sends the adapters no signal (the case of random heads on
+    a checkpoint without heads): the run says so in one line, with the fix.
+
+    Attributes:
+        log: The printer of the warning.
+        patience: Steps in a row before the warning.
+        threshold: Entropy (fraction of log K) from which a teacher counts as
+            uniform.
+        warned: Whether the warning was given.
+    """
+
+    def __init__(
+        self,
+        log: Callable[[str], None] = print,
+        patience: int = 20,
+        threshold: float = UNIFORM_TEACHER,
+    ) -> None:
+        self.log = log
+        self.patience = patience
+        self.threshold = threshold
+        self.warned = False
+        self._streak = 0
+
+    def __call__(self, event: StepEvent) -> None:
+        """Counts the step; warns at the ``patience``-th uniform step in a row."""
+        entropies = [
+            value for tag, value in event.teacher.items() if tag.endswith("/entropy")
+        ]
+        uniform = bool(entropies) and min(entropies) >= self.threshold
+        self._streak = self._streak + 1 if uniform else 0
+        if self._streak >= self.patience and not self.warned:
+            self.warned = True
+            self.log(
+                f"warning: the teacher has stayed within "
+                f"{100 * (1 - self.threshold):.0f} % of uniform (entropy >= "
+                f"{self.threshold} log K) in every term for {self._streak} steps "
+                f"(up to step {event.step}): the loss sends the adapters no "
+                "signal. Fix: initialise the heads from the data "
+                "(head_init='data'), or start from a checkpoint with heads."
+            )
+
+
+def teacher_summary(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines summing up whether the objective taught, per term.
+
+    For each term: the loss at the first and last step and the teacher's
+    entropy, batch entropy and KL (loss = entropy + KL), all as fractions of
+    log K.
+
+    Args:
+        records: Metrics records (:func:`read_metrics`), ordered by step.
+
+    Returns:
+        A header line and one line per term (none without teacher metrics).
+    """
+    if not records or not any(k.startswith(TEACHER_PREFIX) for k in records[-1]):
+        return []
+    first, last = records[0], records[-1]
+    terms = [
+        tag.removeprefix(TEACHER_PREFIX).removesuffix("/entropy")
+        for tag in last
+        if tag.startswith(TEACHER_PREFIX) and tag.endswith("/entropy")
+    ]
+    lines = [
+        f"  teacher per term, step {first['step']} -> {last['step']}, as fractions "
+        "of log K (1 = uniform; loss = entropy + KL; a teacher that teaches has "
+        "a low entropy and a high batch entropy):"
+    ]
+    for term in terms:
+        tag = f"{TEACHER_PREFIX}{term}/"
+        values = [
+            f"{name} {first.get(tag + key, math.nan):.2f} -> {last[tag + key]:.2f}"
+            for name, key in (
+                ("entropy", "entropy"),
+                ("batch entropy", "batch_entropy"),
+                ("KL", "kl"),
+            )
+        ]
+        lines.append(f"    {term}: " + ", ".join(values))
+    return lines

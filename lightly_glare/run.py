@@ -7,8 +7,9 @@ loop of :func:`lightly_glare.training.pretrain`, and leaves in ``out/``:
 
 - ``checkpoint.pth``: the run's state every ``save_every`` steps (atomic);
   continue with ``resume=True``.
-- ``metrics.jsonl``: one line per step: loss, its terms, lr, EMA momentum,
-  images/s, data-wait share.
+- ``metrics.jsonl``: one line per step: loss, its terms, the teacher's
+  entropy, batch entropy and KL per term (fractions of log K), lr, EMA
+  momentum, images/s, data-wait share.
 - ``tensorboard/``: the same scalars as TensorBoard events.
 - ``losses.png``: the loss and its terms over the steps.
 - ``adapted_backbone.pth``: frozen ViT + teacher adapters, for ``GlareViT``
@@ -48,14 +49,16 @@ from torch.utils.data import DataLoader, Subset
 
 from lightly_glare.data import DrawSampler, ImageFolderDataset, SeededDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import GLARE, save_atomic
+from lightly_glare.models import DEFAULT_HEAD_INIT_IMAGES, GLARE, save_atomic
 from lightly_glare.models.export import architecture_of
 from lightly_glare.monitoring import (
     JsonlMetrics,
     ProgressBar,
     TensorBoardMetrics,
+    UniformTeacherWarning,
     plot_losses,
     read_metrics,
+    teacher_summary,
 )
 from lightly_glare.training import (
     FolderPretraining,
@@ -89,7 +92,11 @@ OPTIONS = tuple(
 #: Options that do not change the computed numbers (may differ on resume).
 NOT_COMPARED = ("workers",)
 #: Settings added after runs were first written, with the value such runs used.
-LEGACY_SETTINGS: dict[str, Any] = {"student_drop_path": 0.0}
+LEGACY_SETTINGS: dict[str, Any] = {
+    "student_drop_path": 0.0,
+    "head_init": "random",
+    "head_init_images": DEFAULT_HEAD_INIT_IMAGES,
+}
 #: The frozen ViT: restored from the start checkpoint, not saved in the run's.
 _FROZEN_PREFIX = "backbone.vit."
 
@@ -179,7 +186,9 @@ def pretrain(
             ``momentum_start``, ``amp`` (None: bf16 where the device has it
             natively), ``local_patches_per_view``, ``student_drop_path``,
             ``num_regions``, ``head_warmup_steps``, ``patch_augmentation``,
-            ``checkpoint_heads``, ``freeze_heads``, ``indices``.
+            ``checkpoint_heads``, ``freeze_heads``, ``head_init`` (``"auto"``:
+            heads the checkpoint lacks are fitted to the data before the first
+            step), ``head_init_images``, ``indices``.
 
     Returns:
         The run: its folder, every step's losses, the device.
@@ -225,7 +234,9 @@ def pretrain(
     config = job.config(chosen)
     amp = bool(config.amp)  # resolved for the device by job.config
     printer(f"GLARE pre-training of {model} on {chosen}, bf16 autocast {amp}")
-    glare, criterion, images = build_folder_pretraining(job, chosen, printer)
+    glare, criterion, images = build_folder_pretraining(
+        job, chosen, printer, initialize_heads=state is None
+    )
     if len(images) < job.batch_size:
         raise NoTrainingStepsError(
             f"No training step: {len(images)} image(s) in {data} and batch_size="
@@ -236,7 +247,11 @@ def pretrain(
     start = 0
     if state is not None:
         start = _restore(state, settings, glare, criterion, out / CHECKPOINT)
-        prior = PretrainHistory(losses=state["losses"], terms=state["terms"])
+        prior = PretrainHistory(
+            losses=state["losses"],
+            terms=state["terms"],
+            teacher=state.get("teacher", []),  # runs before the diagnostics: none
+        )
         printer(f"  resumed {out / CHECKPOINT} at step {start}/{steps}")
     loader = DataLoader(
         SeededDataset(images, job.seed),
@@ -252,7 +267,12 @@ def pretrain(
         TensorBoardMetrics(out / TENSORBOARD, start),
     ]
     saver = _CheckpointSaver(out / CHECKPOINT, save_every, settings, prior)
-    own: list[StepCallback] = [*metrics, saver, *([bar] if bar else [])]
+    own: list[StepCallback] = [
+        *metrics,
+        saver,
+        UniformTeacherWarning(printer),
+        *([bar] if bar else []),
+    ]
     try:
         history = pretrain_loop(
             glare,
@@ -272,15 +292,19 @@ def pretrain(
     full = PretrainHistory(
         losses=prior.losses + history.losses,
         terms=prior.terms + history.terms,
+        teacher=prior.teacher + history.teacher,
         seconds=history.seconds,
     )
-    plot_losses(read_metrics(out / METRICS), out / FIGURE)
+    records = read_metrics(out / METRICS)
+    plot_losses(records, out / FIGURE)
     export_job(glare, job, full.losses, out / BACKBONE)
     _export_timm(glare, out)
     printer(
         f"  {len(images)} images, steps {start}-{steps} in {history.seconds:.0f}s, "
         f"loss {full.losses[0]:.3f} -> {full.losses[-1]:.3f}; wrote {out}"
     )
+    for line in teacher_summary(records):
+        printer(line)
     return PretrainRun(out, full, chosen, amp, start)
 
 
@@ -407,6 +431,7 @@ class _CheckpointSaver:
                 "rng": {"cpu": torch.get_rng_state(), "cuda": cuda},
                 "losses": self.prior.losses + event.history.losses,
                 "terms": self.prior.terms + event.history.terms,
+                "teacher": self.prior.teacher + event.history.teacher,
             },
             self.path,
         )

@@ -21,14 +21,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightly_glare.data import DrawSampler, ImageFolderDataset, SeededDataset
-from lightly_glare.loss import ALL_TERMS, LOCAL_DISTORTION, GlareLoss
+from lightly_glare.loss import (
+    ALL_TERMS,
+    LOCAL_DISTORTION,
+    GlareLoss,
+    statistics_scalars,
+)
 from lightly_glare.models import (
+    DEFAULT_HEAD_INIT_IMAGES,
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_OUTPUT_DIM,
     DEFAULT_STUDENT_DROP_PATH,
     GLARE,
     AttentionRegionSampler,
     GlareProjectionHead,
+    initialize_heads_from_data,
 )
 from lightly_glare.precision import resolve_amp
 from lightly_glare.transforms import (
@@ -167,10 +174,20 @@ class PretrainConfig:
 
 @dataclass
 class PretrainHistory:
-    """What :func:`pretrain` measured, one entry per step."""
+    """What :func:`pretrain` measured, one entry per step.
+
+    Attributes:
+        losses: The total loss of each step.
+        terms: The loss's parts of each step.
+        teacher: The teacher diagnostics of each step
+            (:func:`~lightly_glare.loss.statistics_scalars`: entropy, batch
+            entropy and KL per term, as fractions of log K).
+        seconds: Wall time of the steps.
+    """
 
     losses: list[float] = field(default_factory=list)
     terms: list[dict[str, float]] = field(default_factory=list)
+    teacher: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -183,6 +200,8 @@ class StepEvent:
         steps: Steps of the whole run.
         loss: The step's total loss.
         terms: The loss's parts (``GlareLoss.last_terms``).
+        teacher: The teacher diagnostics per term
+            (:func:`~lightly_glare.loss.statistics_scalars`).
         lr: The step's learning rate.
         momentum: The teacher's EMA momentum of the step.
         images: Images of the step (the batch size).
@@ -198,6 +217,7 @@ class StepEvent:
     steps: int
     loss: float
     terms: dict[str, float]
+    teacher: dict[str, float]
     lr: float
     momentum: float
     images: int
@@ -382,6 +402,9 @@ def pretrain(
             optimizer.step()
             history.losses.append(loss.item())
             history.terms.append({k: float(v) for k, v in criterion.last_terms.items()})
+            history.teacher.append(
+                statistics_scalars(criterion.last_statistics, history.terms[-1])
+            )
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 log(_progress(history, step + 1, config.steps, batch_size, start))
             event = StepEvent(
@@ -389,6 +412,7 @@ def pretrain(
                 steps=config.steps,
                 loss=history.losses[-1],
                 terms=history.terms[-1],
+                teacher=history.teacher[-1],
                 lr=lr,
                 momentum=momentum,
                 images=batch_size,
@@ -432,6 +456,11 @@ SHORT_SCHEDULE: dict[str, Any] = {
     "output_dim": 2048,
     "hidden_dim": 512,
 }
+
+
+#: How the projection heads start when the checkpoint has none (ours; see
+#: :attr:`FolderPretraining.head_init`).
+HEAD_INITS = ("auto", "data", "random")
 
 
 @dataclass
@@ -490,7 +519,17 @@ class FolderPretraining:
             heads when it has them (DINO / iBOT / DINOv2 training checkpoints;
             ``output_dim`` and ``hidden_dim`` must then be the checkpoint's).
         freeze_heads: Train only the adapters (load the checkpoint's heads
-            then: frozen random heads give the adapters no signal).
+            or initialise them from the data then: frozen random heads give
+            the adapters no signal).
+        head_init: How heads that the checkpoint did not provide start
+            (ours): ``"data"`` fits them to the data before the first step
+            (:func:`~lightly_glare.models.initialize_heads_from_data`: centred
+            input, prototypes by spherical k-means; the loss's centres start
+            at the mean teacher output), so the teacher is sharp from step 0;
+            ``"random"`` keeps DINO's random initialisation (the teacher of a
+            random head is near uniform); ``"auto"`` (default) is ``"data"``
+            unless the checkpoint's heads were loaded.
+        head_init_images: Images read to initialise the heads from the data.
     """
 
     arch: str
@@ -516,6 +555,18 @@ class FolderPretraining:
     patch_augmentation: str = "blur"
     checkpoint_heads: bool = True
     freeze_heads: bool = False
+    head_init: str = "auto"
+    head_init_images: int = DEFAULT_HEAD_INIT_IMAGES
+
+    def __post_init__(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(
+                f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}."
+            )
+        if self.head_init_images < 1:
+            raise ValueError(
+                f"head_init_images must be at least 1, got {self.head_init_images}."
+            )
 
     def config(self, device: torch.device | str) -> PretrainConfig:
         """The optimisation settings of the job on ``device``.
@@ -541,6 +592,7 @@ def build_folder_pretraining(
     job: FolderPretraining,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
+    initialize_heads: bool = True,
 ) -> tuple[GLARE, GlareLoss, Subset[Any]]:
     """The model (on ``device``), loss and images of ``job``, before training.
 
@@ -548,6 +600,8 @@ def build_folder_pretraining(
         job: What to train.
         device: Where to train.
         log: Progress printer.
+        initialize_heads: Apply ``job.head_init`` (False: leave the heads as
+            built, e.g. before a resumed run loads its own).
 
     Returns:
         The GLARE model, its loss and the chosen images (items
@@ -588,6 +642,7 @@ def build_folder_pretraining(
         local_patches_per_view=job.local_patches_per_view,
         student_drop_path=job.student_drop_path,
     )
+    loaded: list[str] = []
     if job.checkpoint_heads:
         heads = load_projection_heads(
             checkpoint, source=job.checkpoint, input_dim=vit.embed_dim
@@ -598,7 +653,72 @@ def build_folder_pretraining(
     log(f"  terms {model.terms}; {model.backbone.report}")
     folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
     indices = range(len(folder)) if job.indices is None else job.indices
-    return model, criterion, Subset(folder, list(indices))
+    images = Subset(folder, list(indices))
+    if initialize_heads and resolve_head_init(job.head_init, bool(loaded)) == "data":
+        _initialize_heads(model, criterion, job, images, device, log)
+    return model, criterion, images
+
+
+def resolve_head_init(head_init: str, checkpoint_heads_loaded: bool) -> str:
+    """``"data"`` or ``"random"``: what ``head_init`` means for a checkpoint.
+
+    Args:
+        head_init: ``"auto"``, ``"data"`` or ``"random"``.
+        checkpoint_heads_loaded: Whether the checkpoint's heads were loaded.
+
+    Returns:
+        ``"auto"`` resolved: ``"random"`` (keep the loaded heads) when the
+        checkpoint provided heads, else ``"data"``.
+    """
+    if head_init == "auto":
+        return "random" if checkpoint_heads_loaded else "data"
+    return head_init
+
+
+def _initialize_heads(
+    model: GLARE,
+    criterion: GlareLoss,
+    job: FolderPretraining,
+    images: Subset[Any],
+    device: torch.device | str,
+    log: Callable[[str], None],
+) -> None:
+    """Fits the heads and the loss's centres to a sample of ``images``."""
+    wanted = min(job.head_init_images, len(images))
+    batches = DataLoader(
+        SeededDataset(images, job.seed),
+        batch_size=min(job.batch_size, wanted),
+        sampler=DrawSampler(len(images), job.seed),
+        num_workers=job.workers,
+        generator=torch.Generator().manual_seed(job.seed),
+    )
+    start = time.perf_counter()
+    fitted = initialize_heads_from_data(
+        model,
+        batches,
+        images=wanted,
+        seed=job.seed,
+        amp=bool(resolve_amp(job.amp, device)),
+        progress=_head_init_progress(log),
+    )
+    criterion.set_centers(fitted.centers)
+    log(
+        f"  heads initialised from {wanted} images in "
+        f"{time.perf_counter() - start:.0f}s ({fitted.describe()})"
+    )
+
+
+def _head_init_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
+    """A progress printer of the head initialisation: a line per quarter."""
+    printed = [0]
+
+    def progress(done: int, total: int) -> None:
+        quarter = 4 * done // total
+        if quarter > printed[0]:
+            printed[0] = quarter
+            log(f"  initialising the heads from the data: {done}/{total} images")
+
+    return progress
 
 
 def folder_loader(job: FolderPretraining, dataset: Dataset[Any]) -> Iterator[Any]:

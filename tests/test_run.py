@@ -101,6 +101,13 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
     with pytest.raises(ResumeError, match="student_drop_path: 0.0 -> 0.3"):
         lightly_glare.pretrain(out, data, checkpoint, steps=5, resume=True, **TINY)
     state["settings"]["student_drop_path"] = rate
+    # ... and with random heads (the run's heads come from its checkpoint, so a
+    # resumed run is never initialised from the data again).
+    head_init = state["settings"].pop("head_init")
+    torch.save(state, out / CHECKPOINT)
+    with pytest.raises(ResumeError, match="head_init: 'random' -> 'auto'"):
+        lightly_glare.pretrain(out, data, checkpoint, steps=5, resume=True, **TINY)
+    state["settings"]["head_init"] = head_init
     torch.save(state, out / CHECKPOINT)
 
     resumed = lightly_glare.pretrain(
@@ -109,6 +116,7 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
     assert resumed.start_step == 2  # the checkpoint of step 2; step 3 runs again
     assert resumed.history.losses == whole.history.losses  # exactly
     assert resumed.history.terms == whole.history.terms
+    assert resumed.history.teacher == whole.history.teacher
     metrics = read_metrics(out / METRICS)
     assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5]
     assert [r["loss/total"] for r in metrics] == whole.history.losses
@@ -143,8 +151,11 @@ def test_the_run_writes_metrics_events_figure_and_exports(
         adapter_bottleneck=8,
         **options,
     )
-    bar = capsys.readouterr().err
+    printed = capsys.readouterr()
+    bar = printed.err
     assert "3/3" in bar and "img/s" in bar and "data " in bar and "loss=" in bar
+    assert "heads initialised from 4 images" in printed.out  # head_init="auto"
+    assert "teacher per term, step 1 -> 3" in printed.out
 
     metrics = read_metrics(run.path(METRICS))
     assert [r["loss/total"] for r in metrics] == run.history.losses
@@ -153,6 +164,13 @@ def test_the_run_writes_metrics_events_figure_and_exports(
         "loss/total",
         *(f"loss/{t}" for t in terms),
     }
+    assert {k for k in metrics[0] if k.startswith("teacher/")} == {
+        f"teacher/{t}/{key}"
+        for t in terms
+        for key in ("entropy", "batch_entropy", "kl")
+    }
+    for record, logged in zip(metrics, run.history.teacher, strict=True):
+        assert {k: record[k] for k in logged} == logged
     for record, logged in zip(metrics, run.history.terms, strict=True):
         assert {t: record[f"loss/{t}"] for t in terms} == logged
         assert 0 <= record["speed/data_wait"] <= 1 and record["speed/images_per_s"] > 0

@@ -390,8 +390,10 @@ def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
 
     The model draws from torch's RNG between batches (region sampler, patch
     distortion); the batches must not depend on it nor on the worker count.
+    Random heads (data-initialised heads are fitted to each variant's own
+    tokens: test_data_initialised_heads_are_fixed_by_the_seed).
     """
-    glare = _folder_job(tmp_path, batch_size=2, seed=3)
+    glare = _folder_job(tmp_path, batch_size=2, seed=3, head_init="random")
     off = {"regional": 0.0, "local_distortion": 0.0, "local_matching": 0.0}
     dino = dataclasses.replace(glare, weights=off, workers=1)
     built = {}
@@ -426,3 +428,21 @@ def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
         other.student_head.state_dict()["mlp.0.weight"],
         built["glare"][0].student_head.state_dict()["mlp.0.weight"],
     )
+
+
+def test_data_initialised_heads_are_fixed_by_the_seed(tmp_path: Path) -> None:
+    """head_init='data' gives the same heads and centres for the same seed."""
+    job = _folder_job(tmp_path, batch_size=2, seed=3, head_init="data")
+    built = [build_folder_pretraining(job, log=lambda _: None) for _ in range(2)]
+    other = build_folder_pretraining(
+        dataclasses.replace(job, seed=4), log=lambda _: None
+    )
+    states = [
+        {**model.state_dict(), **criterion.state_dict()}
+        for model, criterion, _ in (*built, other)
+    ]
+    heads = [k for k in states[0] if "head" in k or "center" in k]
+    assert any("center" in k for k in heads)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in heads)
+    prototypes = "student_head.last_layer.parametrizations.weight.original1"
+    assert not torch.equal(states[0][prototypes], states[2][prototypes])

@@ -15,6 +15,12 @@ from lightly_glare.loss.self_distillation_loss import (
     GlareRegionalLoss,
     SelfDistillationLoss,
 )
+from lightly_glare.loss.teacher_statistics import (
+    TEACHER_PREFIX,
+    TeacherStatistics,
+    statistics_scalars,
+    teacher_statistics,
+)
 
 __all__ = [
     "ALL_TERMS",
@@ -29,5 +35,9 @@ __all__ = [
     "MatchedPair",
     "PairLike",
     "SelfDistillationLoss",
+    "TEACHER_PREFIX",
+    "TeacherStatistics",
     "as_pair",
+    "statistics_scalars",
+    "teacher_statistics",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from lightly.loss import DINOLoss
@@ -18,6 +19,7 @@ from lightly_glare.loss.glare_output import (
     MatchedPair,
 )
 from lightly_glare.loss.self_distillation_loss import GlareLocalLoss, GlareRegionalLoss
+from lightly_glare.loss.teacher_statistics import TeacherStatistics, teacher_statistics
 from lightly_glare.models.heads import DEFAULT_OUTPUT_DIM
 
 #: A term's matched projections: a pair, or ``(teacher, student[, valid])``.
@@ -47,11 +49,15 @@ class GlareLoss(nn.Module):
     A term with weight 0 is neither required from the model nor computed (see
     :attr:`active_terms`, which :class:`~lightly_glare.models.GLARE` accepts as
     ``terms``). The forward returns the total; the detached parts are kept in
-    :attr:`last_terms` for logging.
+    :attr:`last_terms` for logging, and the teacher's entropies per term in
+    :attr:`last_statistics` (whether the objective can teach: a teacher near
+    log K sends no signal, whatever the loss says).
 
     Attributes:
         weights: Weight per term name. Defaults to 1 for every term (ours).
         last_terms: Detached value per computed term from the last forward.
+        last_statistics: The teacher's :class:`TeacherStatistics` per computed
+            term from the last forward.
 
     Like lightly's losses it takes tensors, teacher first: the [CLS]
     projections of both views (as :class:`~lightly.loss.DINOLoss`) and, per
@@ -139,11 +145,39 @@ class GlareLoss(nn.Module):
             }
         )
         self.last_terms: dict[str, Tensor] = {}
+        self.last_statistics: dict[str, TeacherStatistics] = {}
 
     @property
     def active_terms(self) -> tuple[str, ...]:
         """Names of the terms with a positive weight, in :data:`ALL_TERMS` order."""
         return tuple(term for term in ALL_TERMS if self.weights[term] > 0)
+
+    @torch.no_grad()
+    def set_centers(self, centers: Mapping[str, Tensor]) -> None:
+        """Starts the terms' centres at given mean teacher outputs.
+
+        DINO starts its center at 0 and lets the moving average find the
+        teacher's mean; with heads initialised from the data
+        (:func:`~lightly_glare.models.initialize_heads_from_data`, which
+        returns these means) the first steps are then centred too (ours).
+
+        Args:
+            centers: Mean teacher output per term name, shape (K,) each.
+
+        Raises:
+            ValueError: An unknown term or a centre of the wrong size.
+        """
+        for term, center in centers.items():
+            if term not in self.weights:
+                raise ValueError(f"Unknown term {term!r}; terms are {ALL_TERMS}.")
+            owner = self.global_loss if term == GLOBAL else self.pair_losses[term]
+            buffer = cast(Tensor, owner.center)  # (1, K) or lightly's (1, 1, K)
+            if center.shape != buffer.shape[-1:]:
+                raise ValueError(
+                    f"The {term} centre must have shape ({buffer.shape[-1]},), got "
+                    f"{tuple(center.shape)}."
+                )
+            buffer.copy_(center.reshape(buffer.shape))
 
     def teacher_temperature(self, epoch: float | None) -> float:
         """Teacher temperature at ``epoch`` (linear warm-up, then constant)."""
@@ -218,8 +252,17 @@ class GlareLoss(nn.Module):
             )
         return self._total(output, self.teacher_temperature(epoch))
 
+    def _global_statistics(
+        self, teacher_global: Sequence[Tensor], temp: float
+    ) -> TeacherStatistics:
+        """The global teacher's entropies, with the centre ``DINOLoss`` uses."""
+        logits = torch.cat(list(teacher_global)).detach().float()  # (2B, K)
+        center = self.global_loss.center.reshape(1, -1)  # (1, K), before its update
+        return teacher_statistics(torch.softmax((logits - center) / temp, dim=-1))
+
     def _total(self, output: GlareOutput, temp: float) -> Tensor:
         terms: dict[str, Tensor] = {}
+        statistics: dict[str, TeacherStatistics] = {}
         for term in self.active_terms:
             if term == GLOBAL:
                 if not output.teacher_global or not output.student_global:
@@ -227,6 +270,7 @@ class GlareLoss(nn.Module):
                         f"The global term has weight {self.weights[term]} but no "
                         "[CLS] projections were given (teacher_out, student_out)."
                     )
+                statistics[term] = self._global_statistics(output.teacher_global, temp)
                 terms[term] = self.global_loss(
                     output.teacher_global, output.student_global, teacher_temp=temp
                 )
@@ -238,14 +282,17 @@ class GlareLoss(nn.Module):
                     "the model with `terms=criterion.active_terms`."
                 )
             pair = output.pairs[term]
-            terms[term] = self.pair_losses[term](
+            loss = self.pair_losses[term]
+            terms[term] = loss(
                 pair.teacher, pair.student, valid=pair.valid, teacher_temp=temp
             )
+            statistics[term] = cast(TeacherStatistics, loss.last_statistics)
         # Stacked, not summed term by term: under torch.compile (torch 2.14), a
         # graph returning a pointwise function of a single term together with
         # that term's detached value returns the total without its gradient.
         detached = torch.stack(list(terms.values())).detach().unbind()
         self.last_terms = dict(zip(terms, detached, strict=True))
+        self.last_statistics = statistics
         return torch.stack(
             [self.weights[name] * value for name, value in terms.items()]
         ).sum()

@@ -9,6 +9,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from lightly_glare.loss.teacher_statistics import TeacherStatistics, teacher_statistics
+
 
 class SelfDistillationLoss(nn.Module):
     """Cross-entropy between centred, sharpened teacher and student distributions.
@@ -33,6 +35,8 @@ class SelfDistillationLoss(nn.Module):
         teacher_temp: Teacher temperature when none is passed to ``forward``.
             Defaults to 0.04.
         center_momentum: Momentum mu of the center. Defaults to 0.9.
+        last_statistics: The teacher's entropies in the last forward
+            (:class:`TeacherStatistics`; None before the first).
 
     Examples:
         >>> loss_fn = SelfDistillationLoss(output_dim=8192)
@@ -59,6 +63,7 @@ class SelfDistillationLoss(nn.Module):
         self.center_momentum = center_momentum
         self.center: Tensor
         self.register_buffer("center", torch.zeros(1, output_dim))
+        self.last_statistics: TeacherStatistics | None = None
 
     def forward(
         self,
@@ -102,6 +107,7 @@ class SelfDistillationLoss(nn.Module):
         teacher_probs, teacher_sum = _teacher_targets(
             teacher.detach(), self.center, temp, valid, chunks
         )  # (M, K), (K,)
+        self.last_statistics = teacher_statistics(teacher_probs, valid)
         per_item = _SoftCrossEntropy.apply(
             student, teacher_probs, self.student_temp, chunks
         )  # (M,): -sum_k P_t log P_s

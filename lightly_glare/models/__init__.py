@@ -35,6 +35,13 @@ from lightly_glare.models.glare import (
     GLARE,
     parse_patch_count,
 )
+from lightly_glare.models.head_init import (
+    DEFAULT_HEAD_INIT_IMAGES,
+    HeadInitialization,
+    initialize_head,
+    initialize_heads_from_data,
+    spherical_kmeans,
+)
 from lightly_glare.models.heads import (
     DEFAULT_OUTPUT_DIM,
     GlareProjectionHead,
@@ -60,6 +67,11 @@ __all__ = [
     "GLARE",
     "parse_patch_count",
     "GlareProjectionHead",
+    "DEFAULT_HEAD_INIT_IMAGES",
+    "HeadInitialization",
+    "initialize_head",
+    "initialize_heads_from_data",
+    "spherical_kmeans",
     "head_state_dict",
     "AttentionRegionSampler",
     "BackboneOutput",

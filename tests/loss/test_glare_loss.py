@@ -108,9 +108,24 @@ def test_compiled_loss_gives_the_eager_total_and_gradients(term: str) -> None:
         assert total.requires_grad
         total.backward()
         grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
-        results.append((total.detach(), criterion.last_terms, grads))
+        statistics = {
+            name: (float(item.entropy), float(item.batch_entropy))
+            for name, item in criterion.last_statistics.items()
+        }
+        results.append((total.detach(), criterion.last_terms, grads, statistics))
     torch._dynamo.reset()
-    (eager, eager_terms, eager_grads), (compiled, compiled_terms, grads) = results
+    (
+        (eager, eager_terms, eager_grads, eager_stats),
+        (
+            compiled,
+            compiled_terms,
+            grads,
+            compiled_stats,
+        ),
+    ) = results
+    assert compiled_stats.keys() == eager_terms.keys()
+    for name, values in eager_stats.items():
+        assert compiled_stats[name] == pytest.approx(values, rel=1e-5)
     torch.testing.assert_close(compiled, eager)
     assert compiled_terms.keys() == eager_terms.keys()
     for name, value in eager_terms.items():
