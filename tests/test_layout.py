@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "data_preparation": {"data"},
     "precision": set(),
     "training": {"models", "loss", "transforms", "weights", "data", "precision"},
-    "monitoring": {"training"},
+    "monitoring": {"loss", "training"},
     "run": {"data", "loss", "models", "monitoring", "precision", "training"},
     "evaluation": {"models", "data"},
     "visualization": {"models"},
