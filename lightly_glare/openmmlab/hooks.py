@@ -1,5 +1,7 @@
 """mmengine hooks: GLARE's teacher update and fail-safe training.
 
+- :class:`GlareHeadInitHook`: fits the heads to the data before the first
+  iteration (:meth:`GlarePretrainer.initialize_heads`);
 - :class:`GlareTeacherEMAHook`: the EMA update of the GLARE teacher;
 - :class:`NonFiniteLossHook`: stops a run at the first NaN or infinite loss,
   before its weights are checkpointed;
@@ -29,6 +31,36 @@ from lightly_glare.training import NonFiniteLossError, NoTrainingStepsError
 
 #: Suffix of the files :class:`AtomicCheckpointHook` writes before renaming them.
 PARTIAL_SUFFIX = ".partial"
+
+
+def _pretrainer(runner: Any, hook: str) -> GlarePretrainer:
+    """The runner's :class:`GlarePretrainer` (unwrapped); refuses other models."""
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if not isinstance(model, GlarePretrainer):
+        raise TypeError(f"{hook} needs a GlarePretrainer, got {type(model).__name__}.")
+    return model
+
+
+@HOOKS.register_module()
+@validate_arguments
+class GlareHeadInitHook(Hook):
+    """Fits the projection heads to the data before a fresh run's first step.
+
+    Calls :meth:`GlarePretrainer.initialize_heads` on the training dataset
+    (heads the checkpoint lacks, as the model's ``head_init`` says); a resumed
+    run (iteration > 0) keeps the heads of its checkpoint.
+
+    Examples:
+        >>> custom_hooks = [dict(type='GlareHeadInitHook')]
+    """
+
+    priority = "VERY_HIGH"  # before anything reads the heads
+
+    def before_train(self, runner: Any) -> None:
+        """Initialises the heads unless the run resumed."""
+        if runner.iter == 0:
+            model = _pretrainer(runner, type(self).__name__)
+            model.initialize_heads(runner.train_dataloader.dataset)
 
 
 @HOOKS.register_module()
@@ -95,12 +127,7 @@ class GlareTeacherEMAHook(Hook):
         outputs: Any = None,
     ) -> None:
         """EMA update of the teacher of the runner's :class:`GlarePretrainer`."""
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        if not isinstance(model, GlarePretrainer):
-            raise TypeError(
-                "GlareTeacherEMAHook needs a GlarePretrainer, got "
-                f"{type(model).__name__}."
-            )
+        model = _pretrainer(runner, type(self).__name__)
         momentum = self.momentum(runner.iter, runner.max_iters)
         model.glare.update_teacher(momentum)
         runner.message_hub.update_scalar("train/ema_momentum", momentum)

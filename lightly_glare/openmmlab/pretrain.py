@@ -16,27 +16,31 @@ the pieces:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from mmengine.dist import get_rank
+from mmengine.dist import broadcast, get_rank
 from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmseg.registry import MODELS
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
 from lightly_glare.data.seeded import derive_seed
-from lightly_glare.loss import LOCAL_DISTORTION
+from lightly_glare.loss import LOCAL_DISTORTION, statistics_scalars
 from lightly_glare.models import (
+    DEFAULT_HEAD_INIT_IMAGES,
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_STUDENT_DROP_PATH,
     GLARE,
+    HeadInitialization,
+    initialize_heads_from_data,
 )
 from lightly_glare.models.glare import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.training import NonFiniteLossError
+from lightly_glare.training import HEAD_INITS, NonFiniteLossError, resolve_head_init
 from lightly_glare.weights import load_projection_heads, read_ssl_checkpoint
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
@@ -127,9 +131,14 @@ class GlarePretrainer(BaseModel):
       from the heads; its teacher-temperature warm-up counts iterations here).
 
     ``forward(inputs, mode='loss')`` returns ``{'loss': total, 'term_<name>':
-    ..., 'teacher_temp': ...}``: mmengine sums the keys containing ``loss``, so
-    the parts are logged under ``term_*`` (detached) and the logged ``loss`` is
-    the optimised total. The teacher is updated by
+    ..., 'teacher_<name>_<entropy|batch_entropy|kl>': ..., 'teacher_temp':
+    ...}``: mmengine sums the keys containing ``loss``, so the parts and the
+    teacher diagnostics (fractions of log K; see
+    :func:`~lightly_glare.loss.statistics_scalars`) are logged beside the
+    optimised total. Heads the checkpoint lacks are fitted to the data before
+    the first iteration by
+    :class:`~lightly_glare.openmmlab.hooks.GlareHeadInitHook`
+    (:meth:`initialize_heads`). The teacher is updated by
     :class:`~lightly_glare.openmmlab.hooks.GlareTeacherEMAHook` after each
     optimizer step.
 
@@ -171,6 +180,13 @@ class GlarePretrainer(BaseModel):
             student's frozen blocks (see :class:`~lightly_glare.models.GLARE`).
             Defaults to ``DEFAULT_STUDENT_DROP_PATH``.
         freeze_heads (bool): Train only the adapters. Defaults to False.
+        head_init (str): How heads the checkpoint did not provide start:
+            ``'data'`` (fitted to the data, :meth:`initialize_heads`),
+            ``'random'`` (DINO's initialisation) or ``'auto'`` (``'data'``
+            unless the checkpoint's heads were loaded). Defaults to
+            ``'auto'``.
+        head_init_images (int): Images read to fit the heads. Defaults to
+            ``DEFAULT_HEAD_INIT_IMAGES``.
         checkpoint_heads (bool): Load the projection heads of the backbone's
             checkpoint when it has them (DINO / iBOT / DINOv2 training
             checkpoints; see :meth:`~lightly_glare.models.GLARE.load_heads`):
@@ -213,6 +229,8 @@ class GlarePretrainer(BaseModel):
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
         student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,
         freeze_heads: bool = False,
+        head_init: str = "auto",
+        head_init_images: int = DEFAULT_HEAD_INIT_IMAGES,
         checkpoint_heads: bool = True,
         seed: int = 0,
         compile: bool = False,
@@ -223,7 +241,15 @@ class GlarePretrainer(BaseModel):
             data_preprocessor=data_preprocessor or GlarePretrainDataPreprocessor(),
             init_cfg=init_cfg,
         )
+        if head_init not in HEAD_INITS or head_init_images < 1:
+            raise ValueError(
+                f"head_init must be one of {HEAD_INITS} and head_init_images at "
+                f"least 1, got {head_init!r} and {head_init_images}."
+            )
         self.seed = seed
+        self.head_init = head_init
+        self.head_init_images = head_init_images
+        self.checkpoint_heads_loaded = False
         self.backbone_cfg = dict(backbone)
         checkpoint = backbone.get("checkpoint") if checkpoint_heads else None
         loaded = None if not checkpoint else read_ssl_checkpoint(checkpoint)
@@ -290,6 +316,7 @@ class GlarePretrainer(BaseModel):
             read, source=checkpoint, input_dim=self.glare.backbone.embed_dim
         )
         loaded = self.glare.load_heads(heads)
+        self.checkpoint_heads_loaded = bool(loaded)
         print_log(
             f"Heads from {checkpoint}: {', '.join(loaded)}."
             if loaded
@@ -298,12 +325,65 @@ class GlarePretrainer(BaseModel):
             logger="current",
         )
 
+    def initialize_heads(self, dataset: Any) -> HeadInitialization | None:
+        """Fits the heads and the loss's centres to ``dataset`` (``head_init``).
+
+        Reads ``head_init_images`` items of ``dataset`` (a seeded choice) and
+        runs :func:`~lightly_glare.models.initialize_heads_from_data`; in a
+        distributed run every rank then takes rank 0's heads and centres.
+
+        Args:
+            dataset: The training dataset (items ``dict(inputs=(views,
+                geometry))``).
+
+        Returns:
+            What was fitted, or None when ``head_init`` resolves to
+            ``'random'`` (e.g. the checkpoint's heads were loaded).
+        """
+        if resolve_head_init(self.head_init, self.checkpoint_heads_loaded) != "data":
+            return None
+        order = torch.randperm(
+            len(dataset), generator=torch.Generator().manual_seed(self.seed)
+        )[: self.head_init_images]
+        loader = DataLoader(Subset(dataset, order.tolist()), batch_size=16)
+        fitted = initialize_heads_from_data(
+            self.glare,
+            self._head_init_batches(loader),
+            images=len(order),
+            seed=self.seed,
+        )
+        self.criterion.set_centers(fitted.centers)
+        for key, tensor in self.state_dict().items():
+            if not key.startswith("glare.backbone.vit."):  # frozen: equal already
+                broadcast(tensor)  # rank 0's heads and centres; no-op alone
+        print_log(
+            f"Heads initialised from {len(order)} images: {fitted.describe()}",
+            logger="current",
+        )
+        return fitted
+
+    def _head_init_batches(self, loader: DataLoader[Any]) -> Iterator[Any]:
+        """``([view_0, view_1, geometry], _, _)`` batches of ``loader``."""
+        for data in loader:
+            views, geometry = self.data_preprocessor(data, False)["inputs"]
+            yield [*views, geometry], None, None
+
     def step_generator(self, device: torch.device) -> torch.Generator:
         """A generator on ``device`` seeded from ``seed``, step count and rank."""
         generator = torch.Generator(device=device)
         step_seed = derive_seed(self.seed, int(self.num_steps))
         generator.manual_seed(step_seed + (get_rank() << 40))
         return generator
+
+    def _teacher_scalars(self) -> dict[str, float]:
+        """``teacher_<term>_<entropy|batch_entropy|kl>`` of the last step."""
+        terms = {k: float(v) for k, v in self.criterion.last_terms.items()}
+        return {
+            tag.replace("/", "_"): value
+            for tag, value in statistics_scalars(
+                self.criterion.last_statistics, terms
+            ).items()
+        }
 
     def export_meta(self) -> dict[str, Any]:
         """Meta information stored with an exported backbone."""
@@ -366,6 +446,8 @@ class GlarePretrainer(BaseModel):
         losses = {"loss": loss}
         for name, value in self.criterion.last_terms.items():
             losses[f"term_{name}"] = value.detach()
+        for tag, value in self._teacher_scalars().items():
+            losses[tag] = loss.new_tensor(value)
         losses["teacher_temp"] = loss.new_tensor(
             self.criterion.teacher_temperature(step)
         )

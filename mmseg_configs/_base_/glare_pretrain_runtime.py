@@ -70,8 +70,13 @@ model = dict(
         teacher_temp=0.04,
         warmup_teacher_temp=0.04,
         warmup_teacher_temp_epochs=0),
+    # Heads the checkpoint lacks (DINOv2, timm): 'auto' fits them to
+    # head_init_images images before the first step (GlareHeadInitHook) when the
+    # checkpoint has no heads; 'data' always; 'random' keeps DINO's random heads.
+    head_init='auto',
+    head_init_images=512,
     # Seeds the patch augmentation's and region sampler's generator (with the
-    # step and the rank).
+    # step and the rank), and the head initialisation's choices.
     seed=0,
     data_preprocessor=dict(type='GlarePretrainDataPreprocessor'))
 
@@ -125,6 +130,9 @@ default_hooks = dict(
                     max_keep_ckpts=2, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 custom_hooks = [
+    # Fits the heads the checkpoint lacks to the data before the first step
+    # (model.head_init; a resumed run keeps its own).
+    dict(type='GlareHeadInitHook'),
     dict(type='GlareTeacherEMAHook', momentum_start=0.996, momentum_end=1.0),
 ]
 

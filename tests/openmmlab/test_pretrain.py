@@ -75,6 +75,12 @@ TINY_MODEL: dict[str, Any] = {
     "train_dataloader.dataset.transform.input_size": 32,
 }
 TERMS = ["term_global", "term_regional", "term_local_distortion", "term_local_matching"]
+#: The teacher diagnostics logged per term (fractions of log K).
+TEACHER = [
+    f"teacher_{term.removeprefix('term_')}_{key}"
+    for term in TERMS
+    for key in ("entropy", "batch_entropy", "kl")
+]
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +199,7 @@ def test_run_logs_finite_loss(full_run: tuple[Path, Runner]) -> None:
         # The logged loss is the optimised total, not total + parts.
         assert record["loss"] == pytest.approx(sum(parts), rel=1e-4)
         assert record["teacher_temp"] == pytest.approx(0.04)
+        assert all(0 < record[name] <= 1 + 1e-6 for name in TEACHER if "kl" not in name)
         step = int(record["step"])
         assert record["ema_momentum"] == pytest.approx(hook.momentum(step - 1, 4))
     assert logged[-1]["ema_momentum"] == pytest.approx(1.0)
@@ -491,12 +498,38 @@ def test_non_finite_loss_raises(image_dir: Path) -> None:
     model = tiny_pretrainer()
     batch = one_batch(image_dir)
     out = model(batch)
-    assert set(out) == {"loss", "teacher_temp", *TERMS}
+    assert set(out) == {"loss", "teacher_temp", *TERMS, *TEACHER}
+    for name in TEACHER:
+        if not name.endswith("_kl"):
+            assert 0 < float(out[name]) <= 1 + 1e-6, name
     assert out["loss"].requires_grad
     assert not any(v.requires_grad for k, v in out.items() if k != "loss")
     batch[0][0][:] = float("nan")
     with pytest.raises(RuntimeError, match="Non-finite GLARE loss"):
         model(batch)
+
+
+def test_heads_are_fitted_to_the_data_unless_random(image_dir: Path) -> None:
+    """GlareHeadInitHook's work: heads and centres fitted, teacher copies them."""
+    dataset = GlarePretrainDataset(str(image_dir), transform=TRANSFORM)
+    random = tiny_pretrainer(head_init="random")
+    before = {k: v.clone() for k, v in random.state_dict().items()}
+    assert random.initialize_heads(dataset) is None
+    assert all(torch.equal(v, random.state_dict()[k]) for k, v in before.items())
+    model = tiny_pretrainer(head_init="data", head_init_images=3)
+    fitted = model.initialize_heads(dataset)
+    assert fitted is not None and fitted.samples["head"] >= 6  # 3 images x 2 views
+    glare = model.glare
+    for name, student in (
+        ("head", glare.student_head),
+        ("patch_head", glare.student_patch_head),
+    ):
+        teacher = glare.teacher[name].state_dict()
+        assert all(torch.equal(v, teacher[k]) for k, v in student.state_dict().items())
+    center = model.criterion.global_loss.center.flatten()
+    assert torch.equal(center, fitted.centers["global"])
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        tiny_pretrainer(head_init="kmeans")
 
 
 def test_parts_are_built_from_nested_configs(image_dir: Path) -> None:
@@ -610,7 +643,11 @@ def test_pretrain_configs(
     warmup, cosine = cfg.param_scheduler
     assert warmup.end == cosine.begin == iters // 10
     assert cosine.end == iters and cosine.eta_min == 1e-6
-    assert [h.type for h in cfg.custom_hooks] == ["GlareTeacherEMAHook"]
+    assert (model.head_init, model.head_init_images) == ("auto", 512)
+    assert [h.type for h in cfg.custom_hooks] == [
+        "GlareHeadInitHook",
+        "GlareTeacherEMAHook",
+    ]
     assert cfg.default_hooks.checkpoint.type == "AtomicCheckpointHook"
     assert cfg.default_hooks.checkpoint.save_last
 

