@@ -113,8 +113,8 @@ LEGACY_SETTINGS: dict[str, Any] = {"student_drop_path": 0.0}
 _FROZEN_PREFIX = "backbone.vit."
 #: The files the end of a run writes (a finished run without them re-exports).
 EXPORTS = (BACKBONE, TIMM_VIT, ADAPTERS)
-#: Everything a run writes into ``out``.
-RUN_FILES = (CHECKPOINT, METRICS, TENSORBOARD, FIGURE, *EXPORTS)
+#: Files that only a run that reached its end writes: never overwritten.
+FINAL_FILES = (FIGURE, *EXPORTS)
 #: Default ``min_size``: images with a shorter side below it are bad files.
 DEFAULT_MIN_SIZE = 32
 #: Folders holding more images than this get a progress bar for their check.
@@ -301,6 +301,11 @@ def pretrain(
     state = _run_state(out, resume)
     bar = ProgressBar() if progress else None
     printer = log or (bar.write if bar else print)
+    if state is None and (out / METRICS).exists():
+        printer(
+            f"  replacing {out / METRICS} and {TENSORBOARD}/: a run that stopped "
+            "before its first checkpoint"
+        )
     bad = _check_data(job, min_size, skip_bad, verify_images, progress, printer)
     _check_free_space(out, job)
     chosen = default_device() if device is None else torch.device(device)
@@ -415,7 +420,7 @@ def _run_state(out: Path, resume: bool) -> dict[str, Any] | None:
                 f"{out} holds a run ({CHECKPOINT}). Pass resume=True to continue "
                 "it, or choose another out (nothing was overwritten)."
             )
-        found = [name for name in RUN_FILES if (out / name).exists()]
+        found = [name for name in FINAL_FILES if (out / name).exists()]
         if found:
             raise ResumeError(
                 f"{out} holds files of a run ({', '.join(found)}) but no "
