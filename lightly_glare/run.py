@@ -210,7 +210,7 @@ def pretrain(
     :mod:`lightly_glare.run` into ``out``.
 
     Example:
-        >>> run = lightly_glare.pretrain("runs/vits", "images/", "dino_deitsmall16.pth",
+        >>> run = lightly_glare.pretrain("runs/vits", "images/", "dino_deitsmall16_pretrain.pth",
         ...                              model="vit_small_patch16_224", steps=300)
         >>> run.path("adapted_backbone.pth")
 
