@@ -20,8 +20,8 @@ NAMED = re.compile(r"\bdino(?:_deit|_vit|v2_vit)\w+?\.pth\b")
 def checkpoints_table() -> dict[str, str]:
     """File name -> its row of the "Checkpoints" table of getting_started."""
     page = (ROOT / "docs" / "getting_started.md").read_text()
-    section = page.split("(checkpoints)=", 1)[1].split("\n\n", 3)
-    rows = [line for line in "\n\n".join(section).splitlines() if line.startswith("| `")]
+    section = re.split(r"\n#{2,3} ", page.split("(checkpoints)=", 1)[1])[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
     return {row.split("`")[1]: row for row in rows}
 
 

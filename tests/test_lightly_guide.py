@@ -71,11 +71,7 @@ def apply(diff: list[str], example: list[str]) -> list[str]:
             continue
         wanted = text.strip()
         found = next(
-            (
-                i
-                for i in range(position, len(example))
-                if example[i].strip() == wanted
-            ),
+            (i for i in range(position, len(example)) if example[i].strip() == wanted),
             None,
         )
         assert found is not None, (
