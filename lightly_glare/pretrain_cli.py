@@ -4,8 +4,9 @@ The keys are the Python argument names, the values are converted to the
 argument's type (``true``/``false`` for booleans, ``none`` for an optional
 value, ``0,2,5`` for a list, ``weights.TERM=W`` for one term weight)::
 
-    lightly-glare pretrain out=runs/vits data=images checkpoint=dino_deitsmall16_pretrain.pth
-        model=vit_small_patch16_224 steps=300 batch_size=64 weights.regional=0.5
+    lightly-glare pretrain out=runs/vits data=images
+        checkpoint=dino_deitsmall16_pretrain.pth model=vit_small_patch16_224
+        steps=300 batch_size=64 weights.regional=0.5
     lightly-glare pretrain out=runs/vits data=images checkpoint=... model=...
         resume=true
 """

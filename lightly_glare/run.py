@@ -51,6 +51,7 @@ from typing import Any, cast
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Subset
 
 from lightly_glare.data import (
@@ -210,8 +211,9 @@ def pretrain(
     :mod:`lightly_glare.run` into ``out``.
 
     Example:
-        >>> run = lightly_glare.pretrain("runs/vits", "images/", "dino_deitsmall16_pretrain.pth",
-        ...                              model="vit_small_patch16_224", steps=300)
+        >>> run = lightly_glare.pretrain(
+        ...     "runs/vits", "images/", "dino_deitsmall16_pretrain.pth",
+        ...     model="vit_small_patch16_224", steps=300)
         >>> run.path("adapted_backbone.pth")
 
     Args:
@@ -679,7 +681,10 @@ def estimate_output_bytes(job: FolderPretraining) -> dict[str, int]:
         grow by a few hundred bytes a step, are not counted).
     """
     with torch.device("meta"):
-        vit = timm.create_model(job.arch, img_size=job.img_size, num_classes=0)
+        vit = cast(
+            VisionTransformer,
+            timm.create_model(job.arch, img_size=job.img_size, num_classes=0),
+        )
         criterion = GlareLoss(output_dim=job.output_dim)
         model = GLARE(
             vit,
