@@ -331,7 +331,7 @@ def pretrain(
         printer(f"  resumed {out / CHECKPOINT} at step {start}/{steps}")
         if start >= steps:
             printer(f"  the run is finished; writing its missing {', '.join(missing)}")
-        _drop_torn_line(out / METRICS)
+    _drop_torn_line(out / METRICS)
     if start < steps:
         loader = DataLoader(
             CarryErrors(SeededDataset(images, job.seed)),
@@ -718,7 +718,10 @@ def _check_free_space(out: Path, job: FolderPretraining) -> None:
     those already in ``out`` (a resumed run replaces them), plus the largest
     once more: an atomic write holds the old file and the new one at once.
     """
-    sizes = estimate_output_bytes(job)
+    try:
+        sizes = estimate_output_bytes(job)
+    except Exception:  # e.g. not a ViT: the model build names the problem
+        return
     present = sum(
         (out / name).stat().st_size for name in sizes if (out / name).is_file()
     )

@@ -402,6 +402,8 @@ def test_skip_bad_trains_without_them_and_a_worker_error_is_one_line(
         f"'{folder / 'cut.png'}': corrupt or truncated image data"
     )
     assert "verify_images=True" in err
+    with (tmp_path / "headers" / METRICS).open("a") as metrics_file:
+        metrics_file.write('{"step": 3, "loss/to')  # torn, and no checkpoint
     with pytest.raises(ImageReadError, match="cut.png"):  # the same out: no
         cli.main(["--debug", "pretrain", *args])  # checkpoint, metrics replaced
 
