@@ -236,7 +236,7 @@ def pretrain(
             (it would be upscaled into the views); None: no minimum.
         verify_images: Decode every image before training (catches truncated
             or corrupt pixel data; a full decode per image) instead of reading
-            the headers only (about a millisecond per image).
+            the headers only (0.2 s for 5,000 small JPEGs; decoding: 0.9 s).
         device: Where to train. None: CUDA when available, else the CPU.
         progress: Draw a progress bar (step, loss and terms, images/s, ETA,
             data-wait share); off, progress lines go to ``log``.

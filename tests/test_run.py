@@ -541,3 +541,22 @@ def test_every_mistake_ends_as_one_line_with_exit_1(
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(OutFolderError):
         cli.main(["pretrain", *args])
+
+
+def test_the_image_check_draws_a_progress_bar_on_large_folders(
+    tmp_path: Path,
+    inputs: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data, checkpoint = inputs
+    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    options = {**TINY, "progress": True, "log": None}
+    for threshold, shown in ((4, False), (3, True)):  # 4 images
+        monkeypatch.setattr(run, "CHECK_PROGRESS_FROM", threshold)
+        with pytest.raises(AssertionError, match="built before the check"):
+            lightly_glare.pretrain(tmp_path / "out", data, checkpoint, **options)
+        err = capsys.readouterr().err
+        assert ("checking images" in err and "4/4" in err) == shown, err
+    with pytest.raises(ValueError, match="min_size must be at least 1 or None"):
+        lightly_glare.pretrain(tmp_path / "out", data, checkpoint, min_size=0, **TINY)
