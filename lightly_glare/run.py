@@ -329,63 +329,52 @@ def pretrain(
         start = _restore(state, settings, glare, criterion, out / CHECKPOINT, missing)
         prior = PretrainHistory(losses=state["losses"], terms=state["terms"])
         printer(f"  resumed {out / CHECKPOINT} at step {start}/{steps}")
-        if start >= steps:
+        if start >= steps:  # finished, but its exports are missing (a full disk)
             printer(f"  the run is finished; writing its missing {', '.join(missing)}")
+            _write_outputs(glare, job, prior.losses, out)
+            return PretrainRun(out, prior, chosen, amp, start)
     _drop_torn_line(out / METRICS)
-    if start < steps:
-        loader = DataLoader(
-            CarryErrors(SeededDataset(images, job.seed)),
-            batch_size=job.batch_size,
-            sampler=DrawSampler(len(images), job.seed, start=start * job.batch_size),
-            drop_last=True,
-            num_workers=job.workers,
-            collate_fn=collate_carrying_errors,
-            pin_memory=chosen.type == "cuda",
-            generator=torch.Generator().manual_seed(job.seed),
-        )
-        with _writing(out / METRICS):
-            jsonl = JsonlMetrics(out / METRICS, start)
+    loader = DataLoader(
+        CarryErrors(SeededDataset(images, job.seed)),  # worker errors: one line
+        batch_size=job.batch_size,
+        sampler=DrawSampler(len(images), job.seed, start=start * job.batch_size),
+        drop_last=True,
+        num_workers=job.workers,
+        collate_fn=collate_carrying_errors,
+        pin_memory=chosen.type == "cuda",
+        generator=torch.Generator().manual_seed(job.seed),
+    )
+    with _writing(out / METRICS):
         metrics: list[JsonlMetrics | TensorBoardMetrics] = [
-            jsonl,
+            JsonlMetrics(out / METRICS, start),
             TensorBoardMetrics(out / TENSORBOARD, start),
         ]
-        saver = _CheckpointSaver(out / CHECKPOINT, save_every, settings, prior)
-        own: list[StepCallback] = [
-            _WriteErrors(jsonl, out / METRICS),
-            _WriteErrors(metrics[1], out / TENSORBOARD),
-            saver,
-            *([bar] if bar else []),
-        ]
-        try:
-            history = pretrain_loop(
-                glare,
-                criterion,
-                raise_carried(loader),
-                config,
-                batch_size=job.batch_size,
-                device=chosen,
-                log=printer,
-                callbacks=[*own, *callbacks],
-                start_step=start,
-                optimizer_state=state["optimizer"] if state else None,
-            )
-        except ImageReadError as error:
-            raise _unverified(error, verify_images) from None
-        finally:
-            for closable in (*metrics, *([bar] if bar else [])):
-                closable.close()
-    else:
-        history = PretrainHistory()
+    saver = _CheckpointSaver(out / CHECKPOINT, save_every, settings, prior)
+    own: list[StepCallback] = [*_guarded(metrics), saver, *([bar] if bar else [])]
+    try:
+        history = pretrain_loop(
+            glare,
+            criterion,
+            raise_carried(loader),
+            config,
+            batch_size=job.batch_size,
+            device=chosen,
+            log=printer,
+            callbacks=[*own, *callbacks],
+            start_step=start,
+            optimizer_state=state["optimizer"] if state else None,
+        )
+    except ImageReadError as error:
+        raise _unverified(error, verify_images) from None
+    finally:
+        for closable in (*metrics, *([bar] if bar else [])):
+            closable.close()
     full = PretrainHistory(
         losses=prior.losses + history.losses,
         terms=prior.terms + history.terms,
         seconds=history.seconds,
     )
-    with _writing(out / FIGURE):
-        plot_losses(read_metrics(out / METRICS), out / FIGURE)
-    with _writing(out / BACKBONE):
-        export_job(glare, job, full.losses, out / BACKBONE)
-    _export_timm(glare, out)
+    _write_outputs(glare, job, full.losses, out)
     printer(
         f"  {len(images)} images, steps {start}-{steps} in {history.seconds:.0f}s, "
         f"loss {full.losses[0]:.3f} -> {full.losses[-1]:.3f}; wrote {out}"
@@ -541,6 +530,17 @@ class _CheckpointSaver:
             },
             self.path,
         )
+
+
+def _write_outputs(
+    model: GLARE, job: FolderPretraining, losses: Sequence[float], out: Path
+) -> None:
+    """Writes the loss figure and the three exports of a trained run."""
+    with _writing(out / FIGURE):
+        plot_losses(read_metrics(out / METRICS), out / FIGURE)
+    with _writing(out / BACKBONE):
+        export_job(model, job, losses, out / BACKBONE)
+    _export_timm(model, out)
 
 
 def _export_timm(model: GLARE, out: Path) -> None:
@@ -792,6 +792,16 @@ def _write_cause(path: Path, cause: BaseException) -> str:
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror + (f" ({cause.filename})" if cause.filename else "")
     return detail
+
+
+def _guarded(
+    metrics: Sequence[JsonlMetrics | TensorBoardMetrics],
+) -> list[StepCallback]:
+    """``metrics`` as step callbacks whose write errors name their file."""
+    return [
+        _WriteErrors(m, m.path if isinstance(m, JsonlMetrics) else m.log_dir)
+        for m in metrics
+    ]
 
 
 class _WriteErrors:
