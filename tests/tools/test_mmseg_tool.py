@@ -42,9 +42,16 @@ def test_mmseg_print_config_reads_a_lightly_glare_base(tmp_path: Path) -> None:
     docs = (ROOT / "docs" / "mmseg.md").read_text()
     assert raw in docs
 
-    ours = python("tools/mmseg_tool.py", "misc/print_config", str(config))
+    # mmseg's print_config.py also dumps the config into ./example.py: not here.
+    ours = python(
+        str(ROOT / "tools" / "mmseg_tool.py"),
+        "misc/print_config",
+        str(config),
+        cwd=tmp_path,
+    )
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert "type='GlareViT'" in ours.stdout and "num_classes=7" in ours.stdout
+    assert not (ROOT / "example.py").exists()
 
 
 def test_mmseg_analysis_tools_pass_the_mmcv_ext_import_as_documented(
