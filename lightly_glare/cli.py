@@ -20,6 +20,11 @@ config (:func:`resolve_config`)::
     lightly-glare configs            # the shipped config names
     lightly-glare pretrain out=run data=img checkpoint=a.pth model=vit_base_patch16_224
 
+A command that fails ends with one line, ``lightly-glare COMMAND: Error: TYPE:
+MESSAGE``, and exit status 1 (:func:`report_errors`); ``lightly-glare --debug
+COMMAND ...`` or the environment variable ``LIGHTLY_GLARE_DEBUG=1`` shows the
+traceback instead. Malformed arguments exit with status 2, as argparse does.
+
 This module imports nothing heavy: ``lightly-glare --help`` is instant.
 """
 
@@ -32,7 +37,7 @@ import re
 import subprocess
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +49,10 @@ ALIASES = {"export": "export_backbone"}
 #: Where the trees are in a source checkout, relative to the repository root.
 CHECKOUT_TREES = {"configs": "mmseg_configs", "tools": "tools"}
 PROG = "lightly-glare"
+#: The flag (before the command) and the environment variable that show the
+#: traceback of a failed command instead of its one-line message.
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "LIGHTLY_GLARE_DEBUG"
 #: A Python tool takes a config as its first positional argument when it
 #: declares one named ``config`` (itself or through ``add_config_arguments``).
 _PY_CONFIG_ARG = re.compile(
@@ -252,6 +261,9 @@ def usage(tools: dict[str, Tool]) -> str:
         "segmentation/NAME.py,",
         f"{SCOPE}::NAME.py (user configs inherit ours with "
         f"_base_ = ['{SCOPE}::glare_ade20k.py']).",
+        f"A failed command prints one line and exits with 1; `{PROG} {DEBUG_FLAG} "
+        f"COMMAND ...` (or {DEBUG_ENV}=1)",
+        "shows the traceback.",
         "",
         "commands:",
     ]
@@ -381,8 +393,56 @@ def exec_main(path: Path) -> None:
             sys.modules["__main__"] = saved
 
 
+def debug_requested(flag: bool = False) -> bool:
+    """Whether a failed command shows its traceback.
+
+    Args:
+        flag: ``--debug`` was given.
+
+    Returns:
+        ``flag``, or the environment variable :data:`DEBUG_ENV` is set to a
+        value other than ``''``, ``0``, ``false``, ``no`` or ``off``.
+    """
+    value = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return flag or value not in ("", "0", "false", "no", "off")
+
+
+def report_errors(command: str, call: Callable[[], int], debug: bool = False) -> int:
+    """Runs a command; an exception ends it as one line and exit status 1.
+
+    Args:
+        command: The command's name, for the message.
+        call: Runs the command and returns its exit status.
+        debug: Let exceptions propagate (their traceback is printed).
+
+    Returns:
+        The command's status; 1 after an exception (the line
+        ``lightly-glare COMMAND: Error: TYPE: MESSAGE`` is printed on stderr);
+        130 after Ctrl-C.
+    """
+    try:
+        return call()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG} {command}: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"{PROG} {command}: Error: {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightly-glare`` console script.
+
+    ``lightly-glare [--debug] COMMAND ARGS...``: a failed command prints one
+    line and exits with 1 (:func:`report_errors`) unless ``--debug`` (or
+    :data:`DEBUG_ENV`) asks for the traceback.
 
     Args:
         argv: ``COMMAND ARGS...``. Defaults to ``sys.argv[1:]``.
@@ -391,6 +451,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    flag = bool(args) and args[0] == DEBUG_FLAG
+    if flag:
+        args = args[1:]
+    if args and args[0] == "pretrain" and DEBUG_FLAG in args:  # key=value args
+        args.remove(DEBUG_FLAG)
+        flag = True
+    debug = debug_requested(flag)
+    command = args[0] if args else ""
+    return report_errors(command, lambda: _dispatch(args), debug)
+
+
+def _dispatch(args: list[str]) -> int:
+    """Runs ``COMMAND ARGS...``."""
     tools = find_tools()
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(tools))

@@ -4,8 +4,9 @@ The keys are the Python argument names, the values are converted to the
 argument's type (``true``/``false`` for booleans, ``none`` for an optional
 value, ``0,2,5`` for a list, ``weights.TERM=W`` for one term weight)::
 
-    lightly-glare pretrain out=runs/vits data=images checkpoint=dino_vits16.pth
-        model=vit_small_patch16_224 steps=300 batch_size=64 weights.regional=0.5
+    lightly-glare pretrain out=runs/vits data=images
+        checkpoint=dino_deitsmall16_pretrain.pth model=vit_small_patch16_224
+        steps=300 batch_size=64 weights.regional=0.5
     lightly-glare pretrain out=runs/vits data=images checkpoint=... model=...
         resume=true
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lightly_glare.run import OPTIONS, pretrain
-from lightly_glare.training import FolderPretraining, NonFiniteLossError
+from lightly_glare.training import FolderPretraining
 
 PROG = "lightly-glare pretrain"
 #: Arguments of :func:`~lightly_glare.run.pretrain` that are not command keys.
@@ -185,6 +186,8 @@ def usage(keys: Mapping[str, Key]) -> str:
         "(lightly_glare.pretrain; help(lightly_glare.pretrain) describes every key).",
         "Writes checkpoint.pth (resume=true continues it), metrics.jsonl,",
         "tensorboard/, losses.png, adapted_backbone.pth, timm_vit.pth, adapters.pth.",
+        "A refused input ends with one line and exit status 1; --debug (or",
+        "LIGHTLY_GLARE_DEBUG=1) shows the traceback.",
         "",
         "keys:",
     ]
@@ -213,8 +216,13 @@ def main(
         run: The function called with the parsed keywords.
 
     Returns:
-        0 after a finished run; 1 when the input is refused or the loss
-        diverges (the message names the problem); 2 for bad arguments.
+        0 after a finished run; 2 for bad arguments (the message names the
+        key).
+
+    Raises:
+        Exception: What ``run`` raises (a refused input, a diverged loss, a
+            failed write); ``lightly-glare`` prints it as one line and exits
+            with 1 (:func:`lightly_glare.cli.report_errors`).
     """
     args = list(sys.argv[2:] if argv is None else argv)
     keys = command_keys()
@@ -224,11 +232,7 @@ def main(
     try:
         kwargs = parse(args, keys)
     except KeyValueError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        print(f"{PROG}: Error: {error}", file=sys.stderr)
         return 2
-    try:
-        run(**kwargs)
-    except (ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"{PROG}: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+    run(**kwargs)
     return 0

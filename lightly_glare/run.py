@@ -36,20 +36,41 @@ therefore computes the same losses as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import errno
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import timm
 import torch
-from torch.utils.data import DataLoader, Subset
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import Subset
 
-from lightly_glare.data import DrawSampler, ImageFolderDataset, SeededDataset
+from lightly_glare.data import (
+    IMAGE_EXTENSIONS,
+    BadImagesError,
+    ImageFolderDataset,
+    ImageReadError,
+    check_images,
+    find_image_files,
+    raise_carried,
+)
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import DEFAULT_HEAD_INIT_IMAGES, GLARE, save_atomic
+from lightly_glare.models import (
+    DEFAULT_HEAD_INIT_IMAGES,
+    GLARE,
+    GlareProjectionHead,
+    save_atomic,
+)
 from lightly_glare.models.export import architecture_of
 from lightly_glare.monitoring import (
     JsonlMetrics,
@@ -68,6 +89,7 @@ from lightly_glare.training import (
     StepEvent,
     build_folder_pretraining,
     export_job,
+    seeded_loader,
 )
 from lightly_glare.training import (
     pretrain as pretrain_loop,
@@ -99,10 +121,46 @@ LEGACY_SETTINGS: dict[str, Any] = {
 }
 #: The frozen ViT: restored from the start checkpoint, not saved in the run's.
 _FROZEN_PREFIX = "backbone.vit."
+#: The files the end of a run writes (a finished run without them re-exports).
+EXPORTS = (BACKBONE, TIMM_VIT, ADAPTERS)
+#: Files that only a run that reached its end writes: never overwritten.
+FINAL_FILES = (FIGURE, *EXPORTS)
+#: Default ``min_size``: images with a shorter side below it are bad files.
+DEFAULT_MIN_SIZE = 32
+#: Folders holding more images than this get a progress bar for their check.
+CHECK_PROGRESS_FROM = 1000
+#: Bad files listed in the message (all are counted).
+LISTED_BAD_FILES = 100
+#: Free space asked beyond the estimated size of the run's files.
+SPACE_MARGIN = 1.1
 
 
 class ResumeError(ValueError):
     """A run cannot be started or continued in ``out`` as asked."""
+
+
+class OutFolderError(ValueError):
+    """``out`` cannot hold the run: not a folder, not writable, or too full."""
+
+
+class OutputWriteError(OSError):
+    """Writing a file of the run failed (full disk, lost permission, ...).
+
+    The message names the file and the cause. The files written before are
+    intact (every write is atomic or appends), so the run can continue with
+    ``resume=True`` once the cause is fixed.
+
+    Attributes:
+        path: The file that could not be written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cause: BaseException) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"Cannot write {self.path}: {_write_cause(self.path, cause)}. The files "
+            "written before are intact; fix the cause, then resume=True continues "
+            "from the last checkpoint."
+        )
 
 
 @dataclass(frozen=True)
@@ -144,6 +202,9 @@ def pretrain(
     steps: int = 1000,
     resume: bool = False,
     save_every: int = 100,
+    skip_bad: bool = False,
+    min_size: int | None = DEFAULT_MIN_SIZE,
+    verify_images: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -159,8 +220,9 @@ def pretrain(
     :mod:`lightly_glare.run` into ``out``.
 
     Example:
-        >>> run = lightly_glare.pretrain("runs/vits", "images/", "dino_deitsmall16.pth",
-        ...                              model="vit_small_patch16_224", steps=300)
+        >>> run = lightly_glare.pretrain(
+        ...     "runs/vits", "images/", "dino_deitsmall16_pretrain.pth",
+        ...     model="vit_small_patch16_224", steps=300)
         >>> run.path("adapted_backbone.pth")
 
     Args:
@@ -175,6 +237,15 @@ def pretrain(
         resume: Continue the run whose checkpoint is in ``out`` (with the same
             settings; ``workers`` may differ).
         save_every: Write the checkpoint every this many steps (and at the end).
+        skip_bad: Train without the bad images (unreadable, or smaller than
+            ``min_size``) and say how many were left out; False: refuse the
+            run, listing them all. The images are checked before the model is
+            built.
+        min_size: Shorter image side in pixels below which an image is bad
+            (it would be upscaled into the views); None: no minimum.
+        verify_images: Decode every image before training (catches truncated
+            or corrupt pixel data; a full decode per image) instead of reading
+            the headers only (0.2 s for 5,000 small JPEGs; decoding: 0.9 s).
         device: Where to train. None: CUDA when available, else the CPU.
         progress: Draw a progress bar (step, loss and terms, images/s, ETA,
             data-wait share); off, progress lines go to ``log``.
@@ -195,12 +266,24 @@ def pretrain(
 
     Raises:
         TypeError: An unknown option (the message names the closest).
+        ValueError: ``model`` is not a timm model (the closest are named).
         FileNotFoundError: ``data`` or ``checkpoint`` does not exist.
-        ResumeError: ``out`` holds a run and ``resume`` is False; ``resume``
-            is True but ``out`` holds no run, or one with other settings or
-            other images (the differences are named).
+        NotADirectoryError: ``data`` is a file.
+        BadImagesError: Bad images in ``data`` and ``skip_bad`` is False (all
+            are listed), or all are bad.
+        ImageReadError: An image that passed the header check cannot be
+            decoded during training (the message names it; ``verify_images``
+            finds such files before training).
+        OutFolderError: ``out`` is a file, cannot be created or written, or
+            its disk has less free space than the run's files need.
+        OutputWriteError: A file of the run could not be written (the message
+            names it and the cause, e.g. a full disk).
+        ResumeError: ``out`` holds a run (or files of one) and ``resume`` is
+            False; ``resume`` is True but ``out`` holds no run, or one with
+            other settings or other images (the differences are named).
         NoTrainingStepsError: Fewer images than a batch, ``steps`` < 1, or a
-            resumed run that is already finished.
+            resumed run that is already finished and exported (a finished run
+            whose exports are missing writes them).
         NonFiniteLossError: The loss became NaN or infinite (the last
             checkpoint stays intact).
     """
@@ -214,9 +297,9 @@ def pretrain(
         raise TypeError(f"pretrain() got unknown options {named}. Options: {OPTIONS}.")
     if save_every < 1:
         raise ValueError(f"save_every must be at least 1, got {save_every}.")
-    for name, path in (("checkpoint", checkpoint), ("data", data)):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"pretrain(): {name} {str(path)!r} does not exist.")
+    if min_size is not None and min_size < 1:
+        raise ValueError(f"min_size must be at least 1 or None, got {min_size}.")
+    _check_inputs(data, checkpoint, model)
     job = FolderPretraining(
         arch=model,
         checkpoint=checkpoint,
@@ -227,16 +310,27 @@ def pretrain(
     )
     job.config("cpu")  # refuses steps < 1 before anything is built
     out = Path(out)
+    _check_out_folder(out)
     state = _run_state(out, resume)
     bar = ProgressBar() if progress else None
     printer = log or (bar.write if bar else print)
+    if state is None and (out / METRICS).exists():
+        printer(
+            f"  replacing {out / METRICS} and {TENSORBOARD}/: a run that stopped "
+            "before its first checkpoint"
+        )
+    bad = _check_data(job, min_size, skip_bad, verify_images, progress, printer)
+    _check_free_space(out, job)
     chosen = default_device() if device is None else torch.device(device)
     config = job.config(chosen)
     amp = bool(config.amp)  # resolved for the device by job.config
     printer(f"GLARE pre-training of {model} on {chosen}, bf16 autocast {amp}")
-    glare, criterion, images = build_folder_pretraining(
-        job, chosen, printer, initialize_heads=state is None
-    )
+    try:  # the head initialisation reads images too
+        glare, criterion, images = build_folder_pretraining(
+            job, chosen, printer, initialize_heads=state is None, skip_files=bad
+        )
+    except ImageReadError as error:
+        raise _unverified(error, verify_images) from None
     if len(images) < job.batch_size:
         raise NoTrainingStepsError(
             f"No training step: {len(images)} image(s) in {data} and batch_size="
@@ -246,29 +340,28 @@ def pretrain(
     prior = PretrainHistory()
     start = 0
     if state is not None:
-        start = _restore(state, settings, glare, criterion, out / CHECKPOINT)
+        missing = [name for name in EXPORTS if not (out / name).is_file()]
+        start = _restore(state, settings, glare, criterion, out / CHECKPOINT, missing)
         prior = PretrainHistory(
             losses=state["losses"],
             terms=state["terms"],
             teacher=state.get("teacher", []),  # runs before the diagnostics: none
         )
         printer(f"  resumed {out / CHECKPOINT} at step {start}/{steps}")
-    loader = DataLoader(
-        SeededDataset(images, job.seed),
-        batch_size=job.batch_size,
-        sampler=DrawSampler(len(images), job.seed, start=start * job.batch_size),
-        drop_last=True,
-        num_workers=job.workers,
-        pin_memory=chosen.type == "cuda",
-        generator=torch.Generator().manual_seed(job.seed),
-    )
-    metrics: list[JsonlMetrics | TensorBoardMetrics] = [
-        JsonlMetrics(out / METRICS, start),
-        TensorBoardMetrics(out / TENSORBOARD, start),
-    ]
+        if start >= steps:  # finished, but its exports are missing (a full disk)
+            printer(f"  the run is finished; writing its missing {', '.join(missing)}")
+            _write_outputs(glare, job, prior.losses, out)
+            return PretrainRun(out, prior, chosen, amp, start)
+    _drop_torn_line(out / METRICS)
+    loader = seeded_loader(job, images, start, pin_memory=chosen.type == "cuda")
+    with _writing(out / METRICS):
+        metrics: list[JsonlMetrics | TensorBoardMetrics] = [
+            JsonlMetrics(out / METRICS, start),
+            TensorBoardMetrics(out / TENSORBOARD, start),
+        ]
     saver = _CheckpointSaver(out / CHECKPOINT, save_every, settings, prior)
     own: list[StepCallback] = [
-        *metrics,
+        *_guarded(metrics),
         saver,
         UniformTeacherWarning(printer),
         *([bar] if bar else []),
@@ -277,7 +370,7 @@ def pretrain(
         history = pretrain_loop(
             glare,
             criterion,
-            iter(loader),
+            raise_carried(loader),
             config,
             batch_size=job.batch_size,
             device=chosen,
@@ -286,6 +379,8 @@ def pretrain(
             start_step=start,
             optimizer_state=state["optimizer"] if state else None,
         )
+    except ImageReadError as error:
+        raise _unverified(error, verify_images) from None
     finally:
         for closable in (*metrics, *([bar] if bar else [])):
             closable.close()
@@ -295,15 +390,12 @@ def pretrain(
         teacher=prior.teacher + history.teacher,
         seconds=history.seconds,
     )
-    records = read_metrics(out / METRICS)
-    plot_losses(records, out / FIGURE)
-    export_job(glare, job, full.losses, out / BACKBONE)
-    _export_timm(glare, out)
+    _write_outputs(glare, job, full.losses, out)
     printer(
         f"  {len(images)} images, steps {start}-{steps} in {history.seconds:.0f}s, "
         f"loss {full.losses[0]:.3f} -> {full.losses[-1]:.3f}; wrote {out}"
     )
-    for line in teacher_summary(records):
+    for line in teacher_summary(read_metrics(out / METRICS)):
         printer(line)
     return PretrainRun(out, full, chosen, amp, start)
 
@@ -337,6 +429,14 @@ def _run_state(out: Path, resume: bool) -> dict[str, Any] | None:
                 f"{out} holds a run ({CHECKPOINT}). Pass resume=True to continue "
                 "it, or choose another out (nothing was overwritten)."
             )
+        found = [name for name in FINAL_FILES if (out / name).exists()]
+        if found:
+            raise ResumeError(
+                f"{out} holds files of a run ({', '.join(found)}) but no "
+                f"{CHECKPOINT} to continue it from; a new run would overwrite "
+                "them. Choose another out, or delete them (nothing was "
+                "overwritten)."
+            )
         return None
     if not path.exists():
         raise ResumeError(
@@ -358,11 +458,21 @@ def _restore(
     model: GLARE,
     criterion: GlareLoss,
     path: Path,
+    missing_exports: Sequence[str] = (),
 ) -> int:
     """Loads the run's state into ``model``, ``criterion`` and torch's RNG.
 
+    Args:
+        state: The run checkpoint.
+        settings: The settings of the run asked for.
+        model: Receives the trained state.
+        criterion: Receives the loss's centers.
+        path: The checkpoint's file (for messages).
+        missing_exports: Exports absent from ``out``: a finished run is then
+            restored to write them, else refused.
+
     Returns:
-        The step to continue at.
+        The step to continue at (the last step of a finished run).
     """
     saved = {**LEGACY_SETTINGS, **state["settings"]}
     differ = [
@@ -377,7 +487,7 @@ def _restore(
             + "; ".join(differ)
         )
     step = int(state["step"])
-    if step >= int(settings["steps"]):
+    if step >= int(settings["steps"]) and not missing_exports:
         raise NoTrainingStepsError(
             f"{path}: the run is finished ({step}/{settings['steps']} steps); "
             "nothing to resume. Its exports are next to it."
@@ -420,6 +530,10 @@ class _CheckpointSaver:
             if not k.startswith(_FROZEN_PREFIX)
         }
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        with _writing(self.path):
+            self._save(event, model, cuda)
+
+    def _save(self, event: StepEvent, model: dict[str, Any], cuda: Any) -> None:
         save_atomic(
             {
                 "format": RUN_FORMAT,
@@ -437,13 +551,288 @@ class _CheckpointSaver:
         )
 
 
+def _write_outputs(
+    model: GLARE, job: FolderPretraining, losses: Sequence[float], out: Path
+) -> None:
+    """Writes the loss figure and the three exports of a trained run."""
+    with _writing(out / FIGURE):
+        plot_losses(read_metrics(out / METRICS), out / FIGURE)
+    with _writing(out / BACKBONE):
+        export_job(model, job, losses, out / BACKBONE)
+    _export_timm(model, out)
+
+
 def _export_timm(model: GLARE, out: Path) -> None:
     """Writes ``timm_vit.pth`` (frozen ViT) and ``adapters.pth`` (teacher)."""
-    save_atomic(model.backbone.vit.state_dict(), out / TIMM_VIT)
-    save_atomic(
-        {
-            "state_dict": model.teacher_adapters.state_dict(),
-            "meta": {"architecture": architecture_of(model.backbone)},
-        },
-        out / ADAPTERS,
+    with _writing(out / TIMM_VIT):
+        save_atomic(model.backbone.vit.state_dict(), out / TIMM_VIT)
+    with _writing(out / ADAPTERS):
+        save_atomic(
+            {
+                "state_dict": model.teacher_adapters.state_dict(),
+                "meta": {"architecture": architecture_of(model.backbone)},
+            },
+            out / ADAPTERS,
+        )
+
+
+def _check_inputs(data: str | Path, checkpoint: str | Path, model: str) -> None:
+    """Refuses a missing ``data`` folder or ``checkpoint``, or an unknown model."""
+    for name, path in (("checkpoint", checkpoint), ("data", data)):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"pretrain(): {name} {str(path)!r} does not exist.")
+    if not Path(data).is_dir():
+        raise NotADirectoryError(
+            f"pretrain(): data {str(data)!r} is a file, not a folder: pass the "
+            "folder holding the images (searched recursively)."
+        )
+    if Path(checkpoint).is_dir():
+        raise IsADirectoryError(
+            f"pretrain(): checkpoint {str(checkpoint)!r} is a folder: pass the "
+            "checkpoint file (.pth)."
+        )
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"pretrain(): model {model!r} is not a timm model.{hint} Pass the "
+            "timm name the checkpoint was trained with; timm.list_models('vit_*') "
+            "lists them."
+        )
+
+
+def _check_out_folder(out: Path) -> None:
+    """``out`` is (or is created as) a folder this process can write in."""
+    if out.exists() and not out.is_dir():
+        raise OutFolderError(
+            f"out {str(out)!r} is a file, not a folder: pass a folder for the "
+            "run's files (it is created when missing)."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OutFolderError(
+            f"Cannot write in out {str(out)!r}: {error.strerror or error}. Pass a "
+            "folder you can write in (not on a read-only file system)."
+        ) from error
+
+
+def _check_data(
+    job: FolderPretraining,
+    min_size: int | None,
+    skip_bad: bool,
+    decode: bool,
+    progress: bool,
+    printer: Callable[[str], None],
+) -> set[Path]:
+    """Checks every image of the run before the model is built.
+
+    Returns:
+        The bad files to leave out (empty unless ``skip_bad``).
+
+    Raises:
+        BadImagesError: Bad files and not ``skip_bad`` (all listed), or only
+            bad files.
+    """
+    root = Path(job.folder)
+    files = find_image_files(root, IMAGE_EXTENSIONS)
+    if job.indices is not None:
+        files = [files[i] for i in job.indices if 0 <= i < len(files)]
+    bar = None
+    if progress and len(files) > CHECK_PROGRESS_FROM:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="checking images", unit="img")
+    try:
+        report = check_images(
+            files,
+            root,
+            min_size=min_size,
+            decode=decode,
+            progress=(lambda done: bar.update(1)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not report.bad:
+        return set()
+    if not skip_bad or not report.good:
+        fix = (
+            "nothing to train on; fix or replace them"
+            if report.good == []
+            else "fix or remove them, or pass skip_bad=True to train without them"
+        )
+        if min_size is not None and report.too_small:
+            fix += f" (min_size={min_size} sets the smallest shorter side; None: any)"
+        raise BadImagesError(root, report, fix + ".", listed=LISTED_BAD_FILES)
+    printer(
+        f"  skipped {len(report.bad)} of {len(files)} images (skip_bad=True; "
+        f"{report.too_small} smaller than min_size={min_size}):\n"
+        + report.summary(LISTED_BAD_FILES)
+    )
+    return {root / name for name, _ in report.bad}
+
+
+def estimate_output_bytes(job: FolderPretraining) -> dict[str, int]:
+    """The sizes of the files a run of ``job`` writes, without building it.
+
+    The model is built on the ``meta`` device (no memory, no weights read), so
+    the sizes follow from the architecture: the run checkpoint holds the
+    trainable modules of student and teacher and the optimizer's two moments,
+    the exports the frozen ViT and the teacher's adapters.
+
+    Args:
+        job: The run's job.
+
+    Returns:
+        File name in ``out`` to its size in bytes (metrics and events, which
+        grow by a few hundred bytes a step, are not counted).
+    """
+    with torch.device("meta"):
+        vit = cast(
+            VisionTransformer,
+            timm.create_model(job.arch, img_size=job.img_size, num_classes=0),
+        )
+        criterion = GlareLoss(output_dim=job.output_dim)
+        model = GLARE(
+            vit,
+            head=GlareProjectionHead(
+                vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
+            ),
+            terms=criterion.active_terms,
+            adapter_bottleneck=job.adapter_bottleneck,
+        )
+
+    def size(tensors: Any) -> int:
+        return sum(int(t.numel() * t.element_size()) for t in tensors)
+
+    state = model.state_dict()
+    trained = size(v for k, v in state.items() if not k.startswith(_FROZEN_PREFIX))
+    moments = 2 * size(model.trainable_parameters())
+    vit_bytes = size(vit.state_dict().values())
+    adapters = size(model.teacher_adapters.state_dict().values())
+    return {
+        CHECKPOINT: trained + moments + size(criterion.state_dict().values()),
+        BACKBONE: vit_bytes + adapters,
+        TIMM_VIT: vit_bytes,
+        ADAPTERS: adapters,
+    }
+
+
+def _check_free_space(out: Path, job: FolderPretraining) -> None:
+    """Refuses to start when ``out``'s disk cannot hold the run's files.
+
+    Counts the files' estimated sizes (:func:`estimate_output_bytes`), less
+    those already in ``out`` (a resumed run replaces them), plus the largest
+    once more: an atomic write holds the old file and the new one at once.
+    """
+    try:
+        sizes = estimate_output_bytes(job)
+    except Exception:  # e.g. not a ViT: the model build names the problem
+        return
+    present = sum(
+        (out / name).stat().st_size for name in sizes if (out / name).is_file()
+    )
+    need = int((sum(sizes.values()) - present + max(sizes.values())) * SPACE_MARGIN)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        each = ", ".join(f"{name} {_mb(size)}" for name, size in sizes.items())
+        raise OutFolderError(
+            f"out {str(out)!r} has {_mb(free)} free, but the run writes about "
+            f"{_mb(need)} ({each}, and room for one atomic replacement). Free "
+            "space on that disk or choose an out on another one."
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.0f} MB" if size >= 2**20 else f"{size} bytes"
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Removes a torn last line of ``metrics.jsonl`` (a kill or a full disk).
+
+    Only the last line can be torn (the file is appended to, a line at a time);
+    its step is after the checkpoint's, so a resume drops it anyway.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    head, _, last = text.rstrip("\n").rpartition("\n")
+    try:
+        json.loads(last)
+    except json.JSONDecodeError:
+        with _writing(path):
+            path.write_text(head + "\n" if head else "", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turns a failed write of ``path`` into an :class:`OutputWriteError`.
+
+    torch.save on a full disk raises ``RuntimeError: [enforce fail at
+    inline_container.cc...] unexpected pos`` without a path; OSError names
+    the temporary file at best.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise OutputWriteError(path, error) from error
+    except RuntimeError as error:
+        if "inline_container" not in str(error) and "PytorchStreamWriter" not in str(
+            error
+        ):
+            raise
+        raise OutputWriteError(path, error) from error
+
+
+def _write_cause(path: Path, cause: BaseException) -> str:
+    """The cause of a failed write, in words."""
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        return f"the disk is full ({cause.strerror or 'no space left on device'})"
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    detail = f"{type(cause).__name__}: {first}"
+    if free is not None and free < 2**20 * 64:
+        return f"the disk is full ({_mb(free)} free; {detail})"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror + (f" ({cause.filename})" if cause.filename else "")
+    return detail
+
+
+def _guarded(
+    metrics: Sequence[JsonlMetrics | TensorBoardMetrics],
+) -> list[StepCallback]:
+    """``metrics`` as step callbacks whose write errors name their file."""
+    return [
+        _WriteErrors(m, m.path if isinstance(m, JsonlMetrics) else m.log_dir)
+        for m in metrics
+    ]
+
+
+class _WriteErrors:
+    """A step callback whose write errors name ``path`` and their cause."""
+
+    def __init__(self, callback: StepCallback, path: Path) -> None:
+        self.callback = callback
+        self.path = path
+
+    def __call__(self, event: StepEvent) -> None:
+        with _writing(self.path):
+            self.callback(event)
+
+
+def _unverified(error: ImageReadError, verified: bool) -> ImageReadError:
+    """``error`` with the advice for a file that failed during training."""
+    if verified:
+        return error
+    return ImageReadError(
+        error.path,
+        f"{error.reason} The check before training reads image headers only; "
+        "verify_images=True decodes every image first (with skip_bad=True such "
+        "files are then left out).",
     )

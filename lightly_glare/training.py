@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,14 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightly_glare.data import DrawSampler, ImageFolderDataset, SeededDataset
+from lightly_glare.data import (
+    CarryErrors,
+    DrawSampler,
+    ImageFolderDataset,
+    SeededDataset,
+    collate_carrying_errors,
+    raise_carried,
+)
 from lightly_glare.loss import (
     ALL_TERMS,
     LOCAL_DISTORTION,
@@ -593,6 +600,7 @@ def build_folder_pretraining(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
     initialize_heads: bool = True,
+    skip_files: Collection[Path] = (),
 ) -> tuple[GLARE, GlareLoss, Subset[Any]]:
     """The model (on ``device``), loss and images of ``job``, before training.
 
@@ -602,6 +610,8 @@ def build_folder_pretraining(
         log: Progress printer.
         initialize_heads: Apply ``job.head_init`` (False: leave the heads as
             built, e.g. before a resumed run loads its own).
+        skip_files: Files of the folder to leave out of the chosen images
+            (e.g. unreadable ones a check found).
 
     Returns:
         The GLARE model, its loss and the chosen images (items
@@ -653,7 +663,8 @@ def build_folder_pretraining(
     log(f"  terms {model.terms}; {model.backbone.report}")
     folder = ImageFolderDataset(job.folder, transform=GlareTransform(job.img_size))
     indices = range(len(folder)) if job.indices is None else job.indices
-    images = Subset(folder, list(indices))
+    skipped = set(skip_files)
+    images = Subset(folder, [i for i in indices if folder.files[i] not in skipped])
     if initialize_heads and resolve_head_init(job.head_init, bool(loaded)) == "data":
         _initialize_heads(model, criterion, job, images, device, log)
     return model, criterion, images
@@ -685,17 +696,13 @@ def _initialize_heads(
 ) -> None:
     """Fits the heads and the loss's centres to a sample of ``images``."""
     wanted = min(job.head_init_images, len(images))
-    batches = DataLoader(
-        SeededDataset(images, job.seed),
-        batch_size=min(job.batch_size, wanted),
-        sampler=DrawSampler(len(images), job.seed),
-        num_workers=job.workers,
-        generator=torch.Generator().manual_seed(job.seed),
+    loader = seeded_loader(
+        job, images, batch_size=min(job.batch_size, wanted), drop_last=False
     )
     start = time.perf_counter()
     fitted = initialize_heads_from_data(
         model,
-        batches,
+        raise_carried(loader),
         images=wanted,
         seed=job.seed,
         amp=bool(resolve_amp(job.amp, device)),
@@ -748,15 +755,47 @@ def folder_loader(job: FolderPretraining, dataset: Dataset[Any]) -> Iterator[Any
             f"{size} image(s) with batch_size={job.batch_size} and drop_last=True "
             "give 0 batches: add images or lower the batch size."
         )
-    loader = DataLoader(
-        SeededDataset(dataset, job.seed),
-        batch_size=job.batch_size,
-        sampler=DrawSampler(size, job.seed),
-        drop_last=True,
+    return raise_carried(seeded_loader(job, dataset))
+
+
+def seeded_loader(
+    job: FolderPretraining,
+    dataset: Dataset[Any],
+    start_step: int = 0,
+    batch_size: int | None = None,
+    drop_last: bool = True,
+    pin_memory: bool = False,
+) -> DataLoader[Any]:
+    """The DataLoader of ``job``'s seeded draws over ``dataset``.
+
+    Draw ``k`` is the ``k``-th item of the seed's permutations
+    (:class:`~lightly_glare.data.DrawSampler`), augmented under ``(seed, k)``
+    (:class:`~lightly_glare.data.SeededDataset`). An error raised in a worker
+    travels intact in the batch: iterate with
+    :func:`~lightly_glare.data.raise_carried` to raise it as it was.
+
+    Args:
+        job: Its ``seed``, ``batch_size`` and ``workers`` are used.
+        dataset: The images.
+        start_step: First step to draw (a resumed run's step).
+        batch_size: Images per batch (None: ``job.batch_size``).
+        drop_last: Drop an incomplete last batch of an epoch.
+        pin_memory: Pin the batches (for CUDA).
+
+    Returns:
+        The loader (endless: the sampler draws epoch after epoch).
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    return DataLoader(
+        CarryErrors(SeededDataset(dataset, job.seed)),
+        batch_size=batch_size or job.batch_size,
+        sampler=DrawSampler(size, job.seed, start=start_step * job.batch_size),
+        drop_last=drop_last,
         num_workers=job.workers,
+        collate_fn=collate_carrying_errors,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(job.seed),
     )
-    return iter(loader)
 
 
 def pretrain_folder(

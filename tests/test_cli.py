@@ -360,3 +360,38 @@ def test_register_config_scope_is_idempotent() -> None:
     # Other entries still go to mmengine.
     path, scope = Config._get_cfg_path("mmseg::_base_/default_runtime.py", "x.py")
     assert scope == "mmseg" and Path(path).is_file()
+
+
+def test_a_failing_command_ends_as_one_line_with_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+
+    def failing_tool(path: Path) -> None:
+        raise FileNotFoundError("GlareViT checkpoint x.pth not found.")
+
+    monkeypatch.setattr(cli, "exec_main", failing_tool)
+    assert cli.main(["test", "glare_ade20k", "it.pth"]) == 1
+    assert capsys.readouterr().err == (
+        "lightly-glare test: Error: FileNotFoundError: GlareViT checkpoint x.pth "
+        "not found.\n"
+    )
+    with pytest.raises(FileNotFoundError):  # --debug before the command
+        cli.main(["--debug", "test", "glare_ade20k", "it.pth"])
+    for value, raises in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv(cli.DEBUG_ENV, value)
+        if raises:
+            with pytest.raises(FileNotFoundError):
+                cli.main(["test", "glare_ade20k", "it.pth"])
+        else:
+            assert cli.main(["test", "glare_ade20k", "it.pth"]) == 1
+
+    def interrupted(path: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv(cli.DEBUG_ENV)
+    monkeypatch.setattr(cli, "exec_main", interrupted)
+    capsys.readouterr()
+    assert cli.main(["test", "glare_ade20k", "it.pth"]) == 130
+    assert capsys.readouterr().err == "lightly-glare test: interrupted.\n"
+    assert "--debug" in cli.usage(cli.find_tools())

@@ -1,6 +1,8 @@
 """The one-call run: lightly_glare.pretrain and `lightly-glare pretrain`."""
 
+import errno
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lightly_glare
-from lightly_glare import cli, precision, pretrain_cli
-from lightly_glare.data import draw_order
+from lightly_glare import cli, precision, pretrain_cli, run
+from lightly_glare.data import BadImagesError, ImageReadError, draw_order
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
 from lightly_glare.monitoring import read_metrics
 from lightly_glare.run import (
@@ -23,9 +25,13 @@ from lightly_glare.run import (
     METRICS,
     TENSORBOARD,
     TIMM_VIT,
+    OutFolderError,
+    OutputWriteError,
     ResumeError,
+    estimate_output_bytes,
 )
-from lightly_glare.training import NoTrainingStepsError, StepEvent
+from lightly_glare.training import FolderPretraining, NoTrainingStepsError, StepEvent
+from tests.conftest import real_photo
 from tests.test_training import _folder_job
 
 ARCH = "vit_small_patch14_dinov2"
@@ -87,6 +93,8 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
         )
     assert [r["step"] for r in read_metrics(out / METRICS)] == [1, 2, 3]
     assert not (out / BACKBONE).exists()
+    with (out / METRICS).open("a") as metrics_file:  # what a kill mid-line leaves
+        metrics_file.write('{"step": 4, "loss/tot')
     with pytest.raises(ResumeError, match="resume=True"):
         lightly_glare.pretrain(out, data, checkpoint, steps=5, save_every=2, **TINY)
     with pytest.raises(ResumeError, match="base_lr: 0.0005 -> 0.001"):
@@ -203,6 +211,21 @@ def test_the_run_writes_metrics_events_figure_and_exports(
     assert any(adapter.up.weight.abs().sum() > 0 for adapter in backbone.adapters)
     assert (run.path(CHECKPOINT)).exists()
 
+    job = FolderPretraining(
+        arch=ARCH,
+        checkpoint=checkpoint,
+        folder=data,
+        img_size=28,
+        steps=3,
+        output_dim=32,
+        hidden_dim=32,
+        adapter_bottleneck=8,
+        weights={"regional": 0.0},
+    )
+    for name, size in estimate_output_bytes(job).items():  # the free-space check's
+        written = run.path(name).stat().st_size
+        assert abs(written - size) <= 0.05 * size + 2**16, (name, written, size)
+
 
 def test_bad_input_is_refused_naming_the_problem(
     tmp_path: Path, inputs: tuple[Path, Path]
@@ -300,9 +323,258 @@ def test_cli_runs_and_fails_with_one_line(
     assert (tmp_path / "run" / BACKBONE).exists()
     capsys.readouterr()
     assert cli.main(["pretrain", *args]) == 1  # the run exists: refused
-    assert "ResumeError" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        "lightly-glare pretrain: Error: ResumeError: "
+    )
     assert cli.main(["pretrain", *args, "stepz=1"]) == 2
     assert "did you mean 'steps'" in capsys.readouterr().err
     assert cli.main(["pretrain", "--help"]) == 0
     assert "weights.TERM" in capsys.readouterr().out
     assert "pretrain" in cli.usage(cli.find_tools())
+
+
+def _bad_images(folder: Path, truncated: bool = False) -> list[str]:
+    """Adds bad files to a copy of the test images; returns their names."""
+    (folder / "notes.png").write_text("not an image")
+    real_photo().resize((1, 1)).save(folder / "tiny.png")
+    names = ["notes.png", "tiny.png"]
+    if truncated:  # its header is fine: only decoding finds it
+        real_photo().save(folder / "cut.png")
+        data = (folder / "cut.png").read_bytes()
+        (folder / "cut.png").write_bytes(data[: len(data) // 2])
+        names.append("cut.png")
+    return names
+
+
+def _not_built(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model was built before the check")
+
+
+def test_bad_images_are_all_listed_before_the_model_is_built(
+    tmp_path: Path, inputs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, checkpoint = inputs
+    folder = tmp_path / "images"
+    shutil.copytree(data, folder)
+    _bad_images(folder)
+    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    with pytest.raises(BadImagesError) as caught:
+        lightly_glare.pretrain(tmp_path / "out", folder, checkpoint, **TINY)
+    message = str(caught.value)
+    assert message.startswith(
+        f"2 of 6 files in '{folder}' are not usable images (1 smaller than "
+        "min_size): fix or remove them, or pass skip_bad=True"
+    )
+    assert "notes.png: not an image file" in message
+    assert "tiny.png: image is 1x1 px, smaller than min_size=32" in message
+    with pytest.raises(BadImagesError, match="1 of 6 files"):  # only notes.png
+        lightly_glare.pretrain(
+            tmp_path / "out", folder, checkpoint, min_size=None, **TINY
+        )
+
+
+def test_skip_bad_trains_without_them_and_a_worker_error_is_one_line(
+    tmp_path: Path, inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, checkpoint = inputs
+    folder = tmp_path / "images"
+    shutil.copytree(data, folder)
+    _bad_images(folder, truncated=True)
+    lines: list[str] = []
+    options = {**TINY, "workers": 1, "log": lines.append}
+    done = lightly_glare.pretrain(
+        tmp_path / "verified",
+        folder,
+        checkpoint,
+        steps=2,
+        skip_bad=True,
+        verify_images=True,
+        **options,
+    )
+    assert len(done.history.losses) == 2
+    skipped = next(line for line in lines if "skipped" in line)
+    assert "skipped 3 of 7 images (skip_bad=True; 1 smaller than" in skipped
+    assert all(name in skipped for name in ("notes.png", "tiny.png", "cut.png"))
+
+    # Headers only: cut.png is drawn by a worker within 3 steps of 2 images.
+    args = [
+        f"out={tmp_path / 'headers'}",
+        f"data={folder}",
+        f"checkpoint={checkpoint}",
+        f"model={ARCH}",
+        "img_size=28",
+        "steps=3",
+        "batch_size=2",
+        "output_dim=32",
+        "hidden_dim=32",
+        "workers=1",
+        "progress=false",
+        "skip_bad=true",
+    ]
+    capsys.readouterr()
+    assert cli.main(["pretrain", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(
+        "lightly-glare pretrain: Error: ImageReadError: Cannot read image "
+        f"'{folder / 'cut.png'}': corrupt or truncated image data"
+    )
+    assert "verify_images=True" in err
+    with (tmp_path / "headers" / METRICS).open("a") as metrics_file:
+        metrics_file.write('{"step": 3, "loss/to')  # torn, and no checkpoint
+    with pytest.raises(ImageReadError, match="cut.png"):  # the same out: no
+        cli.main(["--debug", "pretrain", *args])  # checkpoint, metrics replaced
+
+
+def test_out_is_checked_before_the_model_is_built(
+    tmp_path: Path, inputs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, checkpoint = inputs
+    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(OutFolderError, match="out '.*a_file' is a file, not a folder"):
+        lightly_glare.pretrain(a_file, data, checkpoint, **TINY)
+    with pytest.raises(OutFolderError, match="Cannot write in out '.*a_file/run'"):
+        lightly_glare.pretrain(a_file / "run", data, checkpoint, **TINY)
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run.tempfile, "TemporaryFile", read_only)
+        with pytest.raises(OutFolderError, match="Read-only file system"):
+            lightly_glare.pretrain(tmp_path / "ro", data, checkpoint, **TINY)
+
+    usage = shutil.disk_usage(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(run.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+        with pytest.raises(OutFolderError) as caught:
+            lightly_glare.pretrain(tmp_path / "full", data, checkpoint, **TINY)
+    assert "has 1 MB free, but the run writes about" in str(caught.value)
+    assert "adapted_backbone.pth 8" in str(caught.value)  # ViT-S/14: ~84 MB
+
+    leftover = tmp_path / "leftover"
+    leftover.mkdir()
+    (leftover / BACKBONE).write_bytes(b"an export of another run")
+    with pytest.raises(ResumeError, match="holds files of a run .adapted_backbone"):
+        lightly_glare.pretrain(leftover, data, checkpoint, **TINY)
+    assert (leftover / BACKBONE).read_bytes() == b"an export of another run"
+
+
+def test_a_full_disk_names_the_file_and_resume_writes_the_missing_exports(
+    tmp_path: Path, inputs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, checkpoint = inputs
+    out = tmp_path / "run"
+    save = torch.save
+
+    def full_disk(obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(obj, dict) and "losses" in obj.get("meta", {}):  # the export
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, file, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", full_disk)
+        with pytest.raises(OutputWriteError) as caught:
+            lightly_glare.pretrain(out, data, checkpoint, steps=2, **TINY)
+    assert str(caught.value).startswith(
+        f"Cannot write {out / BACKBONE}: the disk is full (No space left on device)"
+    )
+    assert "resume=True continues" in str(caught.value)
+    assert not (out / BACKBONE).exists() and (out / CHECKPOINT).exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+    again = lightly_glare.pretrain(out, data, checkpoint, steps=2, resume=True, **TINY)
+    assert again.start_step == 2 and len(again.history.losses) == 2
+    assert all((out / name).is_file() for name in (BACKBONE, TIMM_VIT, ADAPTERS))
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    teacher = torch.load(out / ADAPTERS, weights_only=True)["state_dict"]
+    for key, value in teacher.items():  # the trained teacher, not a fresh one
+        assert torch.equal(value, state["model"][f"teacher.adapters.{key}"])
+    with pytest.raises(NoTrainingStepsError, match="Its exports are next to it"):
+        lightly_glare.pretrain(out, data, checkpoint, steps=2, resume=True, **TINY)
+
+
+def test_torch_save_errors_on_a_full_disk_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    torch_error = RuntimeError(
+        "[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 0"
+    )
+    with pytest.raises(OutputWriteError) as caught:
+        with run._writing(tmp_path / CHECKPOINT):
+            raise torch_error
+    assert str(caught.value).startswith(
+        f"Cannot write {tmp_path / CHECKPOINT}: the disk is full (0 bytes free; "
+        "RuntimeError: [enforce fail at inline_container.cc:672]"
+    )
+    with pytest.raises(RuntimeError, match="other"):  # not a write error: unchanged
+        with run._writing(tmp_path / CHECKPOINT):
+            raise RuntimeError("other")
+
+
+def test_every_mistake_ends_as_one_line_with_exit_1(
+    tmp_path: Path,
+    inputs: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data, checkpoint = inputs
+    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    a_file = next(data.iterdir())
+
+    def one_line(**keys: object) -> str:
+        given = {"out": tmp_path / "out", "data": data, "checkpoint": checkpoint}
+        given |= {"model": ARCH, "progress": "false", **keys}
+        args = [f"{key}={value}" for key, value in given.items()]
+        capsys.readouterr()
+        assert cli.main(["pretrain", *args]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith("lightly-glare pretrain: Error: "), err
+        return err
+
+    assert "model 'vit_smal_patch14_dinov2' is not a timm model. Closest: " in (
+        one_line(model="vit_smal_patch14_dinov2")
+    )
+    assert "vit_small_patch14_dinov2" in one_line(model="vit_smal_patch14_dinov2")
+    assert f"data '{a_file}' is a file, not a folder" in one_line(data=a_file)
+    assert f"out '{a_file}' is a file, not a folder" in one_line(out=a_file)
+    assert "checkpoint '/nowhere.pth' does not exist" in one_line(
+        checkpoint="/nowhere.pth"
+    )
+
+    args = [
+        f"out={a_file}",
+        f"data={data}",
+        f"checkpoint={checkpoint}",
+        f"model={ARCH}",
+    ]
+    with pytest.raises(OutFolderError):  # --debug anywhere in the pretrain args
+        cli.main(["pretrain", *args, "--debug"])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(OutFolderError):
+        cli.main(["pretrain", *args])
+
+
+def test_the_image_check_draws_a_progress_bar_on_large_folders(
+    tmp_path: Path,
+    inputs: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data, checkpoint = inputs
+    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    options = {**TINY, "progress": True, "log": None}
+    for threshold, shown in ((4, False), (3, True)):  # 4 images
+        monkeypatch.setattr(run, "CHECK_PROGRESS_FROM", threshold)
+        with pytest.raises(AssertionError, match="built before the check"):
+            lightly_glare.pretrain(tmp_path / "out", data, checkpoint, **options)
+        err = capsys.readouterr().err
+        assert ("checking images" in err and "4/4" in err) == shown, err
+    with pytest.raises(ValueError, match="min_size must be at least 1 or None"):
+        lightly_glare.pretrain(tmp_path / "out", data, checkpoint, min_size=0, **TINY)

@@ -1,7 +1,9 @@
 """Reading images and labels at run time (no OpenMMLab import, no download).
 
 - Robust reading: :func:`load_rgb_image` (8-bit RGB with documented
-  conversions, :class:`ImageReadError` naming the file), label masks
+  conversions, :class:`ImageReadError` naming the file), a header-only check
+  of a whole folder before training (:func:`check_images`), errors of
+  DataLoader workers delivered intact (:class:`CarryErrors`), label masks
   (:func:`load_label_mask`, :func:`load_image_and_mask`) and the unlabeled
   :class:`ImageFolderDataset` for continual pre-training.
 - Class names and palettes for the OpenMMLab dataset classes:
@@ -15,9 +17,13 @@ Downloading and converting the offline real datasets is
 
 from lightly_glare.data.image_folder import (
     IMAGE_EXTENSIONS,
+    BadImagesError,
     ImageFolderDataset,
     ImageTooSmallError,
     ScanReport,
+    check_images,
+    find_image_files,
+    read_image_size,
 )
 from lightly_glare.data.image_io import (
     STRETCH_PERCENTILES,
@@ -44,10 +50,17 @@ from lightly_glare.data.seeded import (
     derive_seed,
     draw_order,
 )
+from lightly_glare.data.worker_errors import (
+    CarryErrors,
+    collate_carrying_errors,
+    raise_carried,
+)
 
 __all__ = [
     "AERIAL_BUILDINGS_METAINFO",
     "AERIAL_ROADS_METAINFO",
+    "BadImagesError",
+    "CarryErrors",
     "DrawSampler",
     "ELPV_METAINFO",
     "IMAGE_EXTENSIONS",
@@ -60,11 +73,16 @@ __all__ = [
     "ScanReport",
     "SeededDataset",
     "array_to_rgb",
+    "check_images",
     "check_label_values",
+    "collate_carrying_errors",
     "derive_seed",
     "draw_order",
+    "find_image_files",
     "load_image_and_mask",
     "load_label_mask",
     "load_rgb_image",
+    "raise_carried",
+    "read_image_size",
     "stretch_to_uint8",
 ]

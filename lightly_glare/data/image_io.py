@@ -61,6 +61,14 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"Cannot read image '{self.path}': {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as ``(path, reason)``: the error crosses process boundaries.
+
+        A DataLoader worker can then hand it to the main process intact (see
+        :class:`~lightly_glare.data.CarryErrors`).
+        """
+        return (type(self), (self.path, self.reason))
+
 
 def stretch_to_uint8(
     array: NDArray[Any],

@@ -53,6 +53,10 @@ class GlareProjectionHead(nn.Module):
         num_layers: Linear layers of the MLP (>= 1). Defaults to 3 (DINO).
         norm_last_layer: Fix the norm g of the last layer's rows to 1 (DINO's
             default for ViT-S; more stable). Defaults to True.
+        freeze_last_layer: Epochs during which
+            :meth:`cancel_last_layer_gradients` drops the last layer's
+            gradients (DINO's ``freeze_last_layer``, as lightly's
+            ``DINOProjectionHead``). Defaults to -1 (never).
 
     Examples:
         >>> head = GlareProjectionHead(input_dim=384, output_dim=2048)
@@ -69,6 +73,7 @@ class GlareProjectionHead(nn.Module):
         output_dim: int = DEFAULT_OUTPUT_DIM,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        freeze_last_layer: int = -1,
     ) -> None:
         super().__init__()
         if min(input_dim, hidden_dim, bottleneck_dim, output_dim, num_layers) < 1:
@@ -84,6 +89,7 @@ class GlareProjectionHead(nn.Module):
         self.output_dim = output_dim
         self.num_layers = num_layers
         self.norm_last_layer = norm_last_layer
+        self.freeze_last_layer = freeze_last_layer
         sizes = [input_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for index, (size_in, size_out) in enumerate(
@@ -112,6 +118,24 @@ class GlareProjectionHead(nn.Module):
         weight_g = self.last_layer.parametrizations.weight.original0
         weight_g.fill_(1.0)
         weight_g.requires_grad_(not self.norm_last_layer)
+
+    def cancel_last_layer_gradients(self, current_epoch: int) -> None:
+        """Drops the last layer's gradients during the first epochs.
+
+        DINO keeps the output layer fixed for ``freeze_last_layer`` epochs
+        (``cancel_gradients_last_layer`` in DINO's ``utils.py``), which helps
+        training; call it between ``loss.backward()`` and ``optimizer.step()``,
+        as lightly's ``DINOProjectionHead.cancel_last_layer_gradients`` (same
+        signature and effect).
+
+        Args:
+            current_epoch: The epoch of the step; from ``freeze_last_layer``
+                on, nothing is changed.
+        """
+        if current_epoch >= self.freeze_last_layer:
+            return
+        for param in self.last_layer.parameters():
+            param.grad = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Projects tokens.

@@ -193,7 +193,9 @@ class GlareViT(BaseModule):
                 raise FileNotFoundError(
                     f"GlareViT checkpoint {path} not found. Set it with "
                     "--cfg-options model.backbone.checkpoint=PATH "
-                    "(model.backbone.checkpoint_type=glare|ssl)."
+                    "(model.backbone.checkpoint_type=glare or ssl), or "
+                    "checkpoint=None for timm's random initialisation (no "
+                    "pre-training, for tests)."
                 )
             load_backbone_checkpoint(
                 self.adapted,

@@ -12,9 +12,15 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lightly_glare.data import (
+    CarryErrors,
     ImageFolderDataset,
     ImageReadError,
     ImageTooSmallError,
+    check_images,
+    collate_carrying_errors,
+    find_image_files,
+    raise_carried,
+    read_image_size,
 )
 from tests.conftest import real_photo
 
@@ -137,3 +143,70 @@ def test_min_size_raises_or_skips(tmp_path: Path) -> None:
     skipping = ImageFolderDataset(tmp_path, min_size=41, skip_bad=True)
     assert skipping.filenames == ["a.jpg", "b_sub/palette.png"]
     assert [name for name, _ in skipping.skipped] == ["b_sub/grey.PNG", "c16.tif"]
+
+
+def test_check_images_lists_every_bad_file_at_once_from_the_headers(
+    tmp_path: Path,
+) -> None:
+    good = _make_folder(tmp_path)
+    bad = _add_bad_files(tmp_path)
+    real_photo().resize((1, 1)).save(tmp_path / "tiny.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    real_photo().save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # header intact
+    files = find_image_files(tmp_path, (".jpg", ".png", ".tif"))
+    loads: list[object] = []
+    headers = check_images(files, tmp_path, min_size=8, progress=loads.append)
+    assert loads == list(range(1, len(files) + 1))  # called after every file
+    unreadable = {*bad, "tiny.png", "empty.jpg"}
+    # The header check cannot see the missing data of cut.png...
+    assert dict(headers.bad).keys() == unreadable
+    assert headers.too_small == 1
+    assert "1x1 px, smaller than min_size=8" in dict(headers.bad)["tiny.png"]
+    assert sorted(headers.good) == sorted([*good, "cut.png"])
+    # ...the decoding check does, as training would.
+    decoded = check_images(files, tmp_path, min_size=8, decode=True)
+    assert dict(decoded.bad).keys() == {*unreadable, "cut.png"}
+    assert read_image_size(tmp_path / "a.jpg") == (64, 48)
+    assert read_image_size(tmp_path / "c16.tif") == (30, 30)
+
+
+def test_check_images_reads_headers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _make_folder(tmp_path)
+    files = find_image_files(tmp_path, (".jpg", ".png"))
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    assert len(check_images(files, tmp_path).good) == len(files)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_errors_of_workers_arrive_as_the_same_image_error(
+    tmp_path: Path, workers: int
+) -> None:
+    _make_folder(tmp_path)
+    (tmp_path / "b_sub" / "text.png").write_text("hello")
+    dataset = ImageFolderDataset(tmp_path, transform=v2.Compose([v2.ToImage()]))
+    loader = DataLoader(
+        CarryErrors(dataset),
+        batch_size=1,
+        num_workers=workers,
+        collate_fn=lambda items: collate_carrying_errors(
+            items, collate=lambda x: len(x)
+        ),
+    )
+    with pytest.raises(ImageReadError) as caught:
+        list(raise_carried(loader))
+    error = caught.value
+    assert type(error) is ImageReadError  # not torch's RuntimeError wrapper
+    assert error.path == str(tmp_path / "b_sub" / "text.png")
+    assert str(error) == (
+        f"Cannot read image '{error.path}': not an image file (Pillow cannot "
+        "identify its format)."
+    )
+    assert "Traceback" not in str(error) and "\n" not in str(error)

@@ -93,3 +93,39 @@ def test_a_shared_head_stays_shared_in_the_teacher() -> None:
 def test_a_head_that_cannot_be_deep_copied_is_named() -> None:
     with pytest.raises(ValueError, match="GlareProjectionHead"):
         GLARE(make_vit(), head=DINOProjectionHead(48, 32, 16, 64))
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_cancel_last_layer_gradients_as_lightlys_dino_head(
+    norm_last_layer: bool,
+) -> None:
+    ours = GlareProjectionHead(
+        16, 32, 8, 64, norm_last_layer=norm_last_layer, freeze_last_layer=1
+    )
+    theirs = DINOProjectionHead(
+        16, 32, 8, 64, freeze_last_layer=1, norm_last_layer=norm_last_layer
+    )
+    ours.load_state_dict(theirs.state_dict())  # lightly's keys
+    x = torch.randn(4, 16)
+    for epoch, frozen in ((0, True), (1, False), (2, False)):
+        for head in (ours, theirs):
+            head.zero_grad(set_to_none=True)
+            head(x).square().sum().backward()
+            head.cancel_last_layer_gradients(current_epoch=epoch)
+        grads = [
+            [p.grad for p in head.last_layer.parameters() if p.requires_grad]
+            for head in (ours, theirs)
+        ]
+        assert len(grads[0]) == len(grads[1]) == (1 if norm_last_layer else 2)
+        for mine, lightlys in zip(*grads, strict=True):
+            assert (mine is None) == (lightlys is None) == frozen
+            if not frozen:
+                torch.testing.assert_close(mine, lightlys)
+        assert all(p.grad is not None for p in ours.mlp.parameters())
+    never = GlareProjectionHead(16, 32, 8, 64)  # default: -1, as lightly's
+    never(x).sum().backward()
+    never.cancel_last_layer_gradients(current_epoch=0)
+    assert all(
+        p.grad is not None for p in never.last_layer.parameters() if p.requires_grad
+    )
+    assert copy.deepcopy(ours).freeze_last_layer == 1

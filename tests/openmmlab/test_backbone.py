@@ -232,8 +232,10 @@ def test_wrong_adapter_size_fails(tmp_path: Path) -> None:
 
 def test_missing_checkpoint_file_says_how_to_set_it(tmp_path: Path) -> None:
     backbone = build("plain", checkpoint=str(tmp_path / "absent.pth"))
-    with pytest.raises(FileNotFoundError, match="model.backbone.checkpoint"):
+    with pytest.raises(FileNotFoundError, match="model.backbone.checkpoint") as caught:
         backbone.init_weights()
+    assert "checkpoint=None for timm's random initialisation" in str(caught.value)
+    build("plain", checkpoint=None).init_weights()  # what the message offers works
 
 
 def test_init_cfg_pretrained_is_strict_alias(tmp_path: Path) -> None:
