@@ -1,5 +1,6 @@
 """A miniature of `make demo`: every stage end to end on real data, tiny schedule."""
 
+import math
 import re
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lightly_glare.training import PretrainHistory
 from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -80,3 +82,24 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
         with Image.open(tmp_path / name) as image:
             assert image.width > 100 and image.height > 100
     assert (tmp_path / "glare_backbone.pth").is_file()
+
+
+def test_demo_prints_the_objective_against_log_k(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    demo = load_tool("experiments/demo")
+    log_k = math.log(2048)
+    teacher = {
+        f"teacher/global/{key}": value
+        for key, value in (("entropy", 0.4), ("batch_entropy", 0.8), ("kl", 0.5))
+    }
+    history = PretrainHistory(
+        losses=[0.9 * log_k, 0.8 * log_k],
+        terms=[{"global": 0.9 * log_k}, {"global": 0.8 * log_k}],
+        teacher=[teacher, {**teacher, "teacher/global/entropy": 0.3}],
+    )
+    demo.print_objective(history, 2048)
+    out = capsys.readouterr().out
+    assert "log K = 7.62 (K = 2048), step 1 -> 2: global 0.90 -> 0.80" in out
+    assert "global: entropy 0.40 -> 0.30, batch entropy 0.80 -> 0.80" in out
+    assert "up to 7.5 points" in demo.SPREAD_NOTE
