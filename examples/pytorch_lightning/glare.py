@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import GLARE, GlareProjectionHead
+from lightly_glare.models import GLARE, GlareProjectionHead, initialize_heads_from_data
 from lightly_glare.training import (
     PretrainConfig,
     check_loss,
@@ -80,6 +80,9 @@ def main(argv=None, strategy="auto", devices="auto"):
         num_workers=args.workers,
     )
     steps_per_epoch(dataloader)  # refuses a run with no batch
+    # Heads the checkpoint lacks start on the data: a sharp teacher from step 0.
+    fitted = initialize_heads_from_data(module.model, dataloader)
+    module.criterion.set_centers(fitted.centers)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     trainer = pl.Trainer(
         max_epochs=args.epochs,

@@ -50,6 +50,7 @@ PRETRAINING_OPTIONS = (
     "amp",
     "workers",
     "head_init",
+    "freeze_heads",
 )
 
 
@@ -130,6 +131,13 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
         help="heads the checkpoint lacks: fitted to the data before the first step "
         "('data'; 'auto' when the checkpoint has no heads) or DINO's random "
         "initialisation ('random')",
+    )
+    group.add_argument(
+        "--freeze-heads",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train only the adapters: the heads keep their initialisation (from "
+        "the data or the checkpoint)",
     )
     group.add_argument(
         "--local-patches-per-view",

@@ -89,7 +89,9 @@ VARIANTS: dict[str, dict[str, float] | None] = {
     "glare_no_local": {"local_distortion": 0.0, "local_matching": 0.0},
 }
 #: Job settings of a variant besides its weights (the run's options otherwise).
-VARIANT_JOB: dict[str, dict[str, Any]] = {"glare_random_heads": {"head_init": "random"}}
+VARIANT_JOB: dict[str, dict[str, Any]] = {
+    "glare_random_heads": {"head_init": "random", "freeze_heads": False}
+}
 DOMAINS = ("aerial", "mri")
 EVAL_SPLITS = ("val", "holdout")
 #: Share of the train tiles (the last ones by name) held out by ``holdout``.
@@ -388,7 +390,11 @@ RUN_INDEPENDENT_OPTIONS = frozenset(
 
 #: Options added after run files were first written, with the value the runs of
 #: older files were made with (compared as if recorded).
-IMPLIED_OPTIONS: dict[str, Any] = {"adapter_bottleneck": 64, "head_init": "random"}
+IMPLIED_OPTIONS: dict[str, Any] = {
+    "adapter_bottleneck": 64,
+    "head_init": "random",
+    "freeze_heads": False,
+}
 
 
 def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
