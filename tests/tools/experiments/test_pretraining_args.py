@@ -47,6 +47,19 @@ def test_options_set_every_listed_field() -> None:
         assert getattr(job, name) == getattr(args, name), name
 
 
+def test_head_options_reach_the_job() -> None:
+    tool, parser = pretraining_parser()
+    assert (parser.parse_args([]).head_init, parser.parse_args([]).freeze_heads) == (
+        "auto",
+        False,
+    )
+    args = parser.parse_args(["--head-init", "random", "--freeze-heads"])
+    job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0)
+    assert (job.head_init, job.freeze_heads) == ("random", True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--head-init", "kmeans"])
+
+
 def test_adapter_bottleneck_option_sets_the_job_and_refuses_non_positive(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

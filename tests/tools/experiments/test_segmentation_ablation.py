@@ -131,9 +131,27 @@ def test_ablation_takes_a_run_file_without_adapter_bottleneck_as_64(
     del older["adapter_bottleneck"]
     run = tmp_path / "seed0.json"
     run.write_text(json.dumps({"args": older}))
-    tool.check_same_settings(
-        run, tool.parse_args(["--steps", "30", "--adapter-bottleneck", "64"])
-    )
+    # ... and with random heads (before --head-init and --freeze-heads).
+    same = ["--adapter-bottleneck", "64", "--head-init", "random", "--no-freeze-heads"]
+    tool.check_same_settings(run, tool.parse_args(["--steps", "30", *same]))
+    with pytest.raises(ValueError, match="head_init: 'random' -> 'auto'"):
+        tool.check_same_settings(
+            run, tool.parse_args(["--steps", "30", "--adapter-bottleneck", "64"])
+        )
     # Today's default (embed_dim // 12, None on the command line) is another size.
     with pytest.raises(ValueError, match="adapter_bottleneck: 64 -> None"):
         tool.check_same_settings(run, tool.parse_args(["--steps", "30"]))
+
+
+def test_glare_random_heads_is_glare_as_it_ran_before_the_head_initialisation() -> None:
+    tool = load_tool("experiments/segmentation_ablation")
+    args = tool.parse_args(["--steps", "30", "--freeze-heads"])
+    job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0, {})
+    old = tool.variant_job("glare_random_heads", job)
+    assert (old.head_init, old.freeze_heads, old.head_warmup_steps) == (
+        "random",
+        False,
+        10,  # a third of the steps
+    )
+    assert tool.variant_job("glare", job) == job  # the run's own options
+    assert tool.variant_weights("glare_random_heads", {}) == {}  # all four terms
