@@ -128,7 +128,8 @@ def test_ablation_takes_a_run_file_without_adapter_bottleneck_as_64(
     """Files written before --adapter-bottleneck existed were made with 64."""
     tool = load_tool("experiments/segmentation_ablation")
     older = tool.recorded_args(tool.parse_args(["--steps", "30"]))
-    del older["adapter_bottleneck"]
+    for option in ("adapter_bottleneck", "head_init", "freeze_heads"):
+        del older[option]  # options added since
     run = tmp_path / "seed0.json"
     run.write_text(json.dumps({"args": older}))
     # ... and with random heads (before --head-init and --freeze-heads).
