@@ -68,7 +68,6 @@ from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
     DEFAULT_HEAD_INIT_IMAGES,
     GLARE,
-    GlareProjectionHead,
     save_atomic,
 )
 from lightly_glare.models.export import architecture_of
@@ -88,6 +87,7 @@ from lightly_glare.training import (
     StepCallback,
     StepEvent,
     build_folder_pretraining,
+    build_job_model,
     export_job,
     seeded_loader,
 )
@@ -695,15 +695,7 @@ def estimate_output_bytes(job: FolderPretraining) -> dict[str, int]:
             VisionTransformer,
             timm.create_model(job.arch, img_size=job.img_size, num_classes=0),
         )
-        criterion = GlareLoss(output_dim=job.output_dim)
-        model = GLARE(
-            vit,
-            head=GlareProjectionHead(
-                vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
-            ),
-            terms=criterion.active_terms,
-            adapter_bottleneck=job.adapter_bottleneck,
-        )
+        model, criterion = build_job_model(job, vit)
 
     def size(tensors: Any) -> int:
         return sum(int(t.numel() * t.element_size()) for t in tensors)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from lightly.utils.scheduler import cosine_schedule
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -625,33 +626,8 @@ def build_folder_pretraining(
     # Read once for the ViT and the heads (a ViT-B DINO checkpoint is ~350 MB).
     checkpoint = read_ssl_checkpoint(job.checkpoint)
     vit = create_vit(job.arch, checkpoint, img_size=job.img_size, source=job.checkpoint)
-    unknown = set(job.weights) - set(ALL_TERMS)
-    if unknown:
-        raise ValueError(f"Unknown terms {sorted(unknown)}; terms are {ALL_TERMS}.")
-    weights = {term: job.weights.get(term, 1.0) for term in ALL_TERMS}
-    criterion = GlareLoss(
-        output_dim=job.output_dim,
-        global_weight=weights["global"],
-        regional_weight=weights["regional"],
-        local_distortion_weight=weights["local_distortion"],
-        local_matching_weight=weights["local_matching"],
-    ).to(device)
-    distortion = None
-    if LOCAL_DISTORTION in criterion.active_terms:
-        distortion = build_patch_augmentation(job.patch_augmentation)
-    model = GLARE(
-        vit,
-        head=GlareProjectionHead(
-            vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
-        ),
-        terms=criterion.active_terms,
-        adapter_bottleneck=job.adapter_bottleneck,
-        freeze_heads=job.freeze_heads,
-        region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
-        patch_augmentation=distortion,
-        local_patches_per_view=job.local_patches_per_view,
-        student_drop_path=job.student_drop_path,
-    )
+    model, criterion = build_job_model(job, vit)
+    criterion.to(device)
     loaded: list[str] = []
     if job.checkpoint_heads:
         heads = load_projection_heads(
@@ -668,6 +644,51 @@ def build_folder_pretraining(
     if initialize_heads and resolve_head_init(job.head_init, bool(loaded)) == "data":
         _initialize_heads(model, criterion, job, images, device, log)
     return model, criterion, images
+
+
+def build_job_model(
+    job: FolderPretraining, vit: VisionTransformer
+) -> tuple[GLARE, GlareLoss]:
+    """The GLARE model and loss of ``job`` around ``vit`` (heads as built).
+
+    Args:
+        job: Its term weights, head sizes and model options are used.
+        vit: The frozen ViT (on any device, ``meta`` included).
+
+    Returns:
+        The model and its loss.
+
+    Raises:
+        ValueError: If ``job.weights`` names an unknown term.
+    """
+    unknown = set(job.weights) - set(ALL_TERMS)
+    if unknown:
+        raise ValueError(f"Unknown terms {sorted(unknown)}; terms are {ALL_TERMS}.")
+    weights = {term: job.weights.get(term, 1.0) for term in ALL_TERMS}
+    criterion = GlareLoss(
+        output_dim=job.output_dim,
+        global_weight=weights["global"],
+        regional_weight=weights["regional"],
+        local_distortion_weight=weights["local_distortion"],
+        local_matching_weight=weights["local_matching"],
+    )
+    distortion = None
+    if LOCAL_DISTORTION in criterion.active_terms:
+        distortion = build_patch_augmentation(job.patch_augmentation)
+    model = GLARE(
+        vit,
+        head=GlareProjectionHead(
+            vit.embed_dim, hidden_dim=job.hidden_dim, output_dim=job.output_dim
+        ),
+        terms=criterion.active_terms,
+        adapter_bottleneck=job.adapter_bottleneck,
+        freeze_heads=job.freeze_heads,
+        region_sampler=AttentionRegionSampler(num_regions=job.num_regions),
+        patch_augmentation=distortion,
+        local_patches_per_view=job.local_patches_per_view,
+        student_drop_path=job.student_drop_path,
+    )
+    return model, criterion
 
 
 def resolve_head_init(head_init: str, checkpoint_heads_loaded: bool) -> str:
