@@ -21,7 +21,7 @@ from lightly_glare.models import (
     DEFAULT_OUTPUT_DIM,
     DEFAULT_STUDENT_DROP_PATH,
 )
-from lightly_glare.monitoring import ProgressBar
+from lightly_glare.monitoring import ProgressBar, UniformTeacherWarning
 from lightly_glare.precision import AMP_HELP
 from lightly_glare.training import (
     HEAD_INITS,
@@ -217,7 +217,9 @@ def pretrain_with_progress(
     The bar (:class:`~lightly_glare.monitoring.ProgressBar`, drawn on standard
     error) shows the step, the loss and its terms, images/s, the time left and
     the share of time spent waiting for data. The plain progress lines still go
-    to standard output, printed above the bar, so a tool's log file keeps them.
+    to standard output, printed above the bar, so a tool's log file keeps them,
+    with the warning of :class:`~lightly_glare.monitoring.UniformTeacherWarning`
+    when the teacher stays near uniform.
     tqdm comes with lightly (a core dependency), as for the one-call run.
 
     Args:
@@ -232,8 +234,9 @@ def pretrain_with_progress(
     """
     bar = ProgressBar()
     try:
+        watch = UniformTeacherWarning(bar.write)  # says when the teacher is uniform
         return pretrain_folder(
-            job, out, log=bar.write, callbacks=[bar, *callbacks], **kwargs
+            job, out, log=bar.write, callbacks=[bar, watch, *callbacks], **kwargs
         )
     finally:
         bar.close()

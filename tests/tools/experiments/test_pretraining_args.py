@@ -201,3 +201,18 @@ def test_pretrain_with_progress_draws_a_bar_and_keeps_the_log_lines(
     # The plain lines, on standard output (a tool's log file).
     assert f"step {job.steps}/{job.steps} loss=" in captured.out
     assert "images, 2 steps in" in captured.out
+
+
+def test_pretrain_with_progress_warns_of_a_uniform_teacher(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = load_tool("experiments/pretraining_args")
+    warning = tool.UniformTeacherWarning
+    monkeypatch.setattr(  # any teacher counts as uniform, from the first step
+        tool,
+        "UniformTeacherWarning",
+        lambda log: warning(log, patience=1, threshold=0.0),
+    )
+    tool.pretrain_with_progress(_folder_job(tmp_path), tmp_path / "out.pth")
+    out = capsys.readouterr().out
+    assert out.count("warning: the teacher has stayed within 100 % of uniform") == 1
