@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from lightly_glare.data.image_io import ImageReadError, load_rgb_image
+from lightly_glare.data.image_io import (
+    ImageReadError,
+    existing_file,
+    load_rgb_image,
+    pillow_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -292,31 +297,13 @@ def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         ImageReadError: The file is missing, empty, not an image (Pillow cannot
             identify it) or too large for Pillow's decompression-bomb limit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file.")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "the file is empty (0 bytes).")
+    path = existing_file(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         size = _tiff_size(path)
         if size is not None:
             return size
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except UnidentifiedImageError as error:
-        raise ImageReadError(
-            path, "not an image file (Pillow cannot identify its format)."
-        ) from error
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(
-            path,
-            f"{error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted.",
-        ) from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageReadError(
-            path, f"unreadable image header ({type(error).__name__}: {error})."
-        ) from error
+    with pillow_errors(path, "unreadable image header"), Image.open(path) as image:
+        return image.size
 
 
 def _tiff_size(path: Path) -> tuple[int, int] | None:

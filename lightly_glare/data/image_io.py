@@ -31,6 +31,8 @@ globally, which makes Pillow pad such files silently.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +243,55 @@ def _read_tiff(path: Path) -> tuple[Image.Image | None, str | None]:
     return array_to_rgb(np.asarray(array), str(path)), None
 
 
+def existing_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path`, refused when missing or empty.
+
+    Raises:
+        ImageReadError: The file is missing or empty (0 bytes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file.")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty (0 bytes).")
+    return path
+
+
+@contextmanager
+def pillow_errors(path: Path, damaged: str, note: str | None = None) -> Iterator[None]:
+    """Turns Pillow's errors while reading ``path`` into :class:`ImageReadError`.
+
+    Args:
+        path: The file being read.
+        damaged: What a decoding error means here (e.g. ``"corrupt or
+            truncated image data"``, ``"unreadable image header"``).
+        note: A problem found before Pillow (e.g. by the TIFF reader), added
+            to the message.
+
+    Raises:
+        ImageReadError: Naming the file and the problem.
+    """
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as error:
+        also = f" ({note})" if note else ""
+        raise ImageReadError(
+            path, f"not an image file (Pillow cannot identify its format){also}."
+        ) from error
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(
+            path,
+            f"{error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted.",
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        also = f"; {note}" if note else ""
+        raise ImageReadError(
+            path, f"{damaged} ({type(error).__name__}: {error}{also})."
+        ) from error
+
+
 def load_rgb_image(path: str | os.PathLike[str]) -> Image.Image:
     """Reads an image file as an 8-bit RGB image, with the module's conversions.
 
@@ -259,35 +310,13 @@ def load_rgb_image(path: str | os.PathLike[str]) -> Image.Image:
             or otherwise undecodable; the message names the file and the
             problem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file.")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "the file is empty (0 bytes).")
+    path = existing_file(path)
     tiff_problem = None
     if path.suffix.lower() in _TIFF_SUFFIXES:
         tiff_image, tiff_problem = _read_tiff(path)
         if tiff_image is not None:
             return tiff_image
-    try:
+    with pillow_errors(path, "corrupt or truncated image data", tiff_problem):
         with Image.open(path) as image:
             image.load()
             return _pil_to_rgb(image, str(path))
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError as error:
-        also = f" ({tiff_problem})" if tiff_problem else ""
-        raise ImageReadError(
-            path, f"not an image file (Pillow cannot identify its format){also}."
-        ) from error
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(
-            path,
-            f"{error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted.",
-        ) from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        also = f"; {tiff_problem}" if tiff_problem else ""
-        raise ImageReadError(
-            path,
-            f"corrupt or truncated image data ({type(error).__name__}: {error}{also}).",
-        ) from error
