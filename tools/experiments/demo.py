@@ -332,7 +332,7 @@ def main() -> None:
         results[name] = scores_from_confusion(matrix).iou
 
     stage("6/6 results and figures", start)
-    table = print_table(results) + "\n" + SPREAD_NOTE
+    table = print_table(results) + "\n\n" + SPREAD_NOTE  # the note below a blank line
     print(SPREAD_NOTE)
     (work / "results.txt").write_text(table + "\n")
     save_prediction_figure(runners, work / "predictions.png")

@@ -39,6 +39,10 @@ def test_demo_finetuning_trains_what_it_says_and_validates_once(
     assert bool(vit_weights) == (vit == "trained")
 
 
+def demo_note() -> str:
+    return str(load_tool("experiments/demo").SPREAD_NOTE)
+
+
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     args = [
@@ -68,8 +72,11 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     # The pre-training's progress bar, on standard error; its log lines on stdout.
     assert "GLARE: 100%" in result.stderr and "img/s" in result.stderr
     assert "step 2/2 loss=" in result.stdout
-    table = (tmp_path / "results.txt").read_text().splitlines()
+    table, note = (tmp_path / "results.txt").read_text().split("\n\n")
+    assert note.strip() == demo_note()  # the seed spread, next to the numbers
+    table = table.splitlines()
     assert table[0].split() == ["model", "background", "road", "mIoU"]
+    assert len(table) == 3
     for row in table[1:]:
         values = [float(v) for v in re.findall(r"\d+\.\d+", row)]
         assert len(values) == 3 and all(0 <= v <= 100 for v in values)
