@@ -375,6 +375,7 @@ def pretrain(
     model.train()
     adapters = model.backbone.adapters
     trained_adapters = [p for p in adapters.parameters() if p.requires_grad]
+    _check_head_warmup(model, trained_adapters, config.head_warmup_steps)
     amp = resolve_amp(config.amp, device)
 
     def forward_loss(views: list[Tensor], geometry: Tensor) -> Tensor:
@@ -438,6 +439,22 @@ def pretrain(
             parameter.requires_grad_(True)
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _check_head_warmup(
+    model: nn.Module, adapters: Sequence[nn.Parameter], warmup_steps: int
+) -> None:
+    """Refuses a head warm-up in which nothing would train (frozen heads)."""
+    adapter_ids = {id(p) for p in adapters}
+    warmed = [
+        p for p in model.parameters() if p.requires_grad and id(p) not in adapter_ids
+    ]
+    if warmup_steps > 0 and not warmed:
+        raise ValueError(
+            f"head_warmup_steps={warmup_steps} trains only the heads and the region "
+            "pooling, but none of them is trainable (freeze_heads=True and a "
+            "parameter-free pooling): set head_warmup_steps=0."
+        )
 
 
 def _progress(

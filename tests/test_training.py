@@ -446,3 +446,14 @@ def test_data_initialised_heads_are_fixed_by_the_seed(tmp_path: Path) -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in heads)
     prototypes = "student_head.last_layer.parametrizations.weight.original1"
     assert not torch.equal(states[0][prototypes], states[2][prototypes])
+
+
+def test_a_head_warmup_with_frozen_heads_is_refused(tmp_path: Path) -> None:
+    """Nothing would train during the warm-up: refused before the first step."""
+    job = _folder_job(tmp_path, freeze_heads=True, head_warmup_steps=1, steps=2)
+    with pytest.raises(ValueError, match="set head_warmup_steps=0"):
+        pretrain_folder(job, tmp_path / "out.pth", log=lambda _: None)
+    assert not (tmp_path / "out.pth").exists()
+    unfrozen = dataclasses.replace(job, freeze_heads=False)
+    _, history = pretrain_folder(unfrozen, tmp_path / "out.pth", log=lambda _: None)
+    assert len(history.losses) == 2
