@@ -488,6 +488,18 @@ SHORT_SCHEDULE: dict[str, Any] = {
 HEAD_INITS = ("auto", "data", "random")
 
 
+def check_head_init(head_init: str, images: int) -> None:
+    """Refuses an unknown ``head_init`` or an empty initialisation sample.
+
+    Raises:
+        ValueError: Naming the value and the valid ones.
+    """
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}.")
+    if images < 1:
+        raise ValueError(f"head_init_images must be at least 1, got {images}.")
+
+
 @dataclass
 class FolderPretraining:
     """GLARE continual pre-training of a local SSL checkpoint on an image folder.
@@ -584,14 +596,7 @@ class FolderPretraining:
     head_init_images: int = DEFAULT_HEAD_INIT_IMAGES
 
     def __post_init__(self) -> None:
-        if self.head_init not in HEAD_INITS:
-            raise ValueError(
-                f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}."
-            )
-        if self.head_init_images < 1:
-            raise ValueError(
-                f"head_init_images must be at least 1, got {self.head_init_images}."
-            )
+        check_head_init(self.head_init, self.head_init_images)
 
     def config(self, device: torch.device | str) -> PretrainConfig:
         """The optimisation settings of the job on ``device``.

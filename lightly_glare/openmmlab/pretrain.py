@@ -40,7 +40,11 @@ from lightly_glare.models import (
 from lightly_glare.models.glare import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.training import HEAD_INITS, NonFiniteLossError, resolve_head_init
+from lightly_glare.training import (
+    NonFiniteLossError,
+    check_head_init,
+    resolve_head_init,
+)
 from lightly_glare.weights import load_projection_heads, read_ssl_checkpoint
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
@@ -241,11 +245,7 @@ class GlarePretrainer(BaseModel):
             data_preprocessor=data_preprocessor or GlarePretrainDataPreprocessor(),
             init_cfg=init_cfg,
         )
-        if head_init not in HEAD_INITS or head_init_images < 1:
-            raise ValueError(
-                f"head_init must be one of {HEAD_INITS} and head_init_images at "
-                f"least 1, got {head_init!r} and {head_init_images}."
-            )
+        check_head_init(head_init, head_init_images)
         self.seed = seed
         self.head_init = head_init
         self.head_init_images = head_init_images
