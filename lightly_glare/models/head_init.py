@@ -314,7 +314,7 @@ def initialize_heads_from_data(
     read = 0
     for batch in batches:
         *views, _ = batch[0]
-        clean = torch.cat(list(views))[: 2 * (images - read)]  # (2B, 3, H, W)
+        clean = torch.cat([view[: images - read] for view in views])  # (2B, 3, H, W)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             _collect(model, clean.to(device), samples, patches_per_view, generator)
         read += clean.shape[0] // 2

@@ -224,6 +224,16 @@ def test_images_bound_the_pass_and_empty_data_is_refused() -> None:
         model, _batches(8), images=6, progress=lambda d, t: seen.append((d, t))
     )
     assert seen == [(4, 6), (6, 6)] and fitted.samples == {"head": 12}
+    # Both views of the first 2 images of the second batch, not 4 views of one.
+    seen_views: list[torch.Tensor] = []
+    model.backbone.forward_features = (  # type: ignore[method-assign]
+        lambda views, **_: seen_views.append(views) or _forward(views)
+    )
+    _forward = type(model.backbone).forward_features.__get__(model.backbone)
+    batches = _batches(8)
+    initialize_heads_from_data(model, batches, images=6)
+    view_0, view_1, _ = batches[1][0]  # type: ignore[index]
+    assert torch.equal(seen_views[1], torch.cat([view_0[:2], view_1[:2]]))
     with pytest.raises(ValueError, match="data is empty"):
         initialize_heads_from_data(model, [], images=4)
     with pytest.raises(ValueError, match="at least 1"):
