@@ -35,7 +35,9 @@ it finishes; a rerun skips runs already written (``--force`` redoes them), so
 an interrupted experiment loses at most the run in progress. A finished run
 made with other settings is an error, not a silent reuse: give each setting
 its own ``--work-dir``. The summary
-(``summary.md``, ``summary.json``, ``miou.png``) is rebuilt from all run files.
+(``summary.md``, ``summary.json``, ``miou.png``) is rebuilt from all run files;
+with ``--eval-at``, also the mIoU against steps (a table in ``summary.md``,
+``steps.json`` and ``steps.png``).
 
 Example (2 CPU cores: about 1 minute per pre-training run at the defaults):
     python tools/experiments/segmentation_ablation.py --work-dir work_dirs/ablation
@@ -501,7 +503,120 @@ def summarize(args: argparse.Namespace) -> str:
     (args.work_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     (args.work_dir / "differences.json").write_text(json.dumps(differences, indent=1))
     plot_summary(rows, args.work_dir / "miou.png")
+    if any(len(record.get("evaluations", [])) > 1 for record in records):
+        curve = step_curve(records)
+        (args.work_dir / "steps.json").write_text(json.dumps(curve, indent=1))
+        table += "\n\n" + "\n".join(step_curve_lines(curve))
+        (args.work_dir / "summary.md").write_text(table + "\n")
+        plot_step_curve(curve, args.work_dir / "steps.png")
     return table
+
+
+def step_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Probe mIoU (points) per domain, variant and evaluated step, over seeds.
+
+    ``none`` (no pre-training) is its runs' step-0 evaluation; a pre-trained
+    variant contributes one point per step of ``--eval-at`` (and its last).
+    Each point: ``domain``, ``split`` (the probe's evaluation split),
+    ``variant``, ``step``, ``seeds``, ``miou`` (per
+    seed), ``mean``, ``std`` and ``delta`` (mean − the domain's ``none`` mean,
+    or None without ``none`` runs).
+    """
+    values: dict[tuple[str, str, int], dict[int, float]] = {}
+    for record in records:
+        for point in record.get("evaluations", []):
+            key = (record["domain"], record["variant"], point["step"])
+            values.setdefault(key, {})[record["seed"]] = 100 * point["miou"]
+    baselines = {
+        domain: mean_std(list(per_seed.values()))[0]
+        for (domain, variant, _), per_seed in values.items()
+        if variant == "none"
+    }
+    splits = {r["domain"]: r.get("eval_split", "val") for r in records}
+    order = {name: index for index, name in enumerate(VARIANTS)}
+    curve = []
+    for (domain, variant, step), per_seed in sorted(
+        values.items(), key=lambda item: (item[0][0], order[item[0][1]], item[0][2])
+    ):
+        mean, std = mean_std(list(per_seed.values()))
+        baseline = baselines.get(domain)
+        curve.append(
+            {
+                "domain": domain,
+                "split": splits[domain],
+                "variant": variant,
+                "step": step,
+                "seeds": sorted(per_seed),
+                "miou": [per_seed[seed] for seed in sorted(per_seed)],
+                "mean": mean,
+                "std": std,
+                "delta": None if baseline is None else mean - baseline,
+            }
+        )
+    return curve
+
+
+def step_curve_lines(curve: Sequence[dict[str, Any]]) -> list[str]:
+    """The markdown table of :func:`step_curve`."""
+    lines = [
+        "| domain | variant | step | seeds | mIoU (mean ± std) | Δ vs none "
+        "| per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for point in curve:
+        delta = "" if point["delta"] is None else f"{point['delta']:+.2f}"
+        seeds = ", ".join(
+            f"{seed}: {value:.2f}"
+            for seed, value in zip(point["seeds"], point["miou"], strict=True)
+        )
+        lines.append(
+            f"| {point['domain']} | {point['variant']} | {point['step']} "
+            f"| {len(point['seeds'])} | {point['mean']:.2f} ± {point['std']:.2f} "
+            f"| {delta} | {seeds} |"
+        )
+    return lines
+
+
+def plot_step_curve(curve: Sequence[dict[str, Any]], path: Path) -> None:
+    """mIoU against pre-training steps: seed means (lines), seeds (dots), and
+    the start model (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = list(dict.fromkeys(point["domain"] for point in curve))
+    figure, axes = plt.subplots(
+        1, len(domains), figsize=(6 * len(domains), 3.8), squeeze=False
+    )
+    for ax, domain in zip(axes[0], domains, strict=True):
+        points = [p for p in curve if p["domain"] == domain]
+        start = [p["mean"] for p in points if p["variant"] == "none"]
+        trained = [p["variant"] for p in points if p["variant"] != "none"]
+        for index, variant in enumerate(dict.fromkeys(trained)):
+            line = [p for p in points if p["variant"] == variant]
+            steps = [0] * len(start) + [p["step"] for p in line]  # from the start
+            means = start + [p["mean"] for p in line]
+            seeds = max(len(p["seeds"]) for p in line)
+            color = f"C{index}"
+            ax.plot(steps, means, "o-", color=color,
+                    label=f"{variant} (mean of {seeds} seeds)")  # fmt: skip
+            for p in line:
+                ax.scatter([p["step"]] * len(p["miou"]), p["miou"], color=color,
+                           s=10, alpha=0.4)  # fmt: skip
+        if start:
+            ax.axhline(start[0], color="k", ls="--", lw=1, label="none (start model)")
+        steps = sorted({0, *(p["step"] for p in points)})
+        ax.set_xscale("symlog", linthresh=max(steps[1:2] or [1]))
+        ax.set_xticks(steps, [str(step) for step in steps])
+        ax.set_xlabel("pre-training steps (evaluations inside one schedule)")
+        ax.set_ylabel(f"{points[0]['split']} mIoU (linear probe)")
+        ax.set_title(f"{domain}: probe mIoU against pre-training steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 #: Paired comparisons ``a - b`` of the summary, in its order.

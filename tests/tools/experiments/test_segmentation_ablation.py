@@ -169,3 +169,43 @@ def test_glare_frozen_heads_fits_the_heads_then_trains_only_the_adapters() -> No
         0,  # a warm-up would train nothing
     )
     assert tool.variant_weights("glare_frozen_heads", {}) == {}  # all four terms
+
+
+def test_step_curve_summarises_every_evaluated_step_over_seeds(tmp_path: Path) -> None:
+    tool = load_tool("experiments/segmentation_ablation")
+
+    def record(variant: str, seed: int, points: dict[int, float]) -> dict:
+        evaluations = [{"step": s, "miou": m} for s, m in points.items()]
+        return {"domain": "aerial", "variant": variant, "seed": seed,
+                "eval_split": "holdout", "evaluations": evaluations}  # fmt: skip
+
+    records = [
+        record("none", 0, {0: 0.60}),
+        record("none", 1, {0: 0.62}),
+        record("glare", 1, {75: 0.64, 300: 0.58}),
+        record("glare", 0, {75: 0.62, 300: 0.60}),
+        record("dino", 0, {75: 0.61, 300: 0.61}),
+    ]
+    curve = tool.step_curve(records)
+    points = {(p["variant"], p["step"]): p for p in curve}
+    assert [(p["variant"], p["step"]) for p in curve] == [
+        ("none", 0),
+        ("dino", 75),
+        ("dino", 300),
+        ("glare", 75),
+        ("glare", 300),
+    ]  # the variants' order, then steps
+    glare = points[("glare", 75)]
+    assert glare["split"] == "holdout"
+    assert glare["seeds"] == [0, 1] and glare["miou"] == pytest.approx([62.0, 64.0])
+    assert glare["mean"] == pytest.approx(63.0)
+    assert glare["delta"] == pytest.approx(63.0 - 61.0)  # against none's mean
+    assert points[("glare", 300)]["delta"] == pytest.approx(-2.0)
+    lines = tool.step_curve_lines(curve)
+    assert lines[2].startswith("| aerial | none | 0 | 2 | 61.00 ± ")
+    assert "| glare | 300 | 2 | 59.00 ± " in lines[-1]
+    assert lines[-1].endswith("| -2.00 | 0: 60.00, 1: 58.00 |")
+    tool.plot_step_curve(curve, tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").stat().st_size > 1000
+    # Without `none` runs there is no difference to report.
+    assert tool.step_curve(records[2:])[0]["delta"] is None
