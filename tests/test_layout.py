@@ -26,13 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "data_preparation": {"data"},
     "precision": set(),
-    "training": {"models", "loss", "transforms", "weights", "data", "precision"},
-    "monitoring": {"loss", "training"},
-    "run": {"data", "loss", "models", "monitoring", "precision", "training"},
+    "pretraining": {"models", "loss", "transforms", "weights", "data", "precision"},
     "evaluation": {"models", "data"},
     "visualization": {"models"},
-    "cli": {"pretrain_cli"},  # imported when `lightly-glare pretrain` runs
-    "pretrain_cli": {"run", "training", "models"},
+    "cli": {"pretraining"},  # pretraining.cli, when `lightly-glare pretrain` runs
     "argument_types": {"models"},
     "openmmlab": {
         "precision",
@@ -41,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
         "transforms",
         "weights",
         "data",
-        "training",
+        "pretraining",
         "cli",
     },
 }

@@ -29,7 +29,7 @@ from lightly_glare.models import (
     export_adapted_backbone,
 )
 from lightly_glare.models.geometry import match_patches, transfer_masks
-from lightly_glare.training import (
+from lightly_glare.pretraining.loop import (
     PretrainConfig,
     check_loss,
     learning_rate,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import GLARE, GlareProjectionHead, initialize_heads_from_data
-from lightly_glare.training import (
+from lightly_glare.pretraining.loop import (
     PretrainConfig,
     check_loss,
     learning_rate,

@@ -2,7 +2,7 @@
 
 The experiment tools beside this file (``demo.py``, ``segmentation_ablation.py``,
 ``classification_transfer.py``) share these options; the library itself
-(:mod:`lightly_glare.training`) takes a :class:`FolderPretraining` and has no
+(:mod:`lightly_glare.pretraining`) takes a :class:`FolderPretraining` and has no
 command-line code. A tool imports this module from its own folder (Python puts
 a script's folder first on ``sys.path``; ``lightly-glare COMMAND`` does too).
 """
@@ -21,16 +21,11 @@ from lightly_glare.models import (
     DEFAULT_OUTPUT_DIM,
     DEFAULT_STUDENT_DROP_PATH,
 )
-from lightly_glare.monitoring import ProgressBar, UniformTeacherWarning
 from lightly_glare.precision import AMP_HELP
-from lightly_glare.training import (
-    HEAD_INITS,
-    SHORT_SCHEDULE,
-    FolderPretraining,
-    PretrainHistory,
-    StepCallback,
-    pretrain_folder,
-)
+from lightly_glare.pretraining.folder import pretrain_folder
+from lightly_glare.pretraining.job import HEAD_INITS, SHORT_SCHEDULE, FolderPretraining
+from lightly_glare.pretraining.loop import PretrainHistory, StepCallback
+from lightly_glare.pretraining.monitoring import ProgressBar, UniformTeacherWarning
 from lightly_glare.transforms import PATCH_AUGMENTATIONS
 
 #: The :class:`FolderPretraining` fields the tools' options set.
@@ -171,9 +166,9 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
 
 def pretraining_job(
     args: argparse.Namespace,
-    arch: str,
+    model: str,
     checkpoint: str | Path,
-    folder: str | os.PathLike[str],
+    data: str | os.PathLike[str],
     img_size: int,
     seed: int,
     weights: Mapping[str, float] | None = None,
@@ -183,21 +178,21 @@ def pretraining_job(
 
     Args:
         args: Parsed options.
-        arch: timm model name of ``checkpoint``.
+        model: timm model name of ``checkpoint``.
         checkpoint: Local SSL checkpoint.
-        folder: Unlabeled images.
+        data: Folder of unlabeled images.
         img_size: Input size of the views.
         seed: Seed of the run.
         weights: Term weights (see :class:`FolderPretraining`).
-        indices: Images of ``folder`` to train on (None: all).
+        indices: Images of ``data`` to train on (None: all).
 
     Returns:
         The job.
     """
     return FolderPretraining(
-        arch=arch,
+        model=model,
         checkpoint=checkpoint,
-        folder=folder,
+        data=data,
         img_size=img_size,
         seed=seed,
         weights=dict(weights or {}),
@@ -212,14 +207,15 @@ def pretrain_with_progress(
     callbacks: Sequence[StepCallback] = (),
     **kwargs: Any,
 ) -> tuple[Path, PretrainHistory]:
-    """:func:`~lightly_glare.training.pretrain_folder` with a progress bar.
+    """:func:`~lightly_glare.pretraining.folder.pretrain_folder` with a progress bar.
 
-    The bar (:class:`~lightly_glare.monitoring.ProgressBar`, drawn on standard
-    error) shows the step, the loss and its terms, images/s, the time left and
-    the share of time spent waiting for data. The plain progress lines still go
-    to standard output, printed above the bar, so a tool's log file keeps them,
-    with the warning of :class:`~lightly_glare.monitoring.UniformTeacherWarning`
-    when the teacher stays near uniform.
+    The bar (:class:`~lightly_glare.pretraining.monitoring.ProgressBar`, drawn
+    on standard error) shows the step, the loss and its terms, images/s, the
+    time left and the share of time spent waiting for data. The plain progress
+    lines still go to standard output, printed above the bar, so a tool's log
+    file keeps them, with the warning of
+    :class:`~lightly_glare.pretraining.monitoring.UniformTeacherWarning` when
+    the teacher stays near uniform.
     tqdm comes with lightly (a core dependency), as for the one-call run.
 
     Args:

@@ -24,11 +24,12 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lightly_glare.run import OPTIONS, pretrain
-from lightly_glare.training import FolderPretraining
+from lightly_glare.pretraining.job import FolderPretraining
+from lightly_glare.pretraining.run import OPTIONS, pretrain
 
 PROG = "lightly-glare pretrain"
-#: Arguments of :func:`~lightly_glare.run.pretrain` that are not command keys.
+#: Arguments of :func:`~lightly_glare.pretraining.run.pretrain` that are not
+#: command keys.
 NOT_KEYS = ("log", "callbacks", "options")
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -63,7 +64,7 @@ def command_keys() -> dict[str, Key]:
 
     Returns:
         Key name to :class:`Key`, in :func:`pretrain`'s order, then the
-        :class:`~lightly_glare.training.FolderPretraining` options.
+        :class:`~lightly_glare.pretraining.job.FolderPretraining` options.
     """
     hints = typing.get_type_hints(pretrain)
     keys = {
