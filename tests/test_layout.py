@@ -30,9 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"models", "data"},
     "visualization": {"models"},
     "cli": {"pretraining"},  # pretraining.cli, when `lightly-glare pretrain` runs
-    "argument_types": {"models"},
+    "argument_types": {"pretraining"},  # the fields' parsers
     "openmmlab": {
-        "precision",
         "models",
         "loss",
         "transforms",

@@ -35,7 +35,7 @@ from lightly_glare.models.defaults import MOMENTUM_START
 from lightly_glare.models.patch_augmentations import PatchAugmentation
 from lightly_glare.precision import resolve_amp
 from lightly_glare.pretraining.loop import BASE_LR, PretrainConfig
-from lightly_glare.transforms import build_patch_augmentation
+from lightly_glare.transforms import PATCH_AUGMENTATIONS, build_patch_augmentation
 from lightly_glare.weights import load_projection_heads
 
 #: Images per step of a job.
@@ -185,10 +185,13 @@ class FolderPretraining:
     student_drop_path: float = DEFAULT_STUDENT_DROP_PATH
     num_regions: int | None = None
     head_warmup_steps: int = 0
-    patch_augmentation: str = PATCH_AUGMENTATION
+    patch_augmentation: str = field(
+        default=PATCH_AUGMENTATION,
+        metadata={"choices": tuple(sorted(PATCH_AUGMENTATIONS))},
+    )
     checkpoint_heads: bool = True
     freeze_heads: bool = False
-    head_init: str = HEAD_INIT
+    head_init: str = field(default=HEAD_INIT, metadata={"choices": HEAD_INITS})
     head_init_images: int = DEFAULT_HEAD_INIT_IMAGES
 
     def __post_init__(self) -> None:
