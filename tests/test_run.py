@@ -118,6 +118,10 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
     with pytest.raises(ResumeError, match="head_init: 'random' -> 'auto'"):
         lightly_glare.pretrain(out, data, checkpoint, steps=5, resume=True, **TINY)
     state["settings"]["head_init"] = head_init
+    # A run written before FolderPretraining's arch / folder became model /
+    # data resumes under the new names (RENAMED_SETTINGS).
+    state["settings"]["arch"] = state["settings"].pop("model")
+    state["settings"]["folder"] = state["settings"].pop("data")
     torch.save(state, out / CHECKPOINT)
 
     resumed = lightly_glare.pretrain(
