@@ -21,7 +21,7 @@ from lightly_glare.pretraining import run, run_checks, run_files
 from lightly_glare.pretraining.job import FolderPretraining
 from lightly_glare.pretraining.loop import NoTrainingStepsError, StepEvent
 from lightly_glare.pretraining.monitoring import read_metrics
-from lightly_glare.pretraining.run import ResumeError
+from lightly_glare.pretraining.resume import ResumeError
 from lightly_glare.pretraining.run_checks import OutFolderError, estimate_output_bytes
 from lightly_glare.pretraining.run_files import (
     ADAPTERS,

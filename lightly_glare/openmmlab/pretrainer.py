@@ -72,6 +72,34 @@ def _with_loaded_checkpoint(backbone: dict[str, Any], loaded: Any) -> dict[str, 
     return {**backbone, "checkpoint": loaded, "checkpoint_source": path}
 
 
+def _build_loss(
+    loss: dict[str, Any] | None,
+    head: Any,
+    patch_head: Any,
+    patch_augmentation: dict[str, Any] | None,
+) -> Any:
+    """The loss of ``loss``'s config, its output sizes filled in from the heads.
+
+    Says so when ``patch_augmentation`` is configured but the loss does not
+    compute L_loc1 (:func:`~lightly_glare.pretraining.job.build_glare` then
+    does not build it).
+    """
+    loss_cfg = dict(loss or {"type": "GlareLoss"})
+    loss_cfg.setdefault("output_dim", head.output_dim)
+    loss_cfg.setdefault("patch_output_dim", patch_head.output_dim)
+    criterion = MODELS.build(loss_cfg)
+    if (
+        LOCAL_DISTORTION not in criterion.active_terms
+        and patch_augmentation is not None
+    ):
+        print_log(
+            f"patch_augmentation {patch_augmentation.get('type')} is not built: "
+            "the local distortion weight is 0, so the student sees clean views.",
+            logger="current",
+        )
+    return criterion
+
+
 def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
     """Checks and unpacks the collated ``(views, geometry)`` structure."""
     if len(inputs) != 2:
@@ -263,22 +291,9 @@ class GlarePretrainer(BaseModel):
             if patch_head is None
             else _build(patch_head, "GlareProjectionHead", input_dim=dim)
         )
-        loss_cfg = dict(loss or {"type": "GlareLoss"})
-        loss_cfg.setdefault("output_dim", head_module.output_dim)
-        loss_cfg.setdefault(
-            "patch_output_dim",
-            (patch_module or head_module).output_dim,
+        self.criterion = _build_loss(
+            loss, head_module, patch_module or head_module, patch_augmentation
         )
-        self.criterion = MODELS.build(loss_cfg)
-        if (
-            LOCAL_DISTORTION not in self.criterion.active_terms
-            and patch_augmentation is not None
-        ):
-            print_log(
-                f"patch_augmentation {patch_augmentation.get('type')} is not built: "
-                "the local distortion weight is 0, so the student sees clean views.",
-                logger="current",
-            )
         self.glare = build_glare(
             adapted,
             self.criterion,
@@ -305,9 +320,8 @@ class GlarePretrainer(BaseModel):
             torch.compile(self._eager_loss) if compile else self._eager_loss
         )
         print_log(
-            f"GlarePretrainer: {backbone.get('arch')} at "
-            f"{backbone.get('img_size')} px from "
-            f"{backbone.get('checkpoint') or 'random weights'}; terms "
+            f"GlarePretrainer: {backbone.get('arch')} at {backbone.get('img_size')} "
+            f"px from {backbone.get('checkpoint') or 'random weights'}; terms "
             f"{self.glare.terms}; {self.glare.backbone.report}",
             logger="current",
         )

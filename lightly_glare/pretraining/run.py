@@ -40,18 +40,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
-from lightly_glare.data import ImageFolderDataset, ImageReadError
+from lightly_glare.data import ImageReadError
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import DEFAULT_HEAD_INIT_IMAGES, GLARE
+from lightly_glare.models import GLARE
 from lightly_glare.pretraining.folder import build_folder_job, train_job
 from lightly_glare.pretraining.job import FolderPretraining
 from lightly_glare.pretraining.loop import (
@@ -67,6 +66,7 @@ from lightly_glare.pretraining.monitoring import (
     read_metrics,
     teacher_summary,
 )
+from lightly_glare.pretraining.resume import restore, run_settings, run_state
 from lightly_glare.pretraining.run_checks import (
     DEFAULT_MIN_SIZE,
     check_data,
@@ -78,10 +78,7 @@ from lightly_glare.pretraining.run_checks import (
 from lightly_glare.pretraining.run_files import (
     CHECKPOINT,
     EXPORTS,
-    FINAL_FILES,
-    FROZEN_PREFIX,
     METRICS,
-    RUN_FORMAT,
     TENSORBOARD,
     CheckpointSaver,
     drop_torn_line,
@@ -96,27 +93,12 @@ NAMED_FIELDS = ("model", "checkpoint", "data", "img_size", "steps")
 OPTIONS = tuple(
     f.name for f in dataclasses.fields(FolderPretraining) if f.name not in NAMED_FIELDS
 )
-#: Options that do not change the computed numbers (may differ on resume).
-NOT_COMPARED = ("workers",)
-#: Settings added after runs were first written, with the value such runs used.
-LEGACY_SETTINGS: dict[str, Any] = {
-    "student_drop_path": 0.0,
-    "head_init": "random",
-    "head_init_images": DEFAULT_HEAD_INIT_IMAGES,
-}
-#: Settings renamed since runs were first written: old name to new name (a run
-#: checkpoint that holds the old name resumes under the new one).
-RENAMED_SETTINGS = {"arch": "model", "folder": "data"}
 #: Input size of the views of a run.
 IMG_SIZE = 224
 #: Optimizer steps of a run.
 STEPS = 1000
 #: A run writes its checkpoint every this many steps (and at the end).
 SAVE_EVERY = 100
-
-
-class ResumeError(ValueError):
-    """A run cannot be started or continued in ``out`` as asked."""
 
 
 @dataclass(frozen=True)
@@ -189,11 +171,9 @@ def pretrain(
         steps: Optimizer steps of the whole run.
         resume: Continue the run in ``out`` (same settings; ``workers`` may differ).
         save_every: Write the checkpoint every this many steps (and at the end).
-        skip_bad: Train without the bad images (unreadable, or smaller than
-            ``min_size``), saying how many; False: refuse, listing them all.
+        skip_bad: Train without bad images (see ``min_size``); False: refuse them.
         min_size: Shorter side in pixels below which an image is bad; None: any.
-        verify_images: Decode every image before training (catches corrupt
-            pixel data) instead of reading the headers only.
+        verify_images: Decode every image before training, not only its header.
         device: Where to train. None: CUDA when available, else the CPU.
         progress: Draw a progress bar; off, progress lines go to ``log``.
         log: Printer of progress lines. None: ``print`` (above the bar).
@@ -208,16 +188,13 @@ def pretrain(
     Raises:
         TypeError: An unknown option (the closest is named).
         ValueError: ``model`` is not a timm model (the closest are named).
-        FileNotFoundError: ``data`` or ``checkpoint`` does not exist (or
-            ``NotADirectoryError`` / ``IsADirectoryError``: the wrong kind).
+        FileNotFoundError: ``data`` or ``checkpoint`` does not exist.
         BadImagesError: Bad images and not ``skip_bad`` (all listed), or all bad.
-        ImageReadError: An image that passed the check fails to decode.
         OutFolderError: ``out`` is a file, not writable, or its disk too full.
         OutputWriteError: A file of the run could not be written (named).
         ResumeError: ``out`` holds a run and not ``resume``, or ``resume`` and
-            no run, or one with other settings or images (differences named).
-        NoTrainingStepsError: Fewer images than a batch, ``steps`` < 1, or a
-            finished and exported run resumed.
+            no run or one with other settings or images (differences named).
+        NoTrainingStepsError: Fewer images than a batch, or ``steps`` < 1.
         NonFiniteLossError: The loss became NaN or infinite.
     """
     _check_options(options, save_every, min_size)
@@ -267,7 +244,7 @@ class _Run:
     ) -> None:
         self.job, self.out, self.progress = job, out, progress
         check_out_folder(out)
-        self.state = _run_state(out, resume)
+        self.state = run_state(out, resume)
         self.bar = ProgressBar() if progress else None
         self.printer = log or (self.bar.write if self.bar else print)
         self.device = default_device() if device is None else torch.device(device)
@@ -313,11 +290,11 @@ class _Run:
         """Builds, restores, trains and exports the run (see :func:`pretrain`)."""
         job, out, state, printer = self.job, self.out, self.state, self.printer
         glare, criterion, images = self.build(skip_bad, min_size, verify_images)
-        settings = _settings(job, images)
+        settings = run_settings(job, images)
         prior, start = PretrainHistory(), 0
         if state is not None:
             missing = [name for name in EXPORTS if not (out / name).is_file()]
-            start = _restore(
+            start = restore(
                 state, settings, glare, criterion, out / CHECKPOINT, missing
             )
             prior = PretrainHistory(
@@ -393,110 +370,3 @@ class _Run:
         finally:
             for closable in (*metrics, *([bar] if bar else [])):
                 closable.close()
-
-
-def _settings(job: FolderPretraining, images: Subset[Any]) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues."""
-    values = {
-        f.name: getattr(job, f.name)
-        for f in dataclasses.fields(job)
-        if f.name not in NOT_COMPARED
-    }
-    folder = cast(ImageFolderDataset, images.dataset)
-    names = "\n".join(str(folder.files[i]) for i in images.indices)
-    digest = hashlib.sha256(names.encode()).hexdigest()[:16]
-    values |= {
-        "checkpoint": str(Path(job.checkpoint).resolve()),
-        "data": str(Path(job.data).resolve()),
-        "weights": dict(job.weights),
-        "indices": None if job.indices is None else list(job.indices),
-        "images": f"{len(images)} files, sha256 {digest}",
-    }
-    return values
-
-
-def _run_state(out: Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from, None for a fresh run; refuses mix-ups."""
-    path = out / CHECKPOINT
-    if not resume:
-        if path.exists():
-            raise ResumeError(
-                f"{out} holds a run ({CHECKPOINT}). Pass resume=True to continue "
-                "it, or choose another out (nothing was overwritten)."
-            )
-        found = [name for name in FINAL_FILES if (out / name).exists()]
-        if found:
-            raise ResumeError(
-                f"{out} holds files of a run ({', '.join(found)}) but no "
-                f"{CHECKPOINT} to continue it from; a new run would overwrite "
-                "them. Choose another out, or delete them (nothing was "
-                "overwritten)."
-            )
-        return None
-    if not path.exists():
-        raise ResumeError(
-            f"resume=True but {out} holds no run ({path} does not exist). Start "
-            "it with resume=False."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise ResumeError(f"Cannot read {path}: {error}") from error
-    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-        raise ResumeError(f"{path} is not a lightly-glare run checkpoint.")
-    return state
-
-
-def _restore(
-    state: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    model: GLARE,
-    criterion: GlareLoss,
-    path: Path,
-    missing_exports: Sequence[str] = (),
-) -> int:
-    """Loads the run's state into ``model``, ``criterion`` and torch's RNG.
-
-    Args:
-        state: The run checkpoint.
-        settings: The settings of the run asked for.
-        model: Receives the trained state.
-        criterion: Receives the loss's centers.
-        path: The checkpoint's file (for messages).
-        missing_exports: Exports absent from ``out``: a finished run is then
-            restored to write them, else refused.
-
-    Returns:
-        The step to continue at (the last step of a finished run).
-    """
-    renamed = {RENAMED_SETTINGS.get(k, k): v for k, v in state["settings"].items()}
-    saved = {**LEGACY_SETTINGS, **renamed}
-    differ = [
-        f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
-        for k in sorted(set(saved) | set(settings))
-        if saved.get(k) != settings.get(k)
-    ]
-    if differ:
-        raise ResumeError(
-            f"{path} was written with other settings; resume needs the same "
-            f"(only {', '.join(NOT_COMPARED)} may change). Differences: "
-            + "; ".join(differ)
-        )
-    step = int(state["step"])
-    if step >= int(settings["steps"]) and not missing_exports:
-        raise NoTrainingStepsError(
-            f"{path}: the run is finished ({step}/{settings['steps']} steps); "
-            "nothing to resume. Its exports are next to it."
-        )
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    lost = [k for k in missing if not k.startswith(FROZEN_PREFIX)]
-    if lost or unexpected:
-        raise ResumeError(
-            f"{path} does not fit the model: missing {lost[:5]}, unexpected "
-            f"{unexpected[:5]}."
-        )
-    criterion.load_state_dict(state["criterion"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if torch.cuda.is_available() and state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return step
