@@ -14,10 +14,10 @@ from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
     DEFAULT_OUTPUT_DIM,
-    GLARE,
     GlareProjectionHead,
     initialize_heads_from_data,
 )
+from lightly_glare.pretraining.job import build_glare
 from lightly_glare.pretraining.loop import (
     PretrainConfig,
     check_loss,
@@ -25,7 +25,7 @@ from lightly_glare.pretraining.loop import (
     parameter_groups,
     steps_per_epoch,
 )
-from lightly_glare.transforms import GlareTransform
+from lightly_glare.transforms import GlareTransform, PatchBlur
 from lightly_glare.weights import create_vit
 
 
@@ -35,7 +35,8 @@ class GlareModule(pl.LightningModule):
         vit = create_vit(model, checkpoint=checkpoint, img_size=input_size)
         self.criterion = GlareLoss(output_dim=output_dim)
         head = GlareProjectionHead(vit.embed_dim, output_dim=output_dim)
-        self.model = GLARE(vit, head=head, terms=self.criterion.active_terms)
+        # Frozen ViT + UniAdapters, the loss's terms, PatchBlur for L_loc1.
+        self.model = build_glare(vit, self.criterion, head, PatchBlur)
         self.peak_lr = PretrainConfig.base_lr * batch_size / 256  # DINO's 5e-4
 
     def on_train_batch_start(self, batch, batch_idx):

@@ -56,7 +56,7 @@ HEAD_INIT = "auto"
 #: defaults (DINO's) are those of :class:`FolderPretraining` and the components.
 SHORT_SCHEDULE: dict[str, Any] = {
     "steps": 40,
-    "batch_size": 16,
+    "batch_size": BATCH_SIZE,
     "base_lr": 5e-3,
     "momentum_start": 0.9,
     "output_dim": 2048,
