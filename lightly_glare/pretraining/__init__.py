@@ -12,8 +12,9 @@
   :func:`pretrain_folder`);
 - :mod:`~lightly_glare.pretraining.run`: the one-call run
   ``lightly_glare.pretrain`` (checkpoints, exact resume, exports), with its
-  checks (:mod:`~lightly_glare.pretraining.run_checks`) and files
-  (:mod:`~lightly_glare.pretraining.run_files`);
+  checks (:mod:`~lightly_glare.pretraining.run_checks`), files
+  (:mod:`~lightly_glare.pretraining.run_files`) and resume
+  (:mod:`~lightly_glare.pretraining.resume`);
 - :mod:`~lightly_glare.pretraining.monitoring`: progress bar, metrics, figure;
 - :mod:`~lightly_glare.pretraining.fields`: the typed fields the command lines
   and configs set, read through one type-hint reader;
