@@ -2,7 +2,7 @@
 
 ``pip install lightly-glare`` (no extra) must give a user of a Lightly script
 the GLARE components: :mod:`lightly_glare.models`, ``loss``, ``transforms``,
-``training``, ``weights`` and ``data``. The OpenMMLab stack (``[openmmlab]``),
+``pretraining``, ``weights`` and ``data``. The OpenMMLab stack (``[openmmlab]``),
 matplotlib (``[viz]``) and the offline-data readers (``[data]``) are extras.
 
 The check runs in a fresh interpreter in which the extras' packages cannot be
