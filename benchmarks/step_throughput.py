@@ -54,7 +54,7 @@ from lightly_glare.models import (
     GlareProjectionHead,
 )
 from lightly_glare.precision import AMP_HELP, resolve_amp
-from lightly_glare.training import fused_adamw, parameter_groups
+from lightly_glare.pretraining.loop import fused_adamw, parameter_groups
 from lightly_glare.transforms import GlareTransform
 
 Batch = tuple[list[torch.Tensor], torch.Tensor]

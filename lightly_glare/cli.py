@@ -473,7 +473,7 @@ def _dispatch(args: list[str]) -> int:
         print("\n".join(shipped_configs()))
         return 0
     if command == "pretrain":  # the library's one-call run, not a tool script
-        from lightly_glare.pretrain_cli import main as pretrain_main
+        from lightly_glare.pretraining.cli import main as pretrain_main
 
         return pretrain_main(rest)
     tool = find_tool(command, tools)

@@ -2,7 +2,7 @@
 
 ``pip install lightly-glare`` (no extra) must give a user of a Lightly script
 the GLARE components: :mod:`lightly_glare.models`, ``loss``, ``transforms``,
-``training``, ``weights`` and ``data``. The OpenMMLab stack (``[openmmlab]``),
+``pretraining``, ``weights`` and ``data``. The OpenMMLab stack (``[openmmlab]``),
 matplotlib (``[viz]``) and the offline-data readers (``[data]``) are extras.
 
 The check runs in a fresh interpreter in which the extras' packages cannot be
@@ -72,7 +72,7 @@ import lightly_glare.weights
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import GLARE, GlareProjectionHead, UniAdapterViT
-from lightly_glare.training import PretrainConfig, pretrain
+from lightly_glare.pretraining.loop import PretrainConfig, train_steps
 from lightly_glare.transforms import GlareTransform, PatchBlur
 from timm.models.vision_transformer import VisionTransformer
 
@@ -92,7 +92,7 @@ with tempfile.TemporaryDirectory() as folder:
         vit, head=head, adapter_bottleneck=8, patch_augmentation=PatchBlur()
     )
     assert isinstance(model.backbone, UniAdapterViT)
-    history = pretrain(
+    history = train_steps(
         model,
         GlareLoss(output_dim=32),
         loader,

@@ -14,7 +14,7 @@ from tests.conftest import real_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--arch",
+    "--model",
     "vit_tiny_patch16_224",
     "--input-size",
     "32",

@@ -26,22 +26,18 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "data_preparation": {"data"},
     "precision": set(),
-    "training": {"models", "loss", "transforms", "weights", "data", "precision"},
-    "monitoring": {"loss", "training"},
-    "run": {"data", "loss", "models", "monitoring", "precision", "training"},
+    "pretraining": {"models", "loss", "transforms", "weights", "data", "precision"},
     "evaluation": {"models", "data"},
     "visualization": {"models"},
-    "cli": {"pretrain_cli"},  # imported when `lightly-glare pretrain` runs
-    "pretrain_cli": {"run", "training", "models"},
-    "argument_types": {"models"},
+    "cli": {"pretraining"},  # pretraining.cli, when `lightly-glare pretrain` runs
+    "argument_types": {"pretraining"},  # the fields' parsers
     "openmmlab": {
-        "precision",
         "models",
         "loss",
         "transforms",
         "weights",
         "data",
-        "training",
+        "pretraining",
         "cli",
     },
 }
@@ -93,3 +89,29 @@ def test_the_map_names_every_folder() -> None:
     for part in parts:
         entry = f"  {part}/" if (PACKAGE / part).is_dir() else f"  {part}.py"
         assert entry in text, entry
+
+
+def _calls_and_definitions(path: Path) -> tuple[set[str], set[str]]:
+    """Names called and module-level functions defined in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    called = {
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    return called, defined
+
+
+def test_one_public_pretrain_and_one_builder_of_the_model() -> None:
+    """lightly_glare.pretrain is the only ``pretrain``; GLARE is built in one place."""
+    pretrains, builders = [], []
+    for path in MODULES:
+        called, defined = _calls_and_definitions(path)
+        name = str(path.relative_to(ROOT))
+        if "pretrain" in defined or path.stem == "pretrain":
+            pretrains.append(name)
+        if "GLARE" in called:
+            builders.append(name)
+    assert pretrains == ["lightly_glare/pretraining/run.py"]
+    assert builders == ["lightly_glare/pretraining/job.py"]

@@ -7,14 +7,14 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from lightly_glare.monitoring import (
+from lightly_glare.pretraining.loop import PretrainConfig, StepEvent, train_steps
+from lightly_glare.pretraining.monitoring import (
     JsonlMetrics,
     ProgressBar,
     TensorBoardMetrics,
     plot_losses,
     read_metrics,
 )
-from lightly_glare.training import PretrainConfig, StepEvent, pretrain
 from tests.test_training import loader, small_model  # noqa: F401  (fixture)
 
 
@@ -28,7 +28,7 @@ def test_plain_loop_callbacks_see_every_step(
     metrics = JsonlMetrics(tmp_path / "m.jsonl")
     stale = TensorBoardMetrics(tmp_path / "tb")  # an earlier run, never resumed
     bar = ProgressBar(file=screen)
-    history = pretrain(
+    history = train_steps(
         model,
         criterion,
         loader,

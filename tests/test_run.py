@@ -13,11 +13,17 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lightly_glare
-from lightly_glare import cli, precision, pretrain_cli, run
+from lightly_glare import cli, precision
 from lightly_glare.data import BadImagesError, ImageReadError, draw_order
 from lightly_glare.models import UniAdapterViT, load_adapted_backbone
-from lightly_glare.monitoring import read_metrics
-from lightly_glare.run import (
+from lightly_glare.pretraining import cli as pretrain_cli
+from lightly_glare.pretraining import run, run_checks, run_files
+from lightly_glare.pretraining.job import FolderPretraining
+from lightly_glare.pretraining.loop import NoTrainingStepsError, StepEvent
+from lightly_glare.pretraining.monitoring import read_metrics
+from lightly_glare.pretraining.resume import ResumeError
+from lightly_glare.pretraining.run_checks import OutFolderError, estimate_output_bytes
+from lightly_glare.pretraining.run_files import (
     ADAPTERS,
     BACKBONE,
     CHECKPOINT,
@@ -25,12 +31,8 @@ from lightly_glare.run import (
     METRICS,
     TENSORBOARD,
     TIMM_VIT,
-    OutFolderError,
     OutputWriteError,
-    ResumeError,
-    estimate_output_bytes,
 )
-from lightly_glare.training import FolderPretraining, NoTrainingStepsError, StepEvent
 from tests.conftest import real_photo
 from tests.test_training import _folder_job
 
@@ -53,7 +55,7 @@ TINY: dict[str, Any] = {
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Four crops of a real photograph and a ViT-S/14 checkpoint."""
     job = _folder_job(tmp_path_factory.mktemp("inputs"))
-    return Path(job.folder), Path(job.checkpoint)
+    return Path(job.data), Path(job.checkpoint)
 
 
 class Interrupt(RuntimeError):
@@ -116,6 +118,10 @@ def test_an_interrupted_run_resumes_with_the_losses_of_an_uninterrupted_one(
     with pytest.raises(ResumeError, match="head_init: 'random' -> 'auto'"):
         lightly_glare.pretrain(out, data, checkpoint, steps=5, resume=True, **TINY)
     state["settings"]["head_init"] = head_init
+    # A run written before FolderPretraining's arch / folder became model /
+    # data resumes under the new names (RENAMED_SETTINGS).
+    state["settings"]["arch"] = state["settings"].pop("model")
+    state["settings"]["folder"] = state["settings"].pop("data")
     torch.save(state, out / CHECKPOINT)
 
     resumed = lightly_glare.pretrain(
@@ -212,9 +218,9 @@ def test_the_run_writes_metrics_events_figure_and_exports(
     assert (run.path(CHECKPOINT)).exists()
 
     job = FolderPretraining(
-        arch=ARCH,
+        model=ARCH,
         checkpoint=checkpoint,
-        folder=data,
+        data=data,
         img_size=28,
         steps=3,
         output_dim=32,
@@ -357,7 +363,7 @@ def test_bad_images_are_all_listed_before_the_model_is_built(
     folder = tmp_path / "images"
     shutil.copytree(data, folder)
     _bad_images(folder)
-    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    monkeypatch.setattr(run, "build_folder_job", _not_built)
     with pytest.raises(BadImagesError) as caught:
         lightly_glare.pretrain(tmp_path / "out", folder, checkpoint, **TINY)
     message = str(caught.value)
@@ -430,7 +436,7 @@ def test_out_is_checked_before_the_model_is_built(
     tmp_path: Path, inputs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, checkpoint = inputs
-    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    monkeypatch.setattr(run, "build_folder_job", _not_built)
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     with pytest.raises(OutFolderError, match="out '.*a_file' is a file, not a folder"):
@@ -442,13 +448,15 @@ def test_out_is_checked_before_the_model_is_built(
         raise OSError(errno.EROFS, "Read-only file system")
 
     with monkeypatch.context() as patch:
-        patch.setattr(run.tempfile, "TemporaryFile", read_only)
+        patch.setattr(run_checks.tempfile, "TemporaryFile", read_only)
         with pytest.raises(OutFolderError, match="Read-only file system"):
             lightly_glare.pretrain(tmp_path / "ro", data, checkpoint, **TINY)
 
     usage = shutil.disk_usage(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr(run.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+        patch.setattr(
+            run_checks.shutil, "disk_usage", lambda path: usage._replace(free=2**20)
+        )
         with pytest.raises(OutFolderError) as caught:
             lightly_glare.pretrain(tmp_path / "full", data, checkpoint, **TINY)
     assert "has 1 MB free, but the run writes about" in str(caught.value)
@@ -500,19 +508,21 @@ def test_torch_save_errors_on_a_full_disk_name_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(run.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    monkeypatch.setattr(
+        run_checks.shutil, "disk_usage", lambda path: usage._replace(free=0)
+    )
     torch_error = RuntimeError(
         "[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 0"
     )
     with pytest.raises(OutputWriteError) as caught:
-        with run._writing(tmp_path / CHECKPOINT):
+        with run_files.writing(tmp_path / CHECKPOINT):
             raise torch_error
     assert str(caught.value).startswith(
         f"Cannot write {tmp_path / CHECKPOINT}: the disk is full (0 bytes free; "
         "RuntimeError: [enforce fail at inline_container.cc:672]"
     )
     with pytest.raises(RuntimeError, match="other"):  # not a write error: unchanged
-        with run._writing(tmp_path / CHECKPOINT):
+        with run_files.writing(tmp_path / CHECKPOINT):
             raise RuntimeError("other")
 
 
@@ -523,7 +533,7 @@ def test_every_mistake_ends_as_one_line_with_exit_1(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data, checkpoint = inputs
-    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    monkeypatch.setattr(run, "build_folder_job", _not_built)
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     a_file = next(data.iterdir())
 
@@ -568,10 +578,10 @@ def test_the_image_check_draws_a_progress_bar_on_large_folders(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data, checkpoint = inputs
-    monkeypatch.setattr(run, "build_folder_pretraining", _not_built)
+    monkeypatch.setattr(run, "build_folder_job", _not_built)
     options = {**TINY, "progress": True, "log": None}
     for threshold, shown in ((4, False), (3, True)):  # 4 images
-        monkeypatch.setattr(run, "CHECK_PROGRESS_FROM", threshold)
+        monkeypatch.setattr(run_checks, "CHECK_PROGRESS_FROM", threshold)
         with pytest.raises(AssertionError, match="built before the check"):
             lightly_glare.pretrain(tmp_path / "out", data, checkpoint, **options)
         err = capsys.readouterr().err

@@ -6,12 +6,12 @@ from typing import Any
 import pytest
 from torch.utils.data import DataLoader
 
-from lightly_glare.monitoring import (
+from lightly_glare.pretraining.loop import PretrainConfig, StepEvent, train_steps
+from lightly_glare.pretraining.monitoring import (
     UniformTeacherWarning,
     step_scalars,
     teacher_summary,
 )
-from lightly_glare.training import PretrainConfig, StepEvent, pretrain
 from tests.test_training import loader, small_model  # noqa: F401  (fixture)
 
 
@@ -28,7 +28,7 @@ def event(loader: DataLoader) -> StepEvent:  # noqa: F811
     """A real step event of the plain loop (its teacher scalars are replaced)."""
     model, criterion = small_model()
     events: list[StepEvent] = []
-    pretrain(
+    train_steps(
         model,
         criterion,
         loader,

@@ -19,19 +19,21 @@ from lightly_glare.models import (
     load_adapted_backbone,
     load_exported_checkpoint,
 )
-from lightly_glare.training import (
-    FolderPretraining,
+from lightly_glare.pretraining.folder import (
+    build_folder_job,
+    folder_loader,
+    pretrain_folder,
+)
+from lightly_glare.pretraining.job import FolderPretraining
+from lightly_glare.pretraining.loop import (
     NonFiniteLossError,
     NoTrainingStepsError,
     PretrainConfig,
-    build_folder_pretraining,
-    folder_loader,
     fused_adamw,
     learning_rate,
     parameter_groups,
-    pretrain,
-    pretrain_folder,
     steps_per_epoch,
+    train_steps,
 )
 from lightly_glare.transforms import GlareTransform
 from lightly_glare.weights import build_backbone, load_projection_heads
@@ -64,7 +66,7 @@ def test_pretrain_runs_on_real_images_and_reiterates(loader: DataLoader) -> None
     model, criterion = small_model()
     teacher_before = [p.clone() for p in model.teacher.parameters()]
     lines: list[str] = []
-    history = pretrain(
+    history = train_steps(
         model,
         criterion,
         loader,
@@ -87,7 +89,7 @@ def test_non_finite_loss_stops_before_the_update(loader: DataLoader) -> None:
     model.student_head.register_forward_hook(lambda m, i, out: out * float("nan"))
     adapters = [p.clone() for p in model.backbone.adapters.parameters()]
     with pytest.raises(NonFiniteLossError, match="step 0"):
-        pretrain(model, criterion, loader, PretrainConfig(steps=3), batch_size=2)
+        train_steps(model, criterion, loader, PretrainConfig(steps=3), batch_size=2)
     for before, after in zip(
         adapters, model.backbone.adapters.parameters(), strict=True
     ):
@@ -146,7 +148,7 @@ def test_bf16_autocast_on_cpu_stays_finite_on_real_images(loader: DataLoader) ->
     model.backbone.adapters[0].down.register_forward_hook(
         lambda module, inputs, out: dtypes.append(out.dtype)
     )
-    history = pretrain(
+    history = train_steps(
         model,
         criterion,
         loader,
@@ -188,7 +190,7 @@ def test_autocast_follows_native_bf16_by_default(
         lambda module, inputs, out: dtypes.append(out.dtype)
     )
     config = PretrainConfig(steps=1, amp=amp)
-    pretrain(model, criterion, loader, config, 2, log=print)
+    train_steps(model, criterion, loader, config, 2, log=print)
     assert set(dtypes) == {dtype}
 
 
@@ -200,7 +202,7 @@ def test_compiled_step_gives_the_eager_losses_and_weights(loader: DataLoader) ->
         config = PretrainConfig(steps=3, amp=False, compile=compile)
         # Inductor's own random kernels draw other numbers than eager ones.
         with torch._inductor.config.patch(fallback_random=True):
-            history = pretrain(model, criterion, loader, config, 2, log=print)
+            history = train_steps(model, criterion, loader, config, 2, log=print)
         losses.append(history.losses)
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     torch._dynamo.reset()
@@ -219,9 +221,9 @@ def _folder_job(tmp_path: Path, **overrides: object) -> FolderPretraining:
     checkpoint = tmp_path / "vit.pth"
     torch.save(vit.state_dict(), checkpoint)
     fields: dict[str, object] = {
-        "arch": "vit_small_patch14_dinov2",
+        "model": "vit_small_patch14_dinov2",
         "checkpoint": checkpoint,
-        "folder": images,
+        "data": images,
         "img_size": 28,
         "steps": 2,
         "batch_size": 2,
@@ -258,7 +260,7 @@ def test_pretrain_folder_adapter_bottleneck_round_trips_through_the_export(
     export, _ = pretrain_folder(job, tmp_path / "out.pth", log=lambda _: None)
     state, meta = load_exported_checkpoint(export)
     assert meta["architecture"]["adapter_bottleneck"] == 16
-    backbone = build_backbone(job.arch, export, checkpoint_type="glare", img_size=28)
+    backbone = build_backbone(job.model, export, checkpoint_type="glare", img_size=28)
     assert {adapter.bottleneck for adapter in backbone.adapters} == {16}
     loaded = backbone.state_dict()
     assert all(torch.equal(value, loaded[key]) for key, value in state.items())
@@ -306,7 +308,7 @@ def test_the_start_checkpoint_is_read_once_for_the_vit_and_the_heads(
     dino |= {f"head.{k}": v for k, v in head.items()}
     torch.save({"teacher": dino}, job.checkpoint)  # DINO's checkpoint.pth layout
     torch_loads.clear()
-    model, _, _ = build_folder_pretraining(job, log=lambda _: None)
+    model, _, _ = build_folder_job(job, log=lambda _: None)
     assert torch_loads == [Path(job.checkpoint)]
     state = model.backbone.vit.state_dict()
     assert all(torch.equal(state[k], v) for k, v in vit.items())
@@ -336,7 +338,7 @@ def test_head_warmup_holds_the_adapters_then_trains_them(
 
     monkeypatch.setattr(model, "update_teacher", snapshot)
     config = PretrainConfig(steps=4, head_warmup_steps=2, momentum_start=0.5)
-    pretrain(model, criterion, loader, config, batch_size=2)
+    train_steps(model, criterion, loader, config, batch_size=2)
     adapters, heads, teacher = zip(*snapshots, strict=True)
 
     def same(a: list[Tensor], b: list[Tensor]) -> bool:
@@ -359,7 +361,7 @@ def test_adapters_stay_trainable_after_an_error_in_the_warmup(
     model.student_head.register_forward_hook(lambda m, i, out: out * float("nan"))
     with pytest.raises(NonFiniteLossError, match="step 0"):
         config = PretrainConfig(steps=3, head_warmup_steps=2)
-        pretrain(model, criterion, loader, config, batch_size=2)
+        train_steps(model, criterion, loader, config, batch_size=2)
     assert all(p.requires_grad for p in model.backbone.adapters.parameters())
 
 
@@ -373,7 +375,7 @@ def test_a_run_with_zero_steps_is_refused_naming_images_and_batch(
         steps_per_epoch(few)
     model, criterion = small_model()
     with pytest.raises(NoTrainingStepsError, match=message):
-        pretrain(model, criterion, few, PretrainConfig(steps=2), batch_size=8)
+        train_steps(model, criterion, few, PretrainConfig(steps=2), batch_size=8)
     with pytest.raises(NoTrainingStepsError, match="steps must be at least 1"):
         PretrainConfig(steps=0)
     job = _folder_job(tmp_path, batch_size=8)
@@ -398,7 +400,7 @@ def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
     dino = dataclasses.replace(glare, weights=off, workers=1)
     built = {}
     for name, job in (("glare", glare), ("dino", dino)):
-        model, _, dataset = build_folder_pretraining(job, log=lambda _: None)
+        model, _, dataset = build_folder_job(job, log=lambda _: None)
         batches = folder_loader(job, dataset)
         views = []
         for _ in range(3):  # 1.5 epochs of 4 images
@@ -421,7 +423,7 @@ def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
         assert all(
             torch.equal(a, b) for a, b in zip(first[:3], second[:3], strict=True)
         )
-    other, _, dataset = build_folder_pretraining(
+    other, _, dataset = build_folder_job(
         dataclasses.replace(glare, seed=4), log=lambda _: None
     )
     assert not torch.equal(
@@ -433,10 +435,8 @@ def test_the_seed_alone_fixes_heads_views_and_order_across_variants(
 def test_data_initialised_heads_are_fixed_by_the_seed(tmp_path: Path) -> None:
     """head_init='data' gives the same heads and centres for the same seed."""
     job = _folder_job(tmp_path, batch_size=2, seed=3, head_init="data")
-    built = [build_folder_pretraining(job, log=lambda _: None) for _ in range(2)]
-    other = build_folder_pretraining(
-        dataclasses.replace(job, seed=4), log=lambda _: None
-    )
+    built = [build_folder_job(job, log=lambda _: None) for _ in range(2)]
+    other = build_folder_job(dataclasses.replace(job, seed=4), log=lambda _: None)
     states = [
         {**model.state_dict(), **criterion.state_dict()}
         for model, criterion, _ in (*built, other)

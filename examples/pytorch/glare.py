@@ -6,7 +6,7 @@
 # backbone (frozen ViT + teacher adapters) out. Copy and adapt.
 #
 #   python examples/pytorch/glare.py --data my_images/ \
-#       --checkpoint dino_deitsmall16_pretrain.pth --arch vit_small_patch16_224
+#       --checkpoint dino_deitsmall16_pretrain.pth --model vit_small_patch16_224
 #
 # lightly_glare.models.GLARE packs the same composition (plus ablation switches)
 # into one module: criterion(model([view_0, view_1], geometry)).
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import (
+    DEFAULT_OUTPUT_DIM,
     AttentionRegionSampler,
     CrossAttentionRegionPooling,
     GlareProjectionHead,
@@ -29,7 +30,7 @@ from lightly_glare.models import (
     export_adapted_backbone,
 )
 from lightly_glare.models.geometry import match_patches, transfer_masks
-from lightly_glare.training import (
+from lightly_glare.pretraining.loop import (
     PretrainConfig,
     check_loss,
     learning_rate,
@@ -57,7 +58,7 @@ class GLARE(nn.Module):
         deactivate_requires_grad(self.teacher_head)
         deactivate_requires_grad(self.teacher_patch_head)
         self.region_sampler = AttentionRegionSampler()
-        self.patch_blur = PatchBlur(patch_ratio=0.3)
+        self.patch_blur = PatchBlur()  # 30 % of the patches (PATCH_RATIO)
 
     def update_teacher(self, momentum):
         update_momentum(self.student_backbone.adapters, self.teacher_adapters, momentum)
@@ -133,18 +134,20 @@ class GLARE(nn.Module):
 parser = argparse.ArgumentParser(description="GLARE continual pre-training")
 parser.add_argument("--data", required=True, help="folder of unlabeled images")
 parser.add_argument("--checkpoint", help="local SSL checkpoint (DINO/DINOv2/iBOT/timm)")
-parser.add_argument("--arch", default="vit_small_patch16_224", help="timm model name")
+parser.add_argument("--model", default="vit_small_patch16_224", help="timm model name")
 parser.add_argument("--input-size", type=int, default=224)
 parser.add_argument("--epochs", type=int, default=50)
 parser.add_argument("--max-steps", type=int, default=0, help="stop early (0: off)")
 parser.add_argument("--batch-size", type=int, default=64)
-parser.add_argument("--output-dim", type=int, default=8192, help="head outputs")
+parser.add_argument(
+    "--output-dim", type=int, default=DEFAULT_OUTPUT_DIM, help="head outputs"
+)
 parser.add_argument("--workers", type=int, default=8)
 parser.add_argument("--out", default="glare_backbone.pth")
 args = parser.parse_args()
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
-vit = create_vit(args.arch, checkpoint=args.checkpoint, img_size=args.input_size)
+vit = create_vit(args.model, checkpoint=args.checkpoint, img_size=args.input_size)
 model = GLARE(vit, args.output_dim).to(device)
 print(model.student_backbone.report)
 
@@ -160,14 +163,15 @@ dataloader = DataLoader(
 )
 criterion = GlareLoss(output_dim=args.output_dim).to(device)
 
-# AdamW on adapters and heads, no decay on norms and biases (DINO's recipe);
-# lr 5e-4 * batch / 256 with 10 % linear warm-up, then cosine to 1e-6.
-optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay=0.04))
-peak_lr = 5e-4 * args.batch_size / 256
+# DINO's recipe (PretrainConfig's defaults): AdamW on adapters and heads, no
+# decay on norms and biases; lr 5e-4 * batch / 256 with 10 % linear warm-up,
+# then cosine to 1e-6; teacher momentum 0.996 -> 1; gradients clipped at 3.
 total_steps = args.epochs * steps_per_epoch(dataloader)  # refuses 0 batches
 if args.max_steps:
     total_steps = min(total_steps, args.max_steps)
 schedule = PretrainConfig(steps=total_steps)
+optimizer = torch.optim.AdamW(parameter_groups(model, schedule.weight_decay))
+peak_lr = schedule.base_lr * args.batch_size / 256
 
 print("Starting Training")
 step = 0
@@ -179,7 +183,10 @@ for epoch in range(args.epochs):
         view_0, view_1, geometry = (x.to(device) for x in batch[0])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, peak_lr, schedule)
-        model.update_teacher(cosine_schedule(step, total_steps, 0.996, 1.0))
+        momentum = cosine_schedule(
+            step, total_steps, schedule.momentum_start, schedule.momentum_end
+        )
+        model.update_teacher(momentum)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
             teacher_out, student_out, regional, local_distortion, local_matching = (
                 model([view_0, view_1], geometry)
@@ -196,7 +203,7 @@ for epoch in range(args.epochs):
         optimizer.zero_grad()
         loss.backward()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(trainable, 3.0)
+        torch.nn.utils.clip_grad_norm_(trainable, schedule.clip_grad)
         optimizer.step()
         total_loss += loss.item()
         step += 1
@@ -211,6 +218,6 @@ path = export_adapted_backbone(
     model.student_backbone,
     args.out,
     adapters=model.teacher_adapters,
-    extra_meta={"timm_name": args.arch},
+    extra_meta={"timm_name": args.model},
 )
 print("Saved", path)

@@ -30,8 +30,8 @@ from lightly_glare.openmmlab import (  # noqa: F401
     datasets,
     hooks,
     optim_wrapper,
-    pretrain,
     pretrain_data,
+    pretrainer,
 )
 
 __all__ = ["checkpoint", "mmcv_compat"]

@@ -33,20 +33,22 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import re
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Final, TypeVar
+
+from lightly_glare.pretraining.fields import (
+    Kind,
+    describe_hint,
+    read_hint,
+    resolved_hints,
+)
 
 ClassT = TypeVar("ClassT", bound=type)
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 #: Attribute marking an ``__init__`` that already validates its arguments.
 _VALIDATING: Final = "__lightly_glare_validates_arguments__"
-#: ``collections.abc.Callable`` as the runtime class ``get_origin`` returns.
-_CALLABLE: Final[Any] = Callable
 
 
 class ConfigArgumentError(TypeError, ValueError):
@@ -73,21 +75,6 @@ class ArgumentSpec:
     positional: tuple[str, ...]
     names: tuple[str, ...]
     hints: dict[str, Any]
-
-
-def _resolved_hints(function: Callable[..., Any]) -> dict[str, Any]:
-    """The annotations of ``function`` that resolve, one at a time."""
-    try:
-        return typing.get_type_hints(function)
-    except Exception:  # one unresolvable annotation: resolve the others alone
-        hints: dict[str, Any] = {}
-        namespace = getattr(function, "__globals__", {})
-        for name, raw in getattr(function, "__annotations__", {}).items():
-            try:  # evaluated in the function's module, as get_type_hints does
-                hints[name] = eval(raw, namespace) if isinstance(raw, str) else raw
-            except Exception:
-                continue
-        return hints
 
 
 def argument_spec(cls: type | Callable[..., Any]) -> ArgumentSpec:
@@ -120,7 +107,7 @@ def argument_spec(cls: type | Callable[..., Any]) -> ArgumentSpec:
                 for p in parameters
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             )
-        resolved = _resolved_hints(init)
+        resolved = resolved_hints(init)
         for parameter in parameters:
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 continue
@@ -131,15 +118,6 @@ def argument_spec(cls: type | Callable[..., Any]) -> ArgumentSpec:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
     return ArgumentSpec(positional or (), tuple(names), hints)
-
-
-def describe(hint: Any) -> str:
-    """A readable form of an annotation, e.g. ``int | Sequence[int]``."""
-    if hint is type(None):
-        return "None"
-    if isinstance(hint, type) and not get_args(hint):
-        return hint.__name__
-    return re.sub(r"\b(typing|collections\.abc|builtins)\.", "", str(hint))
 
 
 def _sequence_matches(value: Any, origin: type, args: tuple[Any, ...]) -> bool:
@@ -158,6 +136,9 @@ def _sequence_matches(value: Any, origin: type, args: tuple[Any, ...]) -> bool:
 def matches(value: Any, hint: Any) -> bool:
     """Whether ``value`` fits the annotation ``hint`` (see the module docstring).
 
+    The hint is read by :func:`~lightly_glare.pretraining.fields.read_hint`,
+    the reader the command lines use too.
+
     Args:
         value: A config value.
         hint: A resolved annotation.
@@ -165,37 +146,35 @@ def matches(value: Any, hint: Any) -> bool:
     Returns:
         False only when the annotation is understood and ``value`` violates it.
     """
-    if hint is Any:
-        return True
-    if hint is None or hint is type(None):
+    read = read_hint(hint)
+    kind, args = read.kind, read.args
+    if kind is Kind.NONE:
         return value is None
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
+    if kind is Kind.UNION:
         return any(matches(value, arg) for arg in args)
-    if origin is Literal:
+    if kind is Kind.LITERAL:
         return any(type(value) is type(arg) and value == arg for arg in args)
-    if hint is float:
+    if kind is Kind.FLOAT:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
+    if kind is Kind.INT:
         return isinstance(value, int) and not isinstance(value, bool)
-    origin = origin or hint
-    if not isinstance(origin, type):
-        return True  # TypeVar, ForwardRef, ...: not checked
-    if origin is _CALLABLE:
+    if kind is Kind.CALLABLE:
         return callable(value)
-    if issubclass(origin, Mapping):
+    if kind is Kind.MAPPING:
         if not isinstance(value, Mapping):
             return False
         return len(args) != 2 or all(
             matches(key, args[0]) and matches(item, args[1])
             for key, item in value.items()
         )
-    if issubclass(origin, Sequence) and origin not in (str, bytes):
-        return _sequence_matches(value, origin, args)
-    try:
-        return isinstance(value, origin)
-    except TypeError:  # a generic alias isinstance cannot check
-        return True
+    if kind is Kind.SEQUENCE:
+        return _sequence_matches(value, read.origin, args)
+    if kind in (Kind.BOOL, Kind.CLASS):
+        try:
+            return isinstance(value, read.origin)
+        except TypeError:  # a generic alias isinstance cannot check
+            return True
+    return True  # Any, TypeVar, ForwardRef, ...: not checked
 
 
 def check_arguments(
@@ -226,7 +205,7 @@ def check_arguments(
     for key, value in (dict(zip(spec.positional, args, strict=False)) | kwargs).items():
         if key in spec.hints and not matches(value, spec.hints[key]):
             raise ConfigArgumentError(
-                f"{module} argument {key!r} expects {describe(spec.hints[key])}, "
+                f"{module} argument {key!r} expects {describe_hint(spec.hints[key])}, "
                 f"got {type(value).__name__} {value!r:.100}."
             )
 

@@ -26,8 +26,8 @@ from mmseg.registry import HOOKS
 
 from lightly_glare.models.export import replace_durably
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.openmmlab.pretrain import GlarePretrainer
-from lightly_glare.training import NonFiniteLossError, NoTrainingStepsError
+from lightly_glare.openmmlab.pretrainer import GlarePretrainer
+from lightly_glare.pretraining.loop import NonFiniteLossError, NoTrainingStepsError
 
 #: Suffix of the files :class:`AtomicCheckpointHook` writes before renaming them.
 PARTIAL_SUFFIX = ".partial"
@@ -70,7 +70,7 @@ class GlareTeacherEMAHook(Hook):
 
     After iteration ``i`` (0-based) the teacher's adapters and heads move with
     momentum ``cosine_schedule(i + 1, max_iters, momentum_start,
-    momentum_end)``, as the plain loop in :mod:`lightly_glare.training` does
+    momentum_end)``, as the plain loop in :mod:`lightly_glare.pretraining.loop` does
     before step ``i + 1`` (DINO's schedule). The momentum depends only on the
     iteration, so a resumed run repeats an uninterrupted one. It is logged as
     ``ema_momentum``.
@@ -140,7 +140,7 @@ class NonFiniteLossHook(Hook):
 
     Checks the loss entries (keys containing ``'loss'``, the ones mmengine
     sums) of the ``train_step`` outputs after every iteration and raises
-    :class:`~lightly_glare.training.NonFiniteLossError` naming the iteration
+    :class:`~lightly_glare.pretraining.loop.NonFiniteLossError` naming the iteration
     and every loss part. Its priority (``ABOVE_NORMAL``) runs it before the
     ``CheckpointHook`` (``VERY_LOW``): the weights the optimizer has just
     updated with non-finite gradients are never saved, and the last checkpoint

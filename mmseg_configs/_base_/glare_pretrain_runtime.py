@@ -1,5 +1,5 @@
 # Runtime of GLARE continual pre-training with mmengine (tools/train.py): the
-# plain loop of lightly_glare/training.py as mmengine pieces. AdamW (no decay on
+# plain loop of lightly_glare/pretraining/loop.py as mmengine pieces. AdamW (no decay on
 # norms and biases), gradient clipping 3.0, 10 % linear warm-up then cosine to
 # 1e-6, EMA teacher with cosine momentum 0.996 -> 1 (GlareTeacherEMAHook).
 # Entry configs (mmseg_configs/pretrain/) set the backbone, the head sizes, the

@@ -16,7 +16,7 @@ from PIL import Image
 
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
 from lightly_glare.openmmlab.hooks import NonFiniteLossHook
-from lightly_glare.training import NonFiniteLossError
+from lightly_glare.pretraining.loop import NonFiniteLossError
 from tests.conftest import real_photo
 
 CONFIG = (

@@ -38,12 +38,12 @@ from lightly_glare.models import (
 from lightly_glare.openmmlab.backbone import GlareViT
 from lightly_glare.openmmlab.config_validation import ConfigArgumentError
 from lightly_glare.openmmlab.hooks import GlareTeacherEMAHook
-from lightly_glare.openmmlab.pretrain import GlarePretrainer
 from lightly_glare.openmmlab.pretrain_data import (
     GlareInfiniteSampler,
     GlarePretrainDataset,
 )
-from lightly_glare.training import (
+from lightly_glare.openmmlab.pretrainer import GlarePretrainer
+from lightly_glare.pretraining.loop import (
     NonFiniteLossError,
     NoTrainingStepsError,
     parameter_groups,

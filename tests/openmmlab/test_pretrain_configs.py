@@ -26,7 +26,7 @@ from mmseg.registry import MODELS
 
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
 from lightly_glare.loss import ALL_TERMS
-from lightly_glare.openmmlab.pretrain import GlarePretrainer
+from lightly_glare.openmmlab.pretrainer import GlarePretrainer
 from tests.conftest import real_photo
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "mmseg_configs"

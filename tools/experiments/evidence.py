@@ -2,7 +2,7 @@
 
 Paired comparisons over seeds with 95 % confidence intervals (issue 19). Seed
 ``k`` gives every variant the same head initialisation, data order and
-augmentations (``lightly_glare.training.folder_loader``), the same probe split
+augmentations (``lightly_glare.pretraining.folder.seeded_loader``), the same probe split
 and probe initialisation, and (``data_amount``) the same unlabeled subset, so
 the unit of analysis is the per-seed difference; the interval is the paired t
 interval over seeds (``lightly_glare.evaluation.paired_difference``). Each

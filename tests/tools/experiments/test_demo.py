@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lightly_glare.training import PretrainHistory
+from lightly_glare.pretraining.loop import PretrainHistory
 from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[3]

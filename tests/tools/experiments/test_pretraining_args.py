@@ -12,7 +12,8 @@ from torch import Tensor
 from lightly_glare.models import DEFAULT_STUDENT_DROP_PATH, AttentionRegionSampler
 from lightly_glare.models import adapted_vit as adapted_vit_module
 from lightly_glare.models import glare as glare_module
-from lightly_glare.training import FolderPretraining, pretrain_folder
+from lightly_glare.pretraining.folder import pretrain_folder
+from lightly_glare.pretraining.job import FolderPretraining
 from tests.conftest import load_tool
 from tests.test_training import _folder_job
 

@@ -1,12 +1,14 @@
 """Watching a run: progress bar, JSONL and TensorBoard metrics, loss figure.
 
-Step callbacks of :func:`lightly_glare.training.pretrain` (each receives a
-:class:`~lightly_glare.training.StepEvent` after every optimizer step). The
+Step callbacks of :func:`~lightly_glare.pretraining.loop.train_steps` (each
+receives a :class:`~lightly_glare.pretraining.loop.StepEvent` after every
+optimizer step). The
 one-call :func:`lightly_glare.pretrain` uses all of them; a plain loop passes
 the ones it wants::
 
     metrics = [JsonlMetrics("run/metrics.jsonl"), TensorBoardMetrics("run/tb")]
-    pretrain(model, criterion, loader, config, 16, callbacks=[*metrics, ProgressBar()])
+    callbacks = [*metrics, ProgressBar()]
+    train_steps(model, criterion, loader, config, 16, callbacks=callbacks)
     for callback in metrics:
         callback.close()
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lightly_glare.loss import TEACHER_PREFIX
-from lightly_glare.training import StepEvent
+from lightly_glare.pretraining.loop import StepEvent
 
 #: Scalar tags: the total loss, one per loss term (``loss/<term>``), the
 #: schedules and the speed.

@@ -33,19 +33,21 @@ from lightly_glare.models import (
     DEFAULT_HEAD_INIT_IMAGES,
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_STUDENT_DROP_PATH,
-    GLARE,
     HeadInitialization,
     initialize_heads_from_data,
 )
 from lightly_glare.models.glare import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
-from lightly_glare.training import (
-    NonFiniteLossError,
+from lightly_glare.pretraining.job import (
+    HEAD_INIT,
+    build_glare,
     check_head_init,
+    load_checkpoint_heads,
     resolve_head_init,
 )
-from lightly_glare.weights import load_projection_heads, read_ssl_checkpoint
+from lightly_glare.pretraining.loop import NonFiniteLossError
+from lightly_glare.weights import read_ssl_checkpoint
 
 #: A collated pre-training batch: ``([view_0 (B,3,H,W), view_1], geometry (B,2,5))``.
 PretrainInputs = tuple[list[Tensor], Tensor]
@@ -68,6 +70,34 @@ def _with_loaded_checkpoint(backbone: dict[str, Any], loaded: Any) -> dict[str, 
         return backbone  # the builder reads the path (and names what is wrong)
     path = str(backbone["checkpoint"])
     return {**backbone, "checkpoint": loaded, "checkpoint_source": path}
+
+
+def _build_loss(
+    loss: dict[str, Any] | None,
+    head: Any,
+    patch_head: Any,
+    patch_augmentation: dict[str, Any] | None,
+) -> Any:
+    """The loss of ``loss``'s config, its output sizes filled in from the heads.
+
+    Says so when ``patch_augmentation`` is configured but the loss does not
+    compute L_loc1 (:func:`~lightly_glare.pretraining.job.build_glare` then
+    does not build it).
+    """
+    loss_cfg = dict(loss or {"type": "GlareLoss"})
+    loss_cfg.setdefault("output_dim", head.output_dim)
+    loss_cfg.setdefault("patch_output_dim", patch_head.output_dim)
+    criterion = MODELS.build(loss_cfg)
+    if (
+        LOCAL_DISTORTION not in criterion.active_terms
+        and patch_augmentation is not None
+    ):
+        print_log(
+            f"patch_augmentation {patch_augmentation.get('type')} is not built: "
+            "the local distortion weight is 0, so the student sees clean views.",
+            logger="current",
+        )
+    return criterion
 
 
 def _split_inputs(inputs: Sequence[Any]) -> PretrainInputs:
@@ -233,7 +263,7 @@ class GlarePretrainer(BaseModel):
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
         student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,
         freeze_heads: bool = False,
-        head_init: str = "auto",
+        head_init: str = HEAD_INIT,
         head_init_images: int = DEFAULT_HEAD_INIT_IMAGES,
         checkpoint_heads: bool = True,
         seed: int = 0,
@@ -261,30 +291,17 @@ class GlarePretrainer(BaseModel):
             if patch_head is None
             else _build(patch_head, "GlareProjectionHead", input_dim=dim)
         )
-        loss_cfg = dict(loss or {"type": "GlareLoss"})
-        loss_cfg.setdefault("output_dim", head_module.output_dim)
-        loss_cfg.setdefault(
-            "patch_output_dim",
-            (patch_module or head_module).output_dim,
+        self.criterion = _build_loss(
+            loss, head_module, patch_module or head_module, patch_augmentation
         )
-        self.criterion = MODELS.build(loss_cfg)
-        distortion = None
-        if LOCAL_DISTORTION in self.criterion.active_terms:
-            distortion = _build(patch_augmentation, "PatchBlur")
-        elif patch_augmentation is not None:
-            print_log(
-                f"patch_augmentation {patch_augmentation.get('type')} is not built: "
-                "the local distortion weight is 0, so the student sees clean views.",
-                logger="current",
-            )
-        self.glare = GLARE(
+        self.glare = build_glare(
             adapted,
-            head=head_module,
+            self.criterion,
+            head_module,
+            lambda: _build(patch_augmentation, "PatchBlur"),
             patch_head=patch_module,
             share_patch_head=share_patch_head,
-            terms=self.criterion.active_terms,
             freeze_heads=freeze_heads,
-            patch_augmentation=distortion,
             region_sampler=_build(region_sampler, "AttentionRegionSampler"),
             region_pooling=_build(
                 region_pooling, "CrossAttentionRegionPooling", dim=dim
@@ -303,19 +320,15 @@ class GlarePretrainer(BaseModel):
             torch.compile(self._eager_loss) if compile else self._eager_loss
         )
         print_log(
-            f"GlarePretrainer: {backbone.get('arch')} at "
-            f"{backbone.get('img_size')} px from "
-            f"{backbone.get('checkpoint') or 'random weights'}; terms "
+            f"GlarePretrainer: {backbone.get('arch')} at {backbone.get('img_size')} "
+            f"px from {backbone.get('checkpoint') or 'random weights'}; terms "
             f"{self.glare.terms}; {self.glare.backbone.report}",
             logger="current",
         )
 
     def _load_checkpoint_heads(self, checkpoint: str, read: Any) -> None:
         """Loads the heads of ``checkpoint`` (``read`` from it) into both networks."""
-        heads = load_projection_heads(
-            read, source=checkpoint, input_dim=self.glare.backbone.embed_dim
-        )
-        loaded = self.glare.load_heads(heads)
+        loaded = load_checkpoint_heads(self.glare, read, checkpoint)
         self.checkpoint_heads_loaded = bool(loaded)
         print_log(
             f"Heads from {checkpoint}: {', '.join(loaded)}."
