@@ -61,7 +61,8 @@ def test_a_uniform_teacher_is_reported_once_with_the_fix(event: StepEvent) -> No
         warning(replace(event, step=step, teacher=_teacher(entropy)))
     assert len(lines) == 1 and warning.warned
     assert "for 3 steps (up to step 6)" in lines[0]
-    assert "head_init='data'" in lines[0]
+    assert "head_init='data'" in lines[0]  # the fix for random heads
+    assert "momentum_start closer to 1, e.g. 0.996" in lines[0]  # for a collapse
 
 
 def test_one_informative_term_is_not_a_uniform_teacher(event: StepEvent) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lightly_glare.loss import TEACHER_PREFIX
+from lightly_glare.models.defaults import MOMENTUM_START
 from lightly_glare.pretraining.loop import StepEvent
 
 #: Scalar tags: the total loss, one per loss term (``loss/<term>``), the
@@ -255,8 +256,12 @@ class UniformTeacherWarning:
     """Warns once when the teacher stays near uniform in every term.
 
     A teacher within a few percent of log K in every term for ``patience``
-    steps in a row sends the adapters no signal (the case of random heads on
-    a checkpoint without heads): the run says so in one line, with the fix.
+    steps in a row sends the adapters no signal: the run says so in one line,
+    with the fix for each of the two causes measured. Random heads (a
+    checkpoint without heads and ``head_init='random'``) are near uniform from
+    the first step; fitted or checkpoint heads start sharp, and a teacher that
+    follows the student too closely (EMA momentum well below 1 over hundreds
+    of steps) collapses to uniform later, frozen heads included.
 
     Attributes:
         log: The printer of the warning.
@@ -292,8 +297,11 @@ class UniformTeacherWarning:
                 f"{100 * (1 - self.threshold):.0f} % of uniform (entropy >= "
                 f"{self.threshold} log K) in every term for {self._streak} steps "
                 f"(up to step {event.step}): the loss sends the adapters no "
-                "signal. Fix: initialise the heads from the data "
-                "(head_init='data'), or start from a checkpoint with heads."
+                "signal. Fix: with random heads, initialise them from the data "
+                "(head_init='data') or start from a checkpoint with heads; with "
+                "fitted or checkpoint heads the teacher collapsed: slow it down "
+                f"(momentum_start closer to 1, e.g. {MOMENTUM_START}) or train "
+                "fewer steps."
             )
 
 
