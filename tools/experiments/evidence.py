@@ -39,7 +39,7 @@ steps).
 Budget (2-core CPU, idle; 126 px, batch 8, bf16): a pre-training step costs
 ~0.84 s (GLARE 150 steps 126 s; DINO-only similar); one probe evaluation
 (features of ~100 tiles + the logistic regression) ~15 s, model set-up ~5 s;
-a UperNet fine-tuning 160 x 1.7 s = ~270 s (docs/RESULTS.md). With S paired
+a UperNet fine-tuning 160 x 1.7 s = ~270 s (docs/results_log.md). With S paired
 steps:
 
 - pilot: 4 runs x (150 x 0.84 + 6 x 15 + 5) + 4 ``none`` x 20 = ~16 min;
