@@ -18,7 +18,13 @@ from lightly_glare.loss.glare_output import (
     GlareOutput,
     MatchedPair,
 )
-from lightly_glare.loss.self_distillation_loss import GlareLocalLoss, GlareRegionalLoss
+from lightly_glare.loss.self_distillation_loss import (
+    CENTER_MOMENTUM,
+    STUDENT_TEMP,
+    TEACHER_TEMP,
+    GlareLocalLoss,
+    GlareRegionalLoss,
+)
 from lightly_glare.loss.teacher_statistics import TeacherStatistics, teacher_statistics
 from lightly_glare.models.heads import DEFAULT_OUTPUT_DIM
 
@@ -83,11 +89,11 @@ class GlareLoss(nn.Module):
         regional_weight: float = 1.0,
         local_distortion_weight: float = 1.0,
         local_matching_weight: float = 1.0,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
+        student_temp: float = STUDENT_TEMP,
+        teacher_temp: float = TEACHER_TEMP,
+        warmup_teacher_temp: float = TEACHER_TEMP,
         warmup_teacher_temp_epochs: int = 0,
-        center_momentum: float = 0.9,
+        center_momentum: float = CENTER_MOMENTUM,
     ) -> None:
         """Creates the loss.
 

@@ -17,6 +17,7 @@ from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
+from lightly_glare.models.defaults import ADAPTER_SCALE
 from lightly_glare.models.patch_augmentations import _rand
 from lightly_glare.models.uniadapter import UniAdapter
 
@@ -379,7 +380,7 @@ class UniAdapterViT(nn.Module):
         self,
         vit: VisionTransformer,
         bottleneck: int | None = None,
-        scale: float = 0.1,
+        scale: float = ADAPTER_SCALE,
         dropout: float = 0.0,
         zero_init: bool = True,
         cache_autocast_weights: bool = True,

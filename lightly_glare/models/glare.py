@@ -27,6 +27,7 @@ from lightly_glare.models.adapted_vit import (
     UniAdapterViT,
     check_drop_path,
 )
+from lightly_glare.models.defaults import ADAPTER_SCALE
 from lightly_glare.models.export import (
     CheckpointMismatchError,
     export_adapted_backbone,
@@ -242,7 +243,7 @@ class GLARE(nn.Module):
         share_patch_head: bool = False,
         terms: Collection[str] = ALL_TERMS,
         adapter_bottleneck: int | None = None,
-        adapter_scale: float = 0.1,
+        adapter_scale: float = ADAPTER_SCALE,
         freeze_heads: bool = False,
         patch_augmentation: PatchAugmentation | None = None,
         region_sampler: AttentionRegionSampler | None = None,

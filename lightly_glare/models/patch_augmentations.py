@@ -27,6 +27,8 @@ from lightly.transforms.utils import IMAGENET_NORMALIZE
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightly_glare.models.defaults import BLUR_SIGMAS, PATCH_RATIO
+
 __all__ = [
     "PATCH_AUGMENTATIONS",
     "PatchAugmentation",
@@ -98,7 +100,7 @@ class PatchAugmentation(nn.Module):
             mask; 1 distorts every patch.
     """
 
-    def __init__(self, patch_ratio: float = 0.3) -> None:
+    def __init__(self, patch_ratio: float = PATCH_RATIO) -> None:
         """Initialises the augmentation.
 
         Args:
@@ -237,7 +239,9 @@ class PatchBlur(PatchAugmentation):
     """
 
     def __init__(
-        self, patch_ratio: float = 0.3, sigmas: tuple[float, float] = (0.1, 2.0)
+        self,
+        patch_ratio: float = PATCH_RATIO,
+        sigmas: tuple[float, float] = BLUR_SIGMAS,
     ) -> None:
         """Initialises the blur.
 
@@ -309,7 +313,7 @@ class PatchNoise(PatchAugmentation):
         >>> distorted, mask = noise(torch.randn(8, 3, 224, 224), patch_size=16)
     """
 
-    def __init__(self, patch_ratio: float = 0.3, std: float = 0.2) -> None:
+    def __init__(self, patch_ratio: float = PATCH_RATIO, std: float = 0.2) -> None:
         """Initialises the noise.
 
         Args:
@@ -369,7 +373,7 @@ class PatchColorJitter(PatchAugmentation):
 
     def __init__(
         self,
-        patch_ratio: float = 0.3,
+        patch_ratio: float = PATCH_RATIO,
         brightness: float = 0.4,
         contrast: float = 0.4,
         saturation: float = 0.2,

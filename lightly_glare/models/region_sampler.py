@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightly_glare.models.defaults import REGION_MASS
 from lightly_glare.models.patch_augmentations import _rand
 
 
@@ -69,7 +70,7 @@ class AttentionRegionSampler(nn.Module):
     def __init__(
         self,
         num_regions: int | None = None,
-        mass: float = 0.6,
+        mass: float = REGION_MASS,
         iou_threshold: float = 0.9,
     ) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models import UniAdapterViT
+from lightly_glare.models.defaults import ADAPTER_SCALE
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.weights.backbone import CHECKPOINT_TYPES, load_backbone_checkpoint
 
@@ -132,7 +133,7 @@ class GlareViT(BaseModule):
         img_size: int | Sequence[int] = 512,
         out_indices: Sequence[int] = (2, 5, 8, 11),
         adapter_bottleneck: int | None = None,
-        adapter_scale: float = 0.1,
+        adapter_scale: float = ADAPTER_SCALE,
         drop_path_rate: float = 0.0,
         checkpoint: str | None = None,
         checkpoint_type: str = "glare",

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from lightly_glare.models.adapted_vit import UniAdapterViT
+from lightly_glare.models.defaults import REGION_MASS
 from lightly_glare.models.region_sampler import attention_mass_masks
 
 #: ImageNet channel mean and standard deviation (timm / torchvision convention).
@@ -151,7 +152,7 @@ def patch_tokens(
     return tokens[backbone.num_prefix_tokens :].float().cpu(), grid  # (N, D)
 
 
-def attention_mass_mask(maps: Tensor, mass: float = 0.6) -> Tensor:
+def attention_mass_mask(maps: Tensor, mass: float = REGION_MASS) -> Tensor:
     """DINO's mask: per head, the fewest patches holding ``mass`` of the attention.
 
     Args:

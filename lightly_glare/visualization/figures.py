@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import Tensor
 
+from lightly_glare.models.defaults import REGION_MASS
 from lightly_glare.visualization.features import attention_mass_mask
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def _check_rgb(image: NDArray[np.uint8]) -> None:
 def attention_grid_figure(
     rows: Sequence[tuple[str, NDArray[np.uint8], Tensor]],
     path: str | Path,
-    mass: float = 0.6,
+    mass: float = REGION_MASS,
     panel_height: int = 224,
     overlay: float = 0.7,
     interpolation: Interpolation = "nearest",
@@ -243,7 +244,7 @@ def attention_figure(
     image_rgb: NDArray[np.uint8],
     maps: Tensor,
     path: str | Path,
-    mass: float = 0.6,
+    mass: float = REGION_MASS,
     label: str = "image",
     **kwargs: Any,
 ) -> Path:
@@ -267,7 +268,7 @@ def compare_attention_figure(
     image_rgb: NDArray[np.uint8],
     maps_by_model: Mapping[str, Tensor],
     path: str | Path,
-    mass: float = 0.6,
+    mass: float = REGION_MASS,
     **kwargs: Any,
 ) -> Path:
     """Writes one row of attention panels per model for the same image.

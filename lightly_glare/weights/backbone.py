@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models.adapted_vit import UniAdapterViT
+from lightly_glare.models.defaults import ADAPTER_SCALE
 from lightly_glare.models.export import (
     check_architecture,
     check_state_dict,
@@ -161,7 +162,7 @@ def build_backbone(
     backbone = UniAdapterViT(
         _random_vit(arch, img_size),
         bottleneck=int(architecture.get("adapter_bottleneck", 64)),
-        scale=float(architecture.get("adapter_scale", 0.1)),
+        scale=float(architecture.get("adapter_scale", ADAPTER_SCALE)),
     )
     load_backbone_checkpoint(backbone, checkpoint, kind)
     return backbone.eval()
