@@ -41,8 +41,8 @@ from lightly_glare.models.heads import GlareProjectionHead
 from lightly_glare.models.patch_augmentations import (
     PatchAugmentation,
     PatchBlur,
-    _rand,
 )
+from lightly_glare.models.randomness import random_tensor
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import AttentionRegionSampler
 
@@ -168,7 +168,9 @@ def _sample_patches(
         ``(index, valid)``, each with shape (B, min(count, N)): the drawn patch
         indices (distinct within a row) and whether each one is a candidate.
     """
-    scores = _rand(candidates.shape, generator, candidates.device)  # (B, N), [0, 1)
+    scores = random_tensor(
+        candidates.shape, generator, candidates.device
+    )  # (B, N), [0, 1)
     scores = scores.masked_fill(~candidates, -1.0)  # candidates rank first
     index = scores.topk(min(count, candidates.shape[1]), dim=1).indices  # (B, K)
     return index, candidates.gather(1, index)

@@ -543,7 +543,7 @@ def test_seeded_training_step_breaks_only_at_the_generator_draws() -> None:
     explanation = explain_training_step(small_glare(), generator)
     assert explanation.graph_break_count > 0
     frames = {reason.user_stack[-1].name for reason in explanation.break_reasons}
-    assert frames == {"_rand"}, explanation.break_reasons
+    assert frames == {"random_tensor"}, explanation.break_reasons
 
 
 def test_every_valid_patch_needs_data_dependent_shapes() -> None:

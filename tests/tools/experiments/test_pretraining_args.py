@@ -106,13 +106,13 @@ def test_student_drop_path_reaches_the_job_and_the_model(
     assert job.student_drop_path == 0.5
     rows: list[int] = []
     folder_job = _folder_job(tmp_path, student_drop_path=job.student_drop_path)
-    original = adapted_vit_module._add_sampled_residual
+    original = adapted_vit_module.add_sampled_residual
 
     def counting(x: Tensor, branch: Any, kept: int | None, *rest: Any) -> Tensor:
         rows.append(x.shape[0] if kept is None else kept)
         return original(x, branch, kept, *rest)
 
-    monkeypatch.setattr(adapted_vit_module, "_add_sampled_residual", counting)
+    monkeypatch.setattr(adapted_vit_module, "add_sampled_residual", counting)
     pretrain_folder(folder_job, tmp_path / "dp.pth", log=lambda _: None)
     # teacher: 2 views x batch 2 rows per branch; student: half of them
     assert set(rows) == {4, 2}
