@@ -14,7 +14,7 @@ loop of :func:`lightly_glare.training.pretrain`, and leaves in ``out/``:
 - ``losses.png``: the loss and its terms over the steps.
 - ``adapted_backbone.pth``: frozen ViT + teacher adapters, for ``GlareViT``
   (``checkpoint_type='glare'``) and
-  :func:`~lightly_glare.models.load_adapted_backbone`.
+  :func:`~lightly_glare.weights.load_adapted_backbone`.
 - ``timm_vit.pth``: the frozen ViT as a plain timm state dict.
 - ``adapters.pth``: the teacher's adapters and their architecture.
 
@@ -65,12 +65,7 @@ from lightly_glare.data import (
     raise_carried,
 )
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import (
-    DEFAULT_HEAD_INIT_IMAGES,
-    GLARE,
-    save_atomic,
-)
-from lightly_glare.models.export import architecture_of
+from lightly_glare.models import DEFAULT_HEAD_INIT_IMAGES, GLARE
 from lightly_glare.monitoring import (
     JsonlMetrics,
     ProgressBar,
@@ -94,6 +89,8 @@ from lightly_glare.training import (
 from lightly_glare.training import (
     pretrain as pretrain_loop,
 )
+from lightly_glare.weights.checkpoint_io import save_atomic
+from lightly_glare.weights.export import architecture_of
 
 #: The files of a run in ``out/``.
 CHECKPOINT = "checkpoint.pth"

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import lightly_glare
 from lightly_glare import cli, precision, pretrain_cli, run
 from lightly_glare.data import BadImagesError, ImageReadError, draw_order
-from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.monitoring import read_metrics
 from lightly_glare.run import (
     ADAPTERS,
@@ -31,6 +31,7 @@ from lightly_glare.run import (
     estimate_output_bytes,
 )
 from lightly_glare.training import FolderPretraining, NoTrainingStepsError, StepEvent
+from lightly_glare.weights.export import load_adapted_backbone
 from tests.conftest import real_photo
 from tests.test_training import _folder_job
 

@@ -11,14 +11,7 @@ from torch.utils.data import DataLoader
 from lightly_glare import precision
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import (
-    GLARE,
-    CheckpointMismatchError,
-    GlareProjectionHead,
-    UniAdapterViT,
-    load_adapted_backbone,
-    load_exported_checkpoint,
-)
+from lightly_glare.models import GLARE, GlareProjectionHead, UniAdapterViT
 from lightly_glare.training import (
     FolderPretraining,
     NonFiniteLossError,
@@ -35,6 +28,8 @@ from lightly_glare.training import (
 )
 from lightly_glare.transforms import GlareTransform
 from lightly_glare.weights import build_backbone, load_projection_heads
+from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
+from lightly_glare.weights.export import load_adapted_backbone, load_exported_checkpoint
 from tests.conftest import make_vit, real_photo
 from tests.weights.test_heads import official_head
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from lightly_glare.loss.glare_output import (
     ALL_TERMS,
+    DEFAULT_OUTPUT_DIM,
     GLOBAL,
     LOCAL_DISTORTION,
     LOCAL_MATCHING,
@@ -26,7 +27,6 @@ from lightly_glare.loss.self_distillation_loss import (
     GlareRegionalLoss,
 )
 from lightly_glare.loss.teacher_statistics import TeacherStatistics, teacher_statistics
-from lightly_glare.models.heads import DEFAULT_OUTPUT_DIM
 
 #: A term's matched projections: a pair, or ``(teacher, student[, valid])``.
 PairLike = MatchedPair | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor | None]
@@ -99,7 +99,7 @@ class GlareLoss(nn.Module):
 
         Args:
             output_dim: Output dimension of the [CLS]/region head. Defaults to
-                the heads' default, :data:`~lightly_glare.models.DEFAULT_OUTPUT_DIM`.
+                the heads' default, :data:`~lightly_glare.loss.DEFAULT_OUTPUT_DIM`.
             patch_output_dim: Output dimension of the patch head; None means
                 ``output_dim``.
             global_weight: Weight of the global term.

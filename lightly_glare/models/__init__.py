@@ -19,16 +19,6 @@ from lightly_glare.models.adapted_vit import (
     UniAdapterViT,
     attention_with_cls_map,
 )
-from lightly_glare.models.export import (
-    CheckpointMismatchError,
-    NonFiniteWeightsError,
-    check_finite,
-    check_state_dict,
-    export_adapted_backbone,
-    load_adapted_backbone,
-    load_exported_checkpoint,
-    save_atomic,
-)
 from lightly_glare.models.glare import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_STUDENT_DROP_PATH,
@@ -75,20 +65,12 @@ __all__ = [
     "head_state_dict",
     "AttentionRegionSampler",
     "BackboneOutput",
-    "CheckpointMismatchError",
-    "NonFiniteWeightsError",
-    "check_finite",
     "CrossAttentionRegionPooling",
     "TrainableReport",
     "UniAdapter",
     "UniAdapterViT",
     "attention_mass_masks",
     "attention_with_cls_map",
-    "check_state_dict",
-    "export_adapted_backbone",
-    "load_adapted_backbone",
-    "load_exported_checkpoint",
-    "save_atomic",
     "count_adapter_parameters",
     "default_bottleneck",
 ]

@@ -28,10 +28,6 @@ from lightly_glare.models.adapted_vit import (
     check_drop_path,
 )
 from lightly_glare.models.defaults import ADAPTER_SCALE
-from lightly_glare.models.export import (
-    CheckpointMismatchError,
-    export_adapted_backbone,
-)
 from lightly_glare.models.geometry import (
     bilinear_gather,
     map_patch_centers,
@@ -393,6 +389,9 @@ class GLARE(nn.Module):
             CheckpointMismatchError: A head of this model has other sizes than
                 the checkpoint's (the message names both and the fix).
         """
+        # lightly_glare.weights imports this package: import at call time.
+        from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
+
         other = {"student": "teacher", "teacher": "student"}
         separate_patch_heads = (heads.student_patch or heads.teacher_patch) is not None
         shared = self.student_patch_head is self.student_head
@@ -474,6 +473,9 @@ class GLARE(nn.Module):
         Returns:
             The destination path.
         """
+        # lightly_glare.weights imports this package: import at call time.
+        from lightly_glare.weights.export import export_adapted_backbone
+
         adapters = self.teacher_adapters if which == "teacher" else None
         return export_adapted_backbone(
             self.backbone, path, adapters=adapters, extra_meta=extra_meta

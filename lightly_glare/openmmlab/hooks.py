@@ -25,10 +25,10 @@ from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
 from lightly_glare.models.defaults import MOMENTUM_END, MOMENTUM_START
-from lightly_glare.models.export import replace_durably
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrain import GlarePretrainer
 from lightly_glare.training import NonFiniteLossError, NoTrainingStepsError
+from lightly_glare.weights.checkpoint_io import replace_durably
 
 #: Suffix of the files :class:`AtomicCheckpointHook` writes before renaming them.
 PARTIAL_SUFFIX = ".partial"

@@ -23,6 +23,18 @@ from lightly_glare.weights.backbone import (
     build_backbone,
     load_backbone_checkpoint,
 )
+from lightly_glare.weights.checkpoint_io import (
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+    check_finite,
+    check_state_dict,
+    save_atomic,
+)
+from lightly_glare.weights.export import (
+    export_adapted_backbone,
+    load_adapted_backbone,
+    load_exported_checkpoint,
+)
 from lightly_glare.weights.heads import (
     CheckpointHeads,
     HeadSizes,
@@ -43,6 +55,14 @@ from lightly_glare.weights.ssl_checkpoints import (
 )
 
 __all__ = [
+    "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "check_finite",
+    "check_state_dict",
+    "save_atomic",
+    "export_adapted_backbone",
+    "load_adapted_backbone",
+    "load_exported_checkpoint",
     "CHECKPOINT_TYPES",
     "CheckpointType",
     "build_backbone",

@@ -36,12 +36,12 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lightly_glare.models.export import (
+from lightly_glare.models.heads import GlareProjectionHead, head_state_dict
+from lightly_glare.weights.checkpoint_io import (
     CheckpointMismatchError,
     check_finite,
     listed,
 )
-from lightly_glare.models.heads import GlareProjectionHead, head_state_dict
 from lightly_glare.weights.ssl_checkpoints import (
     loaded_checkpoint,
     network_state_dict,

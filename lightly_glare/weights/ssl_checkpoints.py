@@ -28,10 +28,10 @@ are recognised and re-keyed to timm's ``VisionTransformer`` names:
 The position embedding is resampled (bicubic, no antialiasing) to the model's
 patch grid. A different patch size is an error, never a resize. Every load is
 strict: missing or unexpected keys and shape mismatches raise
-:class:`~lightly_glare.models.CheckpointMismatchError` (a ``ValueError``) that
+:class:`~lightly_glare.weights.CheckpointMismatchError` (a ``ValueError``) that
 leads with the architecture the file seems to hold and lists the first of
 them, and weights holding NaN or inf raise
-:class:`~lightly_glare.models.export.NonFiniteWeightsError`.
+:class:`~lightly_glare.weights.NonFiniteWeightsError`.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from lightly_glare.models.export import (
-    EXPORT_FORMAT,
+from lightly_glare.weights.checkpoint_io import (
     CheckpointMismatchError,
     check_finite,
     check_state_dict,
 )
+from lightly_glare.weights.export import EXPORT_FORMAT
 
 logger = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ def _refuse_export(checkpoint: Any, source: str) -> None:
     if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT:
         raise CheckpointMismatchError(
             f"{source} is a lightly-glare adapted-backbone export (ViT + adapters); "
-            "load it with lightly_glare.models.load_adapted_backbone, or with "
+            "load it with lightly_glare.weights.load_adapted_backbone, or with "
             "GlareViT(checkpoint_type='glare')."
         )
 

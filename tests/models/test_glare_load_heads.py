@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightly_glare.models import GLARE, CheckpointMismatchError, GlareProjectionHead
+from lightly_glare.models import GLARE, GlareProjectionHead
 from lightly_glare.weights import load_projection_heads
+from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
 from tests.conftest import make_vit
 from tests.weights.test_heads import (
     BOTTLENECK,
