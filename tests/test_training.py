@@ -31,7 +31,7 @@ from lightly_glare.weights import build_backbone, load_projection_heads
 from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
 from lightly_glare.weights.export import load_adapted_backbone, load_exported_checkpoint
 from tests.conftest import make_vit, real_photo
-from tests.weights.test_heads import official_head
+from tests.weights.test_checkpoint_heads import official_head
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from lightly_glare.models.head_init import (
     initialize_heads_from_data,
     spherical_kmeans,
 )
-from lightly_glare.models.heads import (
+from lightly_glare.models.projection_head import (
     DEFAULT_OUTPUT_DIM,
     GlareProjectionHead,
     head_state_dict,

@@ -33,17 +33,17 @@ from lightly_glare.models.geometry import (
     map_patch_centers,
     transfer_masks,
 )
-from lightly_glare.models.heads import GlareProjectionHead
 from lightly_glare.models.patch_augmentations import (
     PatchAugmentation,
     PatchBlur,
 )
+from lightly_glare.models.projection_head import GlareProjectionHead
 from lightly_glare.models.randomness import random_tensor
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import AttentionRegionSampler
 
 if TYPE_CHECKING:  # lightly_glare.weights imports this package
-    from lightly_glare.weights.heads import CheckpointHeads
+    from lightly_glare.weights.checkpoint_heads import CheckpointHeads
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 RegionMatch = Literal["geometry", "attention"]

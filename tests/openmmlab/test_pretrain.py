@@ -50,7 +50,7 @@ from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
 from lightly_glare.weights.export import load_adapted_backbone
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import load_tool, real_photo
-from tests.weights.test_heads import official_head, reference
+from tests.weights.test_checkpoint_heads import official_head, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The CPU-sized aerial pre-training config (not an ablation of it).

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lightly_glare.models.heads import GlareProjectionHead, head_state_dict
+from lightly_glare.models.projection_head import GlareProjectionHead, head_state_dict
 from lightly_glare.weights.checkpoint_io import (
     CheckpointMismatchError,
     check_finite,
