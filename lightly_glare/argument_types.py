@@ -8,7 +8,32 @@ from __future__ import annotations
 
 import argparse
 
-from lightly_glare.models import parse_patch_count
+
+def parse_patch_count(value: str) -> int | None:
+    """A ``local_patches_per_view`` as typed: a positive integer, or ``all``.
+
+    The one parser of the tools' ``--local-patches-per-view K`` (argparse shows
+    the message of a ``ValueError`` re-raised as ``ArgumentTypeError``).
+
+    Args:
+        value: E.g. ``"4"`` or ``"all"``.
+
+    Returns:
+        The count; None for ``all`` (every valid patch, see :class:`GLARE`).
+
+    Raises:
+        ValueError: ``value`` is neither a positive integer nor ``all``; the
+            message names it.
+    """
+    if value == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0  # not an integer: refused below with the same message
+    if count < 1:
+        raise ValueError(f"expected a positive integer or 'all', got {value!r}")
+    return count
 
 
 def positive_int(value: str) -> int:

@@ -11,19 +11,21 @@ the ``Patch*`` classes users pick are exported by
 :mod:`lightly_glare.transforms`). Import them from those modules.
 """
 
+from lightly_glare.loss.glare_output import DEFAULT_OUTPUT_DIM
 from lightly_glare.models.adapted_vit import (
-    ATTENTION_KERNELS,
-    AttentionKernel,
     BackboneOutput,
     TrainableReport,
     UniAdapterViT,
+)
+from lightly_glare.models.block_kernels import (
+    ATTENTION_KERNELS,
+    AttentionKernel,
     attention_with_cls_map,
 )
 from lightly_glare.models.glare import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_STUDENT_DROP_PATH,
     GLARE,
-    parse_patch_count,
 )
 from lightly_glare.models.head_init import (
     DEFAULT_HEAD_INIT_IMAGES,
@@ -33,7 +35,6 @@ from lightly_glare.models.head_init import (
     spherical_kmeans,
 )
 from lightly_glare.models.projection_head import (
-    DEFAULT_OUTPUT_DIM,
     GlareProjectionHead,
     head_state_dict,
 )
@@ -55,7 +56,6 @@ __all__ = [
     "DEFAULT_STUDENT_DROP_PATH",
     "DEFAULT_OUTPUT_DIM",
     "GLARE",
-    "parse_patch_count",
     "GlareProjectionHead",
     "DEFAULT_HEAD_INIT_IMAGES",
     "HeadInitialization",

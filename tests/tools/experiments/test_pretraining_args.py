@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from lightly_glare.models import DEFAULT_STUDENT_DROP_PATH, AttentionRegionSampler
+from lightly_glare.models import (
+    DEFAULT_STUDENT_DROP_PATH,
+    AttentionRegionSampler,
+    glare_terms,
+)
 from lightly_glare.models import adapted_vit as adapted_vit_module
-from lightly_glare.models import glare as glare_module
 from lightly_glare.training import FolderPretraining, pretrain_folder
 from tests.conftest import load_tool
 from tests.test_training import _folder_job
@@ -153,14 +156,14 @@ def test_pretrain_folder_samples_local_patches_per_view(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     drawn: list[tuple[int, ...]] = []
-    sample = glare_module._sample_patches
+    sample = glare_terms.sample_patches
 
     def spy(candidates: Tensor, count: int, *args: Any) -> tuple[Tensor, Tensor]:
         index, valid = sample(candidates, count, *args)
         drawn.append(tuple(index.shape))
         return index, valid
 
-    monkeypatch.setattr(glare_module, "_sample_patches", spy)
+    monkeypatch.setattr(glare_terms, "sample_patches", spy)
     tool, parser = pretraining_parser()
     assert parser.parse_args([]).local_patches_per_view == 2  # the default
     assert (
