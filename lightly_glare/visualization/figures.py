@@ -175,21 +175,26 @@ def attention_grid_figure(
                 alpha=overlay,
                 interpolation=interpolation,
             )
-            outline = _upsample(masks[head].astype(np.float32), height, width)
-            if outline.any():
-                # Zero padding closes outlines that touch the image border.
-                ax.contour(
-                    np.arange(-1, width + 1) + 0.5,
-                    np.arange(-1, height + 1) + 0.5,
-                    np.pad(outline, 1),
-                    levels=[0.5],
-                    colors="white",
-                    linewidths=1.0,
-                )
-            ax.set_xlim(0, width)
-            ax.set_ylim(height, 0)
+            _outline(ax, masks[head], height, width)
             _title(ax, f"head {head}")
     return _save(figure, path)
+
+
+def _outline(ax: Any, mask: NDArray[np.bool_], height: int, width: int) -> None:
+    """Draws the white outline of a patch mask (h, w) over an image panel."""
+    outline = _upsample(mask.astype(np.float32), height, width)
+    if outline.any():
+        # Zero padding closes outlines that touch the image border.
+        ax.contour(
+            np.arange(-1, width + 1) + 0.5,
+            np.arange(-1, height + 1) + 0.5,
+            np.pad(outline, 1),
+            levels=[0.5],
+            colors="white",
+            linewidths=1.0,
+        )
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
 
 
 def panel_grid_figure(
