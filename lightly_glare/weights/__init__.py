@@ -1,5 +1,14 @@
-"""Loading SSL ViT weights from local files (pure PyTorch + timm, no OpenMMLab).
+"""Weights files: SSL checkpoints, adapted-backbone exports, checkpoint I/O.
 
+Pure PyTorch + timm, no OpenMMLab.
+
+- :func:`save_atomic`, :func:`check_state_dict`, :func:`check_finite` and
+  :class:`CheckpointMismatchError` (:mod:`~lightly_glare.weights.checkpoint_io`):
+  atomic, durable writes that refuse NaN / inf, and strict key checks that
+  list what differs.
+- :func:`export_adapted_backbone` / :func:`load_adapted_backbone`
+  (:mod:`~lightly_glare.weights.export`): the frozen ViT + adapters file that
+  pre-training writes and the mmseg backbone reads.
 - :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT, UDI
   and timm layouts into timm ViTs, with strict key checks;
   :func:`read_ssl_checkpoint` reads a file once for :func:`create_vit` and
