@@ -23,10 +23,7 @@ import torch.nn.functional as F
 from timm.layers.attention import Attention
 from torch import Tensor
 
-from lightly_glare.models.adapted_vit import (
-    _attention_probabilities,
-    _matmul_attention,
-)
+from lightly_glare.models import block_kernels
 
 Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -42,7 +39,8 @@ ATTENTION = Attention(64, num_heads=1).eval()
 
 def matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """UniAdapterViT's unfused attention (two matmuls, fp32 softmax)."""
-    return _matmul_attention(ATTENTION, _attention_probabilities(ATTENTION, q, k), v)
+    probabilities = block_kernels.attention_probabilities(ATTENTION, q, k)
+    return block_kernels.matmul_attention(ATTENTION, probabilities, v)
 
 
 KERNELS: dict[str, Kernel] = {

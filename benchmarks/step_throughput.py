@@ -53,6 +53,7 @@ from lightly_glare.models import (
     GLARE,
     GlareProjectionHead,
 )
+from lightly_glare.models.defaults import MOMENTUM_START
 from lightly_glare.precision import AMP_HELP, resolve_amp
 from lightly_glare.pretraining.loop import fused_adamw, parameter_groups
 from lightly_glare.transforms import GlareTransform
@@ -278,7 +279,7 @@ def prepare_step(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        model.update_teacher(0.996)
+        model.update_teacher(MOMENTUM_START)
 
     runner = StepRunner(step, args.batch, args.device)
     if args.count_flops:

@@ -1,26 +1,3 @@
-# GLARE paper protocol on ADE20k (150 classes): the GLARE-adapted ViT-B/16 (frozen
-# ViT + UniAdapters from a GLARE export) + MultiLevelNeck + UperNet, 512x512 crops,
-# 160k iterations, 4 GPUs x 4 images (mmseg's ViT-B UperNet recipe, 8 x 2 images:
-# the same 16 per step; see "Differences from mmseg's ViT-B UperNet recipe" in
-# docs/ARCHITECTURE.md). mmseg name: upernet_glare-vit-b16_mln_4xb4-160k_ade20k-512x512.
-#
-#   bash tools/dist_train.sh mmseg_configs/glare_ade20k.py 4 --amp \
-#       --cfg-options model.backbone.checkpoint=pretrain/glare_vit-b16.pth
-#   python tools/test.py mmseg_configs/glare_ade20k.py work_dirs/glare_ade20k/iter_160000.pth
-_base_ = [
-    './_base_/models/upernet_glare-vit-b16_mln.py',
-    'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
-    './_base_/schedules/adamw-poly_160k.py',
-]
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
-model = dict(
-    data_preprocessor=data_preprocessor,
-    backbone=dict(img_size=crop_size),
-    decode_head=dict(num_classes=150),
-    auxiliary_head=dict(num_classes=150))
-
-train_dataloader = dict(batch_size=4)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader
+# Short name of the GLARE paper protocol on ADE20k (ViT-B/16 UperNet), kept for
+# the README's commands: the recipe is segmentation/upernet_glare-vit-b16_mln_4xb4-160k_ade20k-512x512.py.
+_base_ = ['./segmentation/upernet_glare-vit-b16_mln_4xb4-160k_ade20k-512x512.py']

@@ -1,25 +1,3 @@
-# GLARE paper protocol on Cityscapes (19 classes): the GLARE-adapted ViT-B/16 +
-# MultiLevelNeck + UperNet, 512x1024 crops, 80k iterations, 4 GPUs x 4 images;
-# sliding-window test on the 1024x2048 images. mmseg name:
-# upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.
-#
-#   bash tools/dist_train.sh mmseg_configs/glare_cityscapes.py 4 --amp \
-#       --cfg-options model.backbone.checkpoint=pretrain/glare_vit-b16.pth
-_base_ = [
-    './_base_/models/upernet_glare-vit-b16_mln.py',
-    'mmseg::_base_/datasets/cityscapes.py',
-    'mmseg::_base_/default_runtime.py',
-    './_base_/schedules/adamw-poly_80k.py',
-]
-crop_size = (512, 1024)
-data_preprocessor = dict(size=crop_size)
-model = dict(
-    data_preprocessor=data_preprocessor,
-    backbone=dict(img_size=crop_size),
-    decode_head=dict(num_classes=19),
-    auxiliary_head=dict(num_classes=19),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 683)))
-
-train_dataloader = dict(batch_size=4)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader
+# Short name of the GLARE paper protocol on Cityscapes (ViT-B/16 UperNet), kept for
+# the README's commands: the recipe is segmentation/upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.py.
+_base_ = ['./segmentation/upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.py']

@@ -9,7 +9,8 @@ import pytest
 import timm
 import torch
 
-from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import UniAdapterViT
+from lightly_glare.weights.export import load_adapted_backbone
 from tests.conftest import real_photo
 
 ROOT = Path(__file__).resolve().parents[1]

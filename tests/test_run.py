@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import lightly_glare
 from lightly_glare import cli, precision
 from lightly_glare.data import BadImagesError, ImageReadError, draw_order
-from lightly_glare.models import UniAdapterViT, load_adapted_backbone
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.pretraining import cli as pretrain_cli
 from lightly_glare.pretraining import run, run_checks, run_files
 from lightly_glare.pretraining.job import FolderPretraining
@@ -33,6 +33,7 @@ from lightly_glare.pretraining.run_files import (
     TIMM_VIT,
     OutputWriteError,
 )
+from lightly_glare.weights import load_adapted_backbone
 from tests.conftest import real_photo
 from tests.test_training import _folder_job
 

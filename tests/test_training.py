@@ -11,14 +11,7 @@ from torch.utils.data import DataLoader
 from lightly_glare import precision
 from lightly_glare.data import ImageFolderDataset
 from lightly_glare.loss import GlareLoss
-from lightly_glare.models import (
-    GLARE,
-    CheckpointMismatchError,
-    GlareProjectionHead,
-    UniAdapterViT,
-    load_adapted_backbone,
-    load_exported_checkpoint,
-)
+from lightly_glare.models import GLARE, GlareProjectionHead, UniAdapterViT
 from lightly_glare.pretraining.folder import (
     build_folder_job,
     folder_loader,
@@ -36,9 +29,15 @@ from lightly_glare.pretraining.loop import (
     train_steps,
 )
 from lightly_glare.transforms import GlareTransform
-from lightly_glare.weights import build_backbone, load_projection_heads
+from lightly_glare.weights import (
+    CheckpointMismatchError,
+    build_backbone,
+    load_adapted_backbone,
+    load_exported_checkpoint,
+    load_projection_heads,
+)
 from tests.conftest import make_vit, real_photo
-from tests.weights.test_heads import official_head
+from tests.weights.test_checkpoint_heads import official_head
 
 
 @pytest.fixture

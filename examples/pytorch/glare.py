@@ -27,7 +27,6 @@ from lightly_glare.models import (
     CrossAttentionRegionPooling,
     GlareProjectionHead,
     UniAdapterViT,
-    export_adapted_backbone,
 )
 from lightly_glare.models.geometry import match_patches, transfer_masks
 from lightly_glare.pretraining.loop import (
@@ -39,6 +38,7 @@ from lightly_glare.pretraining.loop import (
 )
 from lightly_glare.transforms import GlareTransform, PatchBlur
 from lightly_glare.weights import create_vit
+from lightly_glare.weights.export import export_adapted_backbone
 
 
 class GLARE(nn.Module):

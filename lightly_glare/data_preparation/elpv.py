@@ -104,6 +104,18 @@ def load_elpv_labels(root: str | os.PathLike[str]) -> list[ElpvRecord]:
         ]
 
 
+def _split_summary(chosen: list[tuple[str, float, str]]) -> dict[str, Any]:
+    """Images, defect-probability and cell-type counts of one split's rows."""
+    probabilities = sorted({round(p, 4) for _, p, _ in chosen})
+    return {
+        "images": len(chosen),
+        "defect_probability": {
+            str(p): sum(round(q, 4) == p for _, q, _ in chosen) for p in probabilities
+        },
+        "cell_type": {t: sum(c == t for _, _, c in chosen) for t in ("mono", "poly")},
+    }
+
+
 def prepare_elpv(
     out: str | os.PathLike[str],
     train_fraction: float = 0.75,
@@ -169,17 +181,7 @@ def prepare_elpv(
         (stage.path / "LICENSE_NOTE.txt").write_text(LICENSE_NOTE, encoding="utf-8")
         for split in ("train", "test"):
             chosen = [r for r, s in zip(rows, splits, strict=True) if s == split]
-            probabilities = sorted({round(p, 4) for _, p, _ in chosen})
-            summary[split] = {
-                "images": len(chosen),
-                "defect_probability": {
-                    str(p): sum(round(q, 4) == p for _, q, _ in chosen)
-                    for p in probabilities
-                },
-                "cell_type": {
-                    t: sum(c == t for _, _, c in chosen) for t in ("mono", "poly")
-                },
-            }
+            summary[split] = _split_summary(chosen)
         manifest: dict[str, Any] = {
             "dataset": "elpv",
             "version": PREPARATION_VERSION,

@@ -191,6 +191,32 @@ def prepare_mri(
     log(f"mri: fetching nilearn=={NILEARN_VERSION}")
     wheel = fetch_distribution("nilearn", NILEARN_VERSION, cache_dir)
     log("mri: reading the MNI ICBM152 2009a T1, GM and WM volumes")
+    t1_8bit, labels = _read_volumes(wheel, tissue_threshold)
+    fractions = (labels > 0).mean(axis=(0, 1))
+    kept = [int(z) for z in np.flatnonzero(fractions > min_brain_fraction)]
+    splits = slice_splits(kept, block_size, val_every, gap)
+    masks: dict[str, list[NDArray[np.uint8]]] = {"train": [], "val": []}
+    with StagedOutput(root) as stage:
+        records = [
+            _write_slice(stage.path, t1_8bit, labels, z, splits[z], fractions, masks)
+            for z in kept
+        ]
+        manifest: dict[str, Any] = {
+            "dataset": "mri",
+            "version": PREPARATION_VERSION,
+            "params": params,
+            "sources": {f"nilearn=={NILEARN_VERSION}": wheel.name},
+            "summary": _summary(t1_8bit.shape, splits, masks),
+            "slices": records,
+        }
+        stage.commit(manifest)
+    return manifest
+
+
+def _read_volumes(
+    wheel: Path, tissue_threshold: float
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """The 8-bit T1 volume and its tissue labels, from the nilearn wheel."""
     t1, gm, wm = (
         read_nifti_bytes(read_member(wheel, _MEMBER.format(k)))
         for k in ("t1", "gm", "wm")
@@ -199,51 +225,59 @@ def prepare_mri(
         raise ValueError(f"Volume shapes differ: {t1.shape}, {gm.shape}, {wm.shape}.")
     t1_8bit = t1 if t1.dtype == np.uint8 else stretch_to_uint8(t1)
     labels = tissue_labels(to_probability(gm), to_probability(wm), tissue_threshold)
-    fractions = (labels > 0).mean(axis=(0, 1))
-    kept = [int(z) for z in np.flatnonzero(fractions > min_brain_fraction)]
-    splits = slice_splits(kept, block_size, val_every, gap)
-    masks: dict[str, list[NDArray[np.uint8]]] = {"train": [], "val": []}
-    records = []
-    with StagedOutput(root) as stage:
-        for z in kept:
-            split = splits[z]
-            name = f"mni152_z{z:03d}.png"
-            record: dict[str, Any] = {
-                "z": z,
-                "split": split,
-                "tissue_fraction": round(float(fractions[z]), 4),
-            }
-            if split != "gap":
-                image = grey_to_rgb(axial_slice(t1_8bit, z))
-                mask = axial_slice(labels, z)
-                save_png(image, stage.path / "img_dir" / split / name)
-                save_png(mask, stage.path / "ann_dir" / split / name)
-                masks[split].append(mask)
-                record["image"] = f"img_dir/{split}/{name}"
-                record["ann"] = f"ann_dir/{split}/{name}"
-                if split == "train":
-                    save_png(image, stage.path / "unlabeled" / name)
-                    record["unlabeled"] = f"unlabeled/{name}"
-            records.append(record)
-        classes = tuple(MRI_METAINFO["classes"])
-        summary = {
-            "volume_shape": list(t1.shape),
-            "slices": {
-                split: sum(s == split for s in splits.values())
-                for split in ("train", "val", "gap")
-            },
-            "unlabeled": len(masks["train"]),
-            "class_pixel_frequencies": {
-                split: class_frequencies(m, classes) for split, m in masks.items()
-            },
-        }
-        manifest: dict[str, Any] = {
-            "dataset": "mri",
-            "version": PREPARATION_VERSION,
-            "params": params,
-            "sources": {f"nilearn=={NILEARN_VERSION}": wheel.name},
-            "summary": summary,
-            "slices": records,
-        }
-        stage.commit(manifest)
-    return manifest
+    return t1_8bit, labels
+
+
+def _summary(
+    shape: tuple[int, ...],
+    splits: dict[int, str],
+    masks: dict[str, list[NDArray[np.uint8]]],
+) -> dict[str, Any]:
+    """The manifest's ``summary``: slices per split, class pixel frequencies."""
+    classes = tuple(MRI_METAINFO["classes"])
+    return {
+        "volume_shape": list(shape),
+        "slices": {
+            split: sum(s == split for s in splits.values())
+            for split in ("train", "val", "gap")
+        },
+        "unlabeled": len(masks["train"]),
+        "class_pixel_frequencies": {
+            split: class_frequencies(m, classes) for split, m in masks.items()
+        },
+    }
+
+
+def _write_slice(
+    folder: Path,
+    t1_8bit: NDArray[np.uint8],
+    labels: NDArray[np.uint8],
+    z: int,
+    split: str,
+    fractions: NDArray[np.floating[Any]],
+    masks: dict[str, list[NDArray[np.uint8]]],
+) -> dict[str, Any]:
+    """Writes axial slice ``z`` into its split (none for ``gap``); its record.
+
+    The slice's mask is appended to ``masks[split]``; train slices are also
+    written, image only, to ``unlabeled``.
+    """
+    name = f"mni152_z{z:03d}.png"
+    record: dict[str, Any] = {
+        "z": z,
+        "split": split,
+        "tissue_fraction": round(float(fractions[z]), 4),
+    }
+    if split == "gap":
+        return record
+    image = grey_to_rgb(axial_slice(t1_8bit, z))
+    mask = axial_slice(labels, z)
+    save_png(image, folder / "img_dir" / split / name)
+    save_png(mask, folder / "ann_dir" / split / name)
+    masks[split].append(mask)
+    record["image"] = f"img_dir/{split}/{name}"
+    record["ann"] = f"ann_dir/{split}/{name}"
+    if split == "train":
+        save_png(image, folder / "unlabeled" / name)
+        record["unlabeled"] = f"unlabeled/{name}"
+    return record

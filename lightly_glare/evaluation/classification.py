@@ -19,7 +19,7 @@ as elpv's defect classes.
 Features come from :func:`extract_features`: the first class token and the
 mean of the patch tokens of a :class:`~lightly_glare.models.UniAdapterViT`
 (the frozen source model with zero-initialised adapters, or a GLARE export
-loaded with :func:`~lightly_glare.models.load_adapted_backbone`).
+loaded with :func:`~lightly_glare.weights.load_adapted_backbone`).
 
 Examples:
     >>> feats = extract_features(backbone, images)        # images: (N, 3, H, W)

@@ -3,6 +3,7 @@
 from lightly_glare.loss.glare_loss import GlareLoss, PairLike, as_pair
 from lightly_glare.loss.glare_output import (
     ALL_TERMS,
+    DEFAULT_OUTPUT_DIM,
     GLOBAL,
     LOCAL_DISTORTION,
     LOCAL_MATCHING,
@@ -24,6 +25,7 @@ from lightly_glare.loss.teacher_statistics import (
 
 __all__ = [
     "ALL_TERMS",
+    "DEFAULT_OUTPUT_DIM",
     "GLOBAL",
     "LOCAL_DISTORTION",
     "LOCAL_MATCHING",

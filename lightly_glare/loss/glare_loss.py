@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from lightly_glare.loss.glare_output import (
     ALL_TERMS,
+    DEFAULT_OUTPUT_DIM,
     GLOBAL,
     LOCAL_DISTORTION,
     LOCAL_MATCHING,
@@ -18,9 +19,14 @@ from lightly_glare.loss.glare_output import (
     GlareOutput,
     MatchedPair,
 )
-from lightly_glare.loss.self_distillation_loss import GlareLocalLoss, GlareRegionalLoss
+from lightly_glare.loss.self_distillation_loss import (
+    CENTER_MOMENTUM,
+    STUDENT_TEMP,
+    TEACHER_TEMP,
+    GlareLocalLoss,
+    GlareRegionalLoss,
+)
 from lightly_glare.loss.teacher_statistics import TeacherStatistics, teacher_statistics
-from lightly_glare.models.heads import DEFAULT_OUTPUT_DIM
 
 #: A term's matched projections: a pair, or ``(teacher, student[, valid])``.
 PairLike = MatchedPair | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor | None]
@@ -83,17 +89,17 @@ class GlareLoss(nn.Module):
         regional_weight: float = 1.0,
         local_distortion_weight: float = 1.0,
         local_matching_weight: float = 1.0,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
+        student_temp: float = STUDENT_TEMP,
+        teacher_temp: float = TEACHER_TEMP,
+        warmup_teacher_temp: float = TEACHER_TEMP,
         warmup_teacher_temp_epochs: int = 0,
-        center_momentum: float = 0.9,
+        center_momentum: float = CENTER_MOMENTUM,
     ) -> None:
         """Creates the loss.
 
         Args:
             output_dim: Output dimension of the [CLS]/region head. Defaults to
-                the heads' default, :data:`~lightly_glare.models.DEFAULT_OUTPUT_DIM`.
+                the heads' default, :data:`~lightly_glare.loss.DEFAULT_OUTPUT_DIM`.
             patch_output_dim: Output dimension of the patch head; None means
                 ``output_dim``.
             global_weight: Weight of the global term.

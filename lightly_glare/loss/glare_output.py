@@ -12,6 +12,11 @@ LOCAL_DISTORTION = "local_distortion"
 LOCAL_MATCHING = "local_matching"
 #: The four GLARE consistency terms, in the order they are reported.
 ALL_TERMS: tuple[str, ...] = (GLOBAL, REGIONAL, LOCAL_DISTORTION, LOCAL_MATCHING)
+#: Default size K of the projections: the output size of GLARE's heads and of
+#: the loss's centres (ours; DINO uses 65,536, too large for dense terms on a
+#: small target domain). Defined here, with the projections both sides share,
+#: so that the loss needs nothing from the models.
+DEFAULT_OUTPUT_DIM = 8192
 
 
 @dataclass

@@ -11,6 +11,13 @@ from torch.autograd.function import once_differentiable
 
 from lightly_glare.loss.teacher_statistics import TeacherStatistics, teacher_statistics
 
+#: Student softmax temperature (DINO).
+STUDENT_TEMP = 0.1
+#: Teacher softmax temperature after any warm-up (DINO).
+TEACHER_TEMP = 0.04
+#: EMA momentum of the teacher center (DINO).
+CENTER_MOMENTUM = 0.9
+
 
 class SelfDistillationLoss(nn.Module):
     """Cross-entropy between centred, sharpened teacher and student distributions.
@@ -47,9 +54,9 @@ class SelfDistillationLoss(nn.Module):
     def __init__(
         self,
         output_dim: int,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        center_momentum: float = 0.9,
+        student_temp: float = STUDENT_TEMP,
+        teacher_temp: float = TEACHER_TEMP,
+        center_momentum: float = CENTER_MOMENTUM,
     ) -> None:
         super().__init__()
         if student_temp <= 0 or teacher_temp <= 0:

@@ -11,29 +11,21 @@ the ``Patch*`` classes users pick are exported by
 :mod:`lightly_glare.transforms`). Import them from those modules.
 """
 
+from lightly_glare.loss.glare_output import DEFAULT_OUTPUT_DIM
 from lightly_glare.models.adapted_vit import (
-    ATTENTION_KERNELS,
-    AttentionKernel,
     BackboneOutput,
     TrainableReport,
     UniAdapterViT,
-    attention_with_cls_map,
 )
-from lightly_glare.models.export import (
-    CheckpointMismatchError,
-    NonFiniteWeightsError,
-    check_finite,
-    check_state_dict,
-    export_adapted_backbone,
-    load_adapted_backbone,
-    load_exported_checkpoint,
-    save_atomic,
+from lightly_glare.models.block_kernels import (
+    ATTENTION_KERNELS,
+    AttentionKernel,
+    attention_with_cls_map,
 )
 from lightly_glare.models.glare import (
     DEFAULT_LOCAL_PATCHES_PER_VIEW,
     DEFAULT_STUDENT_DROP_PATH,
     GLARE,
-    parse_patch_count,
 )
 from lightly_glare.models.head_init import (
     DEFAULT_HEAD_INIT_IMAGES,
@@ -42,8 +34,7 @@ from lightly_glare.models.head_init import (
     initialize_heads_from_data,
     spherical_kmeans,
 )
-from lightly_glare.models.heads import (
-    DEFAULT_OUTPUT_DIM,
+from lightly_glare.models.projection_head import (
     GlareProjectionHead,
     head_state_dict,
 )
@@ -65,7 +56,6 @@ __all__ = [
     "DEFAULT_STUDENT_DROP_PATH",
     "DEFAULT_OUTPUT_DIM",
     "GLARE",
-    "parse_patch_count",
     "GlareProjectionHead",
     "DEFAULT_HEAD_INIT_IMAGES",
     "HeadInitialization",
@@ -75,20 +65,12 @@ __all__ = [
     "head_state_dict",
     "AttentionRegionSampler",
     "BackboneOutput",
-    "CheckpointMismatchError",
-    "NonFiniteWeightsError",
-    "check_finite",
     "CrossAttentionRegionPooling",
     "TrainableReport",
     "UniAdapter",
     "UniAdapterViT",
     "attention_mass_masks",
     "attention_with_cls_map",
-    "check_state_dict",
-    "export_adapted_backbone",
-    "load_adapted_backbone",
-    "load_exported_checkpoint",
-    "save_atomic",
     "count_adapter_parameters",
     "default_bottleneck",
 ]

@@ -18,3 +18,6 @@ PATCH_RATIO = 0.3
 MOMENTUM_START = 0.996
 #: Teacher EMA momentum at the last step.
 MOMENTUM_END = 1.0
+#: (min, max) Gaussian blur sigma in pixels, of the image and the patch blur
+#: (DINO's range).
+BLUR_SIGMAS = (0.1, 2.0)

@@ -38,6 +38,7 @@ __all__ = [
     "match_patches",
     "nearest_patch_index",
     "patch_centers",
+    "patch_grid_mask_to_pixels",
     "transfer_masks",
     "view_geometry",
 ]
@@ -458,3 +459,23 @@ def crop_overlap(geometry_a: Tensor, geometry_b: Tensor) -> Tensor:
         geometry_a[..., 2] * geometry_a[..., 3], geometry_b[..., 2] * geometry_b[..., 3]
     )
     return intersection / smaller.clamp_min(torch.finfo(smaller.dtype).tiny)
+
+
+def patch_grid_mask_to_pixels(
+    mask: Tensor, grid: tuple[int, int], patch_size: int
+) -> Tensor:
+    """Expands a patch mask to a pixel mask.
+
+    Args:
+        mask: Boolean patch mask with shape (B, h * w), row-major.
+        grid: Patch grid (h, w).
+        patch_size: Patch side p in pixels.
+
+    Returns:
+        Boolean pixel mask with shape (B, 1, h * p, w * p).
+    """
+    batch = mask.shape[0]
+    h, w = grid
+    pixels = mask.reshape(batch, 1, h, 1, w, 1)  # (B, 1, h, 1, w, 1)
+    pixels = pixels.expand(batch, 1, h, patch_size, w, patch_size)  # (B,1,h,p,w,p)
+    return pixels.reshape(batch, 1, h * patch_size, w * patch_size)  # (B, 1, H, W)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from lightly.models.utils import update_momentum
@@ -25,32 +23,32 @@ from lightly_glare.loss.glare_output import (
 from lightly_glare.models.adapted_vit import (
     BackboneOutput,
     UniAdapterViT,
-    check_drop_path,
 )
-from lightly_glare.models.export import (
-    CheckpointMismatchError,
-    export_adapted_backbone,
+from lightly_glare.models.defaults import ADAPTER_SCALE
+from lightly_glare.models.glare_parts import (
+    build_heads,
+    check_options,
+    deepcopy_module,
 )
-from lightly_glare.models.geometry import (
-    bilinear_gather,
-    map_patch_centers,
-    transfer_masks,
+from lightly_glare.models.glare_terms import (
+    LocalPatches,
+    RegionMatch,
+    TokenPair,
+    local_distortion_tokens,
+    local_matching_tokens,
+    project_pairs,
+    regional_tokens,
 )
-from lightly_glare.models.heads import GlareProjectionHead
 from lightly_glare.models.patch_augmentations import (
     PatchAugmentation,
     PatchBlur,
-    _rand,
 )
 from lightly_glare.models.region_pooling import CrossAttentionRegionPooling
 from lightly_glare.models.region_sampler import AttentionRegionSampler
 
 if TYPE_CHECKING:  # lightly_glare.weights imports this package
-    from lightly_glare.weights.heads import CheckpointHeads
+    from lightly_glare.weights.checkpoint_heads import CheckpointHeads
 
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
-RegionMatch = Literal["geometry", "attention"]
-LocalPatches = Literal["distorted", "all"]
 
 #: Default patch pairs per image and view of each local term (ours): the cheapest
 #: K tested (2, 4, every patch) whose segmentation transfer is not below every
@@ -66,111 +64,19 @@ DEFAULT_LOCAL_PATCHES_PER_VIEW = 2
 DEFAULT_STUDENT_DROP_PATH = 0.3
 
 
-def parse_patch_count(value: str) -> int | None:
-    """A ``local_patches_per_view`` as typed: a positive integer, or ``all``.
-
-    The one parser of the tools' ``--local-patches-per-view K`` (argparse shows
-    the message of a ``ValueError`` re-raised as ``ArgumentTypeError``).
-
-    Args:
-        value: E.g. ``"4"`` or ``"all"``.
-
-    Returns:
-        The count; None for ``all`` (every valid patch, see :class:`GLARE`).
-
-    Raises:
-        ValueError: ``value`` is neither a positive integer nor ``all``; the
-            message names it.
-    """
-    if value == "all":
-        return None
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0  # not an integer: refused below with the same message
-    if count < 1:
-        raise ValueError(f"expected a positive integer or 'all', got {value!r}")
-    return count
-
-
-def _deepcopy(module: ModuleT) -> ModuleT:
-    """``copy.deepcopy`` with an error that names the module that cannot be copied."""
-    try:
-        return copy.deepcopy(module)
-    except RuntimeError as error:  # e.g. torch.nn.utils.weight_norm's hooks
+def _check_views(views: Sequence[Tensor], geometry: Tensor) -> int:
+    """The batch size B of two equal views, refusing other shapes."""
+    if len(views) != 2 or views[0].shape != views[1].shape:
         raise ValueError(
-            f"GLARE's EMA teacher copies the student's modules with copy.deepcopy, "
-            f"which failed ({error}). Heads built with the hook-based "
-            "torch.nn.utils.weight_norm (lightly's DINOProjectionHead) cannot be "
-            "copied: use lightly_glare.models.GlareProjectionHead (same function)."
-        ) from error
-
-
-def _sizes_of(head: nn.Module) -> str:
-    """``input_dim=..., output_dim=...`` of a head, for messages."""
-    names = ("input_dim", "hidden_dim", "bottleneck_dim", "output_dim", "num_layers")
-    sizes = [f"{name}={getattr(head, name)}" for name in names if hasattr(head, name)]
-    return ", ".join(sizes) or type(head).__name__
-
-
-def _reinitialised_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` with freshly initialised weights.
-
-    Uses the module's own ``reset_parameters`` (e.g.
-    :meth:`GlareProjectionHead.reset_parameters`), else that of each submodule.
-    """
-    fresh = _deepcopy(module)
-    reset = getattr(fresh, "reset_parameters", None)
-    if callable(reset):
-        reset()
-        return fresh
-    for submodule in fresh.modules():
-        if callable(getattr(submodule, "reset_parameters", None)):
-            submodule.reset_parameters()  # type: ignore[operator]
-    return fresh
-
-
-@dataclass
-class _TokenPair:
-    """Matched student and teacher tokens of one term, before the projection.
-
-    Attributes:
-        student: Student tokens, shape (M, D).
-        teacher: The teacher's target tokens, shape (M, D).
-        head: ``"head"`` ([CLS] / regions) or ``"patch_head"``.
-        valid: Which of the M pairs count, shape (M,); None: all.
-    """
-
-    student: Tensor
-    teacher: Tensor
-    head: str
-    valid: Tensor | None = None
-
-
-def _sample_patches(
-    candidates: Tensor, count: int, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """Draws a fixed number of patches per row, uniformly among the candidates.
-
-    The patches with the ``count`` largest uniform random scores, candidates
-    ranked before every other patch (masked ``topk``): a uniform random subset
-    of the candidates, or all of them plus non-candidates as padding when a row
-    has fewer than ``count``. Shapes never depend on the data and nothing
-    synchronises with the host.
-
-    Args:
-        candidates: Boolean mask of the patches to sample from, shape (B, N).
-        count: Patches drawn per row; capped at N.
-        generator: Optional random generator.
-
-    Returns:
-        ``(index, valid)``, each with shape (B, min(count, N)): the drawn patch
-        indices (distinct within a row) and whether each one is a candidate.
-    """
-    scores = _rand(candidates.shape, generator, candidates.device)  # (B, N), [0, 1)
-    scores = scores.masked_fill(~candidates, -1.0)  # candidates rank first
-    index = scores.topk(min(count, candidates.shape[1]), dim=1).indices  # (B, K)
-    return index, candidates.gather(1, index)
+            "GLARE expects two views of equal shape, got "
+            f"{[tuple(view.shape) for view in views]}."
+        )
+    batch = views[0].shape[0]
+    if geometry.shape != (batch, 2, 5):
+        raise ValueError(
+            f"Expected geometry of shape ({batch}, 2, 5), got {tuple(geometry.shape)}."
+        )
+    return int(batch)
 
 
 class GLARE(nn.Module):
@@ -225,6 +131,62 @@ class GLARE(nn.Module):
         local_patches_per_view: Patch pairs per image and view of each local
             term (None: every valid patch).
 
+    Args:
+        backbone: A timm ``VisionTransformer`` (adapters are inserted and the
+            backbone frozen) or an existing :class:`UniAdapterViT`.
+        head: Projection head of the [CLS] token and the regions, e.g. a
+            :class:`GlareProjectionHead` (the default, with its default
+            sizes) or lightly's ``DINOProjectionHead``. The teacher's is a
+            deep copy.
+        patch_head: Projection head of the patch tokens. None: a deep copy
+            of ``head`` with fresh initial weights (iBOT's untied heads), or
+            ``head`` itself with ``share_patch_head``.
+        share_patch_head: Use ``head`` for patches too (iBOT's tied variant).
+            Defaults to False (untied).
+        terms: Terms to compute; pass ``GlareLoss.active_terms`` so that
+            switched-off terms cost nothing.
+        adapter_bottleneck: Adapter bottleneck when wrapping a plain ViT.
+            Defaults to None: ``embed_dim // 12`` (ours).
+        adapter_scale: Adapter output scale when wrapping a plain ViT.
+            Defaults to 0.1 (UniAdapter).
+        freeze_heads: Freeze the heads (the paper's literal reading: only
+            adapters train); load head weights before training then.
+        patch_augmentation: Distortion applied to the student's views.
+            None: :class:`PatchBlur` on 30 % of the patches (ours) when the
+            local distortion term is computed, else no distortion (the
+            distortion exists for L_loc1; without it, e.g. for DINO-only
+            continual pre-training, the student sees the clean views).
+        region_sampler: Defaults to :class:`AttentionRegionSampler` with
+            ``min(heads, 6)`` regions, mass 0.6.
+        region_pooling: Defaults to a parameter-free
+            :class:`CrossAttentionRegionPooling`.
+        region_match: ``"geometry"`` maps each region into the other view
+            through the crop boxes (default); ``"attention"`` lets the region
+            representation from view a attend over all patches of view b.
+        min_region_patches: A region with fewer patches than this in either
+            view is skipped. Defaults to 2 (ours).
+        local_distortion_patches: ``"distorted"`` (default) compares only the
+            distorted patches in L_loc1; ``"all"`` compares every patch.
+        local_patches_per_view: Cost bound (ours): each local term uses K
+            patch pairs per image and view, drawn uniformly (with the step's
+            ``generator``) from its valid patches (L_loc1: the distorted ones;
+            L_loc2: those whose centre lies inside the other view), so that
+            the patch heads see ``2 * B * K`` tokens per term instead of
+            hundreds per image, with fixed shapes (no host sync). An image
+            with fewer valid patches contributes all of them (the remaining
+            slots are marked invalid in :attr:`MatchedPair.valid`). K is
+            capped at the number of patches. Defaults to
+            :data:`DEFAULT_LOCAL_PATCHES_PER_VIEW` (2). None: every valid
+            patch (boolean indexing: data-dependent shapes, a host sync).
+        student_drop_path: Sample-skipping stochastic depth of the
+            student's frozen blocks in training (ours, as DINOv2 and
+            LightlyTrain train their students): each block's attention
+            and MLP branch runs on a random ``1 - student_drop_path``
+            share of the 2B rows, scaled up to keep its expectation (see
+            :meth:`UniAdapterViT.forward_features`); the adapters, the
+            teacher and evaluation see every row. Defaults to
+            :data:`DEFAULT_STUDENT_DROP_PATH`.
+
     Examples:
         >>> vit = timm.create_model("vit_small_patch16_224", num_classes=0)
         >>> criterion = GlareLoss()
@@ -242,7 +204,7 @@ class GLARE(nn.Module):
         share_patch_head: bool = False,
         terms: Collection[str] = ALL_TERMS,
         adapter_bottleneck: int | None = None,
-        adapter_scale: float = 0.1,
+        adapter_scale: float = ADAPTER_SCALE,
         freeze_heads: bool = False,
         patch_augmentation: PatchAugmentation | None = None,
         region_sampler: AttentionRegionSampler | None = None,
@@ -253,88 +215,17 @@ class GLARE(nn.Module):
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
         student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,
     ) -> None:
-        """Builds student and teacher.
-
-        Args:
-            backbone: A timm ``VisionTransformer`` (adapters are inserted and the
-                backbone frozen) or an existing :class:`UniAdapterViT`.
-            head: Projection head of the [CLS] token and the regions, e.g. a
-                :class:`GlareProjectionHead` (the default, with its default
-                sizes) or lightly's ``DINOProjectionHead``. The teacher's is a
-                deep copy.
-            patch_head: Projection head of the patch tokens. None: a deep copy
-                of ``head`` with fresh initial weights (iBOT's untied heads), or
-                ``head`` itself with ``share_patch_head``.
-            share_patch_head: Use ``head`` for patches too (iBOT's tied variant).
-                Defaults to False (untied).
-            terms: Terms to compute; pass ``GlareLoss.active_terms`` so that
-                switched-off terms cost nothing.
-            adapter_bottleneck: Adapter bottleneck when wrapping a plain ViT.
-                Defaults to None: ``embed_dim // 12`` (ours).
-            adapter_scale: Adapter output scale when wrapping a plain ViT.
-                Defaults to 0.1 (UniAdapter).
-            freeze_heads: Freeze the heads (the paper's literal reading: only
-                adapters train); load head weights before training then.
-            patch_augmentation: Distortion applied to the student's views.
-                None: :class:`PatchBlur` on 30 % of the patches (ours) when the
-                local distortion term is computed, else no distortion (the
-                distortion exists for L_loc1; without it, e.g. for DINO-only
-                continual pre-training, the student sees the clean views).
-            region_sampler: Defaults to :class:`AttentionRegionSampler` with
-                ``min(heads, 6)`` regions, mass 0.6.
-            region_pooling: Defaults to a parameter-free
-                :class:`CrossAttentionRegionPooling`.
-            region_match: ``"geometry"`` maps each region into the other view
-                through the crop boxes (default); ``"attention"`` lets the region
-                representation from view a attend over all patches of view b.
-            min_region_patches: A region with fewer patches than this in either
-                view is skipped. Defaults to 2 (ours).
-            local_distortion_patches: ``"distorted"`` (default) compares only the
-                distorted patches in L_loc1; ``"all"`` compares every patch.
-            local_patches_per_view: Cost bound (ours): each local term uses K
-                patch pairs per image and view, drawn uniformly (with the step's
-                ``generator``) from its valid patches (L_loc1: the distorted ones;
-                L_loc2: those whose centre lies inside the other view), so that
-                the patch heads see ``2 * B * K`` tokens per term instead of
-                hundreds per image, with fixed shapes (no host sync). An image
-                with fewer valid patches contributes all of them (the remaining
-                slots are marked invalid in :attr:`MatchedPair.valid`). K is
-                capped at the number of patches. Defaults to
-                :data:`DEFAULT_LOCAL_PATCHES_PER_VIEW` (2). None: every valid
-                patch (boolean indexing: data-dependent shapes, a host sync).
-            student_drop_path: Sample-skipping stochastic depth of the
-                student's frozen blocks in training (ours, as DINOv2 and
-                LightlyTrain train their students): each block's attention
-                and MLP branch runs on a random ``1 - student_drop_path``
-                share of the 2B rows, scaled up to keep its expectation (see
-                :meth:`UniAdapterViT.forward_features`); the adapters, the
-                teacher and evaluation see every row. Defaults to
-                :data:`DEFAULT_STUDENT_DROP_PATH`.
-        """
+        """Builds student and teacher (the arguments: see :class:`GLARE`)."""
         super().__init__()
-        unknown = set(terms) - set(ALL_TERMS)
-        if unknown or not terms:
-            raise ValueError(
-                f"terms must be a non-empty subset of {ALL_TERMS}, got {tuple(terms)}."
-            )
-        if region_match not in ("geometry", "attention"):
-            raise ValueError(
-                f"region_match must be 'geometry' or 'attention', got {region_match!r}."
-            )
-        if local_distortion_patches not in ("distorted", "all"):
-            raise ValueError(
-                "local_distortion_patches must be 'distorted' or 'all', got "
-                f"{local_distortion_patches!r}."
-            )
-        if local_patches_per_view is not None and local_patches_per_view < 1:
-            raise ValueError(
-                "local_patches_per_view must be None or a positive integer, got "
-                f"{local_patches_per_view}."
-            )
-        check_drop_path(student_drop_path, "student_drop_path")
-        if share_patch_head and patch_head is not None:
-            raise ValueError("Pass either patch_head or share_patch_head=True.")
-        self.terms = tuple(term for term in ALL_TERMS if term in terms)
+        self.terms = check_options(
+            terms,
+            region_match,
+            local_distortion_patches,
+            local_patches_per_view,
+            student_drop_path,
+            share_patch_head,
+            patch_head,
+        )
         if patch_augmentation is None and LOCAL_DISTORTION in self.terms:
             patch_augmentation = PatchBlur()
         if isinstance(backbone, UniAdapterViT):
@@ -344,16 +235,9 @@ class GLARE(nn.Module):
                 backbone, bottleneck=adapter_bottleneck, scale=adapter_scale
             )
         dim = self.backbone.embed_dim
-        self.student_head = head or GlareProjectionHead(dim)
-        if share_patch_head:
-            self.student_patch_head = self.student_head
-        else:
-            self.student_patch_head = patch_head or _reinitialised_copy(
-                self.student_head
-            )
-        if freeze_heads:
-            self.student_head.requires_grad_(False)
-            self.student_patch_head.requires_grad_(False)
+        self.student_head, self.student_patch_head = build_heads(
+            dim, head, patch_head, share_patch_head, freeze_heads
+        )
         self.region_pooling = region_pooling or CrossAttentionRegionPooling(dim)
         self.region_sampler = region_sampler or AttentionRegionSampler()
         self.patch_augmentation = patch_augmentation
@@ -364,7 +248,7 @@ class GLARE(nn.Module):
         self.student_drop_path = student_drop_path
         # One deep copy of all student modules: a head shared between [CLS]
         # and patches stays shared in the teacher.
-        self.teacher = _deepcopy(self._student_modules())
+        self.teacher = deepcopy_module(self._student_modules())
         self.teacher.requires_grad_(False)
 
     def load_heads(self, heads: CheckpointHeads) -> list[str]:
@@ -390,42 +274,17 @@ class GLARE(nn.Module):
             CheckpointMismatchError: A head of this model has other sizes than
                 the checkpoint's (the message names both and the fix).
         """
-        other = {"student": "teacher", "teacher": "student"}
-        separate_patch_heads = (heads.student_patch or heads.teacher_patch) is not None
-        shared = self.student_patch_head is self.student_head
+        # lightly_glare.weights imports this package: import at call time.
+        from lightly_glare.weights.checkpoint_heads import load_heads_into
+
         targets = {
             ("student", "head"): self.student_head,
             ("teacher", "head"): self.teacher["head"],
-            ("student", "patch_head"): self.student_patch_head,
-            ("teacher", "patch_head"): self.teacher["patch_head"],
         }
-        plan = []
-        for (network, kind), module in targets.items():
-            if kind == "patch_head" and shared:
-                continue
-            use_patch = kind == "patch_head" and separate_patch_heads
-            suffix = "_patch" if use_patch else ""
-            source = network if getattr(heads, network + suffix) else other[network]
-            state = getattr(heads, source + suffix)
-            if state is not None:
-                label = f"{network} {kind.replace('_', ' ')}"
-                plan.append((module, state, label, f"{source}{suffix} head"))
-        for module, state, label, source in plan:  # all or nothing
-            try:
-                _deepcopy(module).load_state_dict(state, strict=True)
-            except RuntimeError as error:
-                sizes = heads.patch_sizes if "patch" in source else heads.sizes
-                raise CheckpointMismatchError(
-                    f"{heads.source}: the checkpoint's {source} has sizes "
-                    f"{sizes}, which this model's {label} ({_sizes_of(module)}) "
-                    "cannot hold. Build the head with the checkpoint's sizes "
-                    f"(output_dim={getattr(sizes, 'output_dim', '?')}) or do not "
-                    "load the checkpoint's heads."
-                ) from error
-        for module, state, _, _ in plan:
-            module.load_state_dict(state, strict=True)
-        loaded = [f"{label} <- {source}" for _, _, label, source in plan]
-        return loaded
+        if self.student_patch_head is not self.student_head:
+            targets[("student", "patch_head")] = self.student_patch_head
+            targets[("teacher", "patch_head")] = self.teacher["patch_head"]
+        return load_heads_into(targets, heads)
 
     @property
     def teacher_adapters(self) -> nn.ModuleList:
@@ -471,6 +330,9 @@ class GLARE(nn.Module):
         Returns:
             The destination path.
         """
+        # lightly_glare.weights imports this package: import at call time.
+        from lightly_glare.weights.export import export_adapted_backbone
+
         adapters = self.teacher_adapters if which == "teacher" else None
         return export_adapted_backbone(
             self.backbone, path, adapters=adapters, extra_meta=extra_meta
@@ -499,17 +361,7 @@ class GLARE(nn.Module):
         Returns:
             The :class:`~lightly_glare.loss.GlareOutput` for ``GlareLoss``.
         """
-        if len(views) != 2 or views[0].shape != views[1].shape:
-            raise ValueError(
-                "GLARE expects two views of equal shape, got "
-                f"{[tuple(view.shape) for view in views]}."
-            )
-        batch = views[0].shape[0]
-        if geometry.shape != (batch, 2, 5):
-            raise ValueError(
-                f"Expected geometry of shape ({batch}, 2, 5), got "
-                f"{tuple(geometry.shape)}."
-            )
+        batch = _check_views(views, geometry)
         clean = torch.cat(list(views))  # (2B, 3, H, W): both views in one pass
         grid = self.backbone.grid_size(clean.shape[2], clean.shape[3])
         with torch.no_grad():
@@ -518,51 +370,27 @@ class GLARE(nn.Module):
                 adapters=self.teacher_adapters,
                 return_cls_attention=REGIONAL in self.terms,
             )
-        needs_distortion = LOCAL_DISTORTION in self.terms
         patch_masks = None
         student_input = clean
         if self.patch_augmentation is not None:
             student_input, patch_masks = self.patch_augmentation(
                 clean, self.backbone.patch_size, generator=generator
             )
-        elif needs_distortion:
+        elif LOCAL_DISTORTION in self.terms:
             raise ValueError("The local distortion term needs a patch augmentation.")
         student = self.backbone.forward_features(
             student_input,
             drop_path=self.student_drop_path if self.training else 0.0,
             generator=generator,
         )
+        tokens, region_masks = self._term_tokens(
+            student, teacher, patch_masks, geometry, grid, generator
+        )
         # Every term's tokens are collected first and each head runs once per
         # network on all of them (ours): one weight-norm recomputation, one
         # low-precision cast of the teacher's weights and larger matmuls
         # instead of one call per term. Rows are projected independently, so
         # the projections are those of separate calls.
-        tokens: dict[str, _TokenPair] = {}
-        if GLOBAL in self.terms:
-            tokens[GLOBAL] = _TokenPair(
-                student.tokens[:, 0], teacher.tokens[:, 0], head="head"
-            )  # (2B, D) each: both views
-        regions = None
-        if REGIONAL in self.terms:
-            assert teacher.cls_attention is not None  # requested above
-            # Drawn before the local pair sampling: local_patches_per_view
-            # leaves the regions unchanged.
-            regions = self.region_sampler(
-                teacher.cls_attention, generator
-            )  # (2B, R, N), (2B, R)
-        if needs_distortion and patch_masks is not None:
-            tokens[LOCAL_DISTORTION] = self._local_distortion(
-                student, teacher, patch_masks, generator
-            )
-        if LOCAL_MATCHING in self.terms:
-            tokens[LOCAL_MATCHING] = self._local_matching(
-                student, teacher, geometry, grid, generator
-            )
-        region_masks = None
-        if regions is not None:
-            tokens[REGIONAL], region_masks = self._regional(
-                student, teacher, geometry, grid, *regions
-            )
         pairs = self._project(tokens)
         output = GlareOutput(teacher_global=[], student_global=[])
         if GLOBAL in pairs:
@@ -576,194 +404,83 @@ class GLARE(nn.Module):
         output.region_masks = region_masks
         return output
 
-    def _project(self, tokens: Mapping[str, _TokenPair]) -> dict[str, MatchedPair]:
-        """Projects every term's tokens with one call of each head and network.
+    def _term_tokens(
+        self,
+        student: BackboneOutput,
+        teacher: BackboneOutput,
+        patch_masks: Tensor | None,
+        geometry: Tensor,
+        grid: tuple[int, int],
+        generator: torch.Generator | None,
+    ) -> tuple[dict[str, TokenPair], Tensor | None]:
+        """The matched tokens of every active term, and the region masks.
 
         Args:
-            tokens: The matched tokens per term.
+            student: The student's backbone output on the distorted views (2B).
+            teacher: The teacher's on the clean views, with the class-token
+                attention when the regional term is active.
+            patch_masks: The distorted patches, shape (2B, N); None: none.
+            geometry: Crop geometry of the views, shape (B, 2, 5).
+            grid: The patch grid (h, w).
+            generator: Generator of the region and pair draws.
 
         Returns:
-            The matched projections per term, in the order of ``tokens``.
+            The token pairs per term and the region masks (2, B, R, N) (None
+            without the regional term).
         """
-        groups: dict[int, list[str]] = {}  # one group per distinct student head
-        for term, pair in tokens.items():
-            groups.setdefault(id(self._student_head(pair.head)), []).append(term)
-        pairs: dict[str, MatchedPair] = {}
-        for terms in groups.values():
-            head = tokens[terms[0]].head
-            sizes = [tokens[term].student.shape[0] for term in terms]
-            student_in = torch.cat([tokens[term].student for term in terms])
-            teacher_in = torch.cat([tokens[term].teacher for term in terms])
-            student_out = self._student_head(head)(student_in)  # (sum M, K)
-            with torch.no_grad():
-                teacher_out = self.teacher[head](teacher_in)  # (sum M, K)
-            for term, student_part, teacher_part in zip(
-                terms,
-                student_out.split(sizes),
-                teacher_out.split(sizes),
-                strict=True,
-            ):
-                pairs[term] = MatchedPair(
-                    teacher=teacher_part, student=student_part, valid=tokens[term].valid
-                )
-        return {term: pairs[term] for term in tokens}
+        tokens: dict[str, TokenPair] = {}
+        if GLOBAL in self.terms:
+            tokens[GLOBAL] = TokenPair(
+                student.tokens[:, 0], teacher.tokens[:, 0], head="head"
+            )  # (2B, D) each: both views
+        regions = None
+        if REGIONAL in self.terms:
+            assert teacher.cls_attention is not None  # requested by forward
+            # Drawn before the local pair sampling: local_patches_per_view
+            # leaves the regions unchanged.
+            regions = self.region_sampler(
+                teacher.cls_attention, generator
+            )  # (2B, R, N), (2B, R)
+        student_patches = self._patch_tokens(student)  # (2B, N, D)
+        teacher_patches = self._patch_tokens(teacher)
+        if LOCAL_DISTORTION in self.terms and patch_masks is not None:
+            tokens[LOCAL_DISTORTION] = local_distortion_tokens(
+                student_patches,
+                teacher_patches,
+                patch_masks,
+                self.local_distortion_patches,
+                self.local_patches_per_view,
+                generator,
+            )
+        if LOCAL_MATCHING in self.terms:
+            tokens[LOCAL_MATCHING] = local_matching_tokens(
+                student_patches,
+                teacher_patches,
+                geometry,
+                grid,
+                self.local_patches_per_view,
+                generator,
+            )
+        region_masks = None
+        if regions is not None:
+            tokens[REGIONAL], region_masks = regional_tokens(
+                (student.tokens[:, 0], student_patches),
+                (teacher.tokens[:, 0], teacher_patches),
+                geometry,
+                grid,
+                regions,
+                (self.region_pooling, self.teacher["region_pooling"]),
+                self.region_match,
+                self.min_region_patches,
+            )
+        return tokens, region_masks
+
+    def _project(self, tokens: Mapping[str, TokenPair]) -> dict[str, MatchedPair]:
+        """The matched projections per term (see :func:`project_pairs`)."""
+        return project_pairs(tokens, self._student_head, self.teacher)
 
     def _student_head(self, head: str) -> nn.Module:
         return self.student_head if head == "head" else self.student_patch_head
 
     def _patch_tokens(self, out: BackboneOutput) -> Tensor:
         return out.tokens[:, self.backbone.num_prefix_tokens :]  # (2B, N, D)
-
-    def _local_pair(
-        self,
-        student_tokens: Tensor,
-        teacher_tokens: Tensor,
-        candidates: Tensor,
-        generator: torch.Generator | None,
-    ) -> _TokenPair:
-        """The patch pairs of a local term, for the patch heads.
-
-        Args:
-            student_tokens: Student patch tokens, shape (2B, N, D).
-            teacher_tokens: The teacher's target for each student patch, shape
-                (2B, N, D).
-            candidates: Boolean mask of the valid pairs, shape (2B, N).
-            generator: Generator of the pair sampling.
-
-        Returns:
-            Every valid pair (M = number of candidates) or, with
-            ``local_patches_per_view`` K, K sampled per row (M = 2B * K) with
-            their validity.
-        """
-        if self.local_patches_per_view is None:
-            return _TokenPair(
-                student_tokens[candidates],  # (M, D)
-                teacher_tokens[candidates],  # (M, D)
-                head="patch_head",
-            )
-        index, valid = _sample_patches(
-            candidates, self.local_patches_per_view, generator
-        )  # (2B, K), (2B, K)
-        index = index[..., None].expand(-1, -1, student_tokens.shape[-1])  # (2B,K,D)
-        return _TokenPair(
-            student_tokens.gather(1, index).flatten(0, 1),  # (2B * K, D)
-            teacher_tokens.gather(1, index).flatten(0, 1),  # (2B * K, D)
-            head="patch_head",
-            valid=valid.flatten(),  # (2B * K,)
-        )
-
-    def _local_distortion(
-        self,
-        student: BackboneOutput,
-        teacher: BackboneOutput,
-        patch_masks: Tensor,
-        generator: torch.Generator | None,
-    ) -> _TokenPair:
-        selected = (
-            patch_masks
-            if self.local_distortion_patches == "distorted"
-            else torch.ones_like(patch_masks)
-        )  # (2B, N)
-        return self._local_pair(
-            self._patch_tokens(student),
-            self._patch_tokens(teacher),
-            selected,
-            generator,
-        )
-
-    def _local_matching(
-        self,
-        student: BackboneOutput,
-        teacher: BackboneOutput,
-        geometry: Tensor,
-        grid: tuple[int, int],
-        generator: torch.Generator | None,
-    ) -> _TokenPair:
-        teacher_patches = self._patch_tokens(teacher).chunk(2)  # 2 x (B, N, D)
-        student_patches = self._patch_tokens(student)  # (2B, N, D): views a = 0, 1
-        coords, inside = [], []
-        for a, b in ((0, 1), (1, 0)):
-            coords_b, inside_b = map_patch_centers(
-                geometry[:, a], geometry[:, b], grid, grid
-            )  # (B, N, 2): view-a patch centres in view b's grid, (B, N)
-            coords.append(coords_b)
-            inside.append(inside_b)
-        candidates = torch.cat(inside)  # (2B, N)
-        if self.local_patches_per_view is None:
-            targets = [
-                bilinear_gather(teacher_patches[b], coords[a], grid)
-                for a, b in ((0, 1), (1, 0))
-            ]  # 2 x (B, N, D): view b's teacher tokens at view a's patches
-            return self._local_pair(
-                student_patches, torch.cat(targets), candidates, generator
-            )
-        # Draw the pairs first and interpolate the teacher's tokens only there
-        # (ours): the same pairs and targets as interpolating at every patch.
-        index, valid = _sample_patches(
-            candidates, self.local_patches_per_view, generator
-        )  # (2B, K), (2B, K)
-        index_a = index.chunk(2)  # 2 x (B, K)
-        targets = [
-            bilinear_gather(
-                teacher_patches[b],
-                coords[a].gather(1, index_a[a][..., None].expand(-1, -1, 2)),
-                grid,
-            )  # (B, K, D)
-            for a, b in ((0, 1), (1, 0))
-        ]
-        gather_index = index[..., None].expand(-1, -1, student_patches.shape[-1])
-        return _TokenPair(
-            student_patches.gather(1, gather_index).flatten(0, 1),  # (2B * K, D)
-            torch.cat(targets).flatten(0, 1),  # (2B * K, D)
-            head="patch_head",
-            valid=valid.flatten(),  # (2B * K,)
-        )
-
-    def _regional(
-        self,
-        student: BackboneOutput,
-        teacher: BackboneOutput,
-        geometry: Tensor,
-        grid: tuple[int, int],
-        region_masks: Tensor,
-        region_valid: Tensor,
-    ) -> tuple[_TokenPair, Tensor]:
-        masks = region_masks.chunk(2)  # 2 x (B, R, N)
-        valid = region_valid.chunk(2)  # 2 x (B, R)
-        student_cls = student.tokens[:, 0].chunk(2)  # 2 x (B, D)
-        teacher_cls = teacher.tokens[:, 0].chunk(2)
-        student_patches = self._patch_tokens(student).chunk(2)  # 2 x (B, N, D)
-        teacher_patches = self._patch_tokens(teacher).chunk(2)
-        student_regions, teacher_regions, kept = [], [], []
-        for a, b in ((0, 1), (1, 0)):
-            keep = valid[a] & (masks[a].sum(dim=-1) >= self.min_region_patches)
-            with torch.no_grad():
-                if self.region_match == "geometry":
-                    masks_b = transfer_masks(
-                        masks[a], geometry[:, a], geometry[:, b], grid, grid
-                    )  # (B, R, N)
-                    keep &= masks_b.sum(dim=-1) >= self.min_region_patches
-                    query: Tensor = teacher_cls[b]  # (B, D)
-                else:
-                    masks_b = torch.ones_like(masks[a])  # attend over all of b
-                    query = self.teacher["region_pooling"](
-                        teacher_cls[a], teacher_patches[a], masks[a]
-                    )  # (B, R, D): the region's representation on view a
-                target = self.teacher["region_pooling"](
-                    query, teacher_patches[b], masks_b
-                )  # (B, R, D)
-            pooled = self.region_pooling(
-                student_cls[a], student_patches[a], masks[a]
-            )  # (B, R, D)
-            # Every slot is projected, the skipped ones marked invalid: fixed
-            # shapes, no boolean indexing (host sync).
-            student_regions.append(pooled.flatten(0, 1))  # (B * R, D)
-            teacher_regions.append(target.flatten(0, 1))
-            kept.append(keep.flatten())  # (B * R,)
-        pair = _TokenPair(
-            torch.cat(student_regions),  # (2B * R, D)
-            torch.cat(teacher_regions),
-            head="head",
-            valid=torch.cat(kept),  # (2B * R,)
-        )
-        return pair, torch.stack(masks)  # (2, B, R, N)

@@ -39,7 +39,7 @@ from lightly_glare.loss.glare_output import (
     REGIONAL,
 )
 from lightly_glare.models.glare import GLARE
-from lightly_glare.models.heads import GlareProjectionHead
+from lightly_glare.models.projection_head import GlareProjectionHead
 
 #: Default number of images of the initialisation pass (ours): enough [CLS]
 #: samples for a few hundred clusters, a few seconds of inference on a CPU.

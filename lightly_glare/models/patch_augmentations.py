@@ -20,12 +20,15 @@ host synchronisation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from lightly.transforms.utils import IMAGENET_NORMALIZE
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from lightly_glare.models.defaults import BLUR_SIGMAS, PATCH_RATIO
+from lightly_glare.models.geometry import patch_grid_mask_to_pixels
+from lightly_glare.models.randomness import random_tensor
 
 __all__ = [
     "PATCH_AUGMENTATIONS",
@@ -35,49 +38,7 @@ __all__ = [
     "PatchMasking",
     "PatchNoise",
     "build_patch_augmentation",
-    "patch_grid_mask_to_pixels",
 ]
-
-
-def _rand(
-    shape: Sequence[int],
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    normal: bool = False,
-) -> Tensor:
-    """Uniform [0, 1) (or standard normal) samples on ``device``.
-
-    With a generator, the samples are drawn on the generator's device and moved
-    to ``device`` (pass a generator on the images' device to avoid the copy).
-    """
-    sample = torch.randn if normal else torch.rand
-    if generator is None:
-        return sample(tuple(shape), device=device, dtype=dtype)
-    drawn = sample(
-        tuple(shape), generator=generator, device=generator.device, dtype=dtype
-    )
-    return drawn.to(device, non_blocking=True)
-
-
-def patch_grid_mask_to_pixels(
-    mask: Tensor, grid: tuple[int, int], patch_size: int
-) -> Tensor:
-    """Expands a patch mask to a pixel mask.
-
-    Args:
-        mask: Boolean patch mask with shape (B, h * w), row-major.
-        grid: Patch grid (h, w).
-        patch_size: Patch side p in pixels.
-
-    Returns:
-        Boolean pixel mask with shape (B, 1, h * p, w * p).
-    """
-    batch = mask.shape[0]
-    h, w = grid
-    pixels = mask.reshape(batch, 1, h, 1, w, 1)  # (B, 1, h, 1, w, 1)
-    pixels = pixels.expand(batch, 1, h, patch_size, w, patch_size)  # (B,1,h,p,w,p)
-    return pixels.reshape(batch, 1, h * patch_size, w * patch_size)  # (B, 1, H, W)
 
 
 class PatchAugmentation(nn.Module):
@@ -98,7 +59,7 @@ class PatchAugmentation(nn.Module):
             mask; 1 distorts every patch.
     """
 
-    def __init__(self, patch_ratio: float = 0.3) -> None:
+    def __init__(self, patch_ratio: float = PATCH_RATIO) -> None:
         """Initialises the augmentation.
 
         Args:
@@ -142,7 +103,7 @@ class PatchAugmentation(nn.Module):
         mask = torch.zeros(batch, num_patches, dtype=torch.bool, device=device)
         if count == 0:
             return mask
-        scores = _rand((batch, num_patches), generator, device)  # (B, N)
+        scores = random_tensor((batch, num_patches), generator, device)  # (B, N)
         chosen = scores.argsort(dim=1)[:, :count]  # (B, count)
         return mask.scatter_(1, chosen, True)
 
@@ -237,7 +198,9 @@ class PatchBlur(PatchAugmentation):
     """
 
     def __init__(
-        self, patch_ratio: float = 0.3, sigmas: tuple[float, float] = (0.1, 2.0)
+        self,
+        patch_ratio: float = PATCH_RATIO,
+        sigmas: tuple[float, float] = BLUR_SIGMAS,
     ) -> None:
         """Initialises the blur.
 
@@ -282,7 +245,9 @@ class PatchBlur(PatchAugmentation):
         del patch_size  # the whole image is blurred
         batch, channels, height, width = images.shape
         low, high = self.sigmas
-        sigma = low + (high - low) * _rand((batch,), generator, images.device)  # (B,)
+        sigma = low + (high - low) * random_tensor(
+            (batch,), generator, images.device
+        )  # (B,)
         kernel = self.kernels(sigma).to(images.dtype)  # (B, K)
         size = kernel.shape[1]
         radius = size // 2
@@ -309,7 +274,7 @@ class PatchNoise(PatchAugmentation):
         >>> distorted, mask = noise(torch.randn(8, 3, 224, 224), patch_size=16)
     """
 
-    def __init__(self, patch_ratio: float = 0.3, std: float = 0.2) -> None:
+    def __init__(self, patch_ratio: float = PATCH_RATIO, std: float = 0.2) -> None:
         """Initialises the noise.
 
         Args:
@@ -332,7 +297,9 @@ class PatchNoise(PatchAugmentation):
     ) -> Tensor:
         """Adds ``std``-scaled standard normal noise to every pixel."""
         del patch_size
-        noise = _rand(images.shape, generator, images.device, images.dtype, normal=True)
+        noise = random_tensor(
+            images.shape, generator, images.device, images.dtype, normal=True
+        )
         return images + self.std * noise
 
 
@@ -369,7 +336,7 @@ class PatchColorJitter(PatchAugmentation):
 
     def __init__(
         self,
-        patch_ratio: float = 0.3,
+        patch_ratio: float = PATCH_RATIO,
         brightness: float = 0.4,
         contrast: float = 0.4,
         saturation: float = 0.2,
@@ -434,7 +401,9 @@ class PatchColorJitter(PatchAugmentation):
         mean = self.mean.to(images.device, images.dtype)
         std = self.std.to(images.device, images.dtype)
         luma = self.luma.to(images.device, images.dtype).reshape(1, 3, 1, 1, 1, 1)
-        uniform = _rand((3, batch, h, w), generator, images.device, images.dtype)
+        uniform = random_tensor(
+            (3, batch, h, w), generator, images.device, images.dtype
+        )
         uniform = uniform.reshape(3, batch, 1, h, 1, w, 1)  # per patch, broadcastable
         signed = 2.0 * uniform - 1.0  # (3, B, 1, h, 1, w, 1), in [-1, 1)
         brightness = 1.0 + self.brightness * signed[0]  # (B, 1, h, 1, w, 1)

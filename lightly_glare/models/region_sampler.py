@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightly_glare.models.patch_augmentations import _rand
+from lightly_glare.models.defaults import REGION_MASS
+from lightly_glare.models.randomness import random_tensor
 
 
 def attention_mass_masks(attention: Tensor, mass: float) -> Tensor:
@@ -69,7 +70,7 @@ class AttentionRegionSampler(nn.Module):
     def __init__(
         self,
         num_regions: int | None = None,
-        mass: float = 0.6,
+        mass: float = REGION_MASS,
         iou_threshold: float = 0.9,
     ) -> None:
         super().__init__()
@@ -108,7 +109,7 @@ class AttentionRegionSampler(nn.Module):
         head_masks = attention_mass_masks(attention.float(), self.mass)  # (B, H, N)
         iou = mask_iou(head_masks)  # (B, H, H)
         non_empty = head_masks.any(dim=-1)  # (B, H)
-        order = _rand((batch, heads), generator, attention.device).argsort(
+        order = random_tensor((batch, heads), generator, attention.device).argsort(
             dim=-1
         )  # (B, H): random head order per image
         chosen = torch.zeros(batch, heads, dtype=torch.bool, device=attention.device)

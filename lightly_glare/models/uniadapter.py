@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightly_glare.models.defaults import ADAPTER_SCALE
+
 
 class UniAdapter(nn.Module):
     """Vision branch of UniAdapter: ``s * W_up(ReLU(W_down(LN(x))))``.
@@ -39,7 +41,7 @@ class UniAdapter(nn.Module):
         self,
         dim: int,
         bottleneck: int | None = None,
-        scale: float = 0.1,
+        scale: float = ADAPTER_SCALE,
         dropout: float = 0.0,
         zero_init: bool = True,
     ) -> None:

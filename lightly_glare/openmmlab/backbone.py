@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models import UniAdapterViT
+from lightly_glare.models.defaults import ADAPTER_SCALE
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.weights.backbone import CHECKPOINT_TYPES, load_backbone_checkpoint
 
@@ -69,10 +70,10 @@ class GlareViT(BaseModule):
     (``'ssl'``: DINO / DINOv2 / iBOT / timm layouts; adapters stay
     zero-initialised, so the model starts as the SSL model). Loading is always
     strict: a missing or unexpected key raises
-    :class:`~lightly_glare.models.CheckpointMismatchError` naming the keys
+    :class:`~lightly_glare.weights.CheckpointMismatchError` naming the keys
     (mmseg's own ``VisionTransformer`` loads with ``strict=False`` and silently
     trains from scratch on a mismatch), and weights holding NaN or inf raise
-    :class:`~lightly_glare.models.export.NonFiniteWeightsError` naming the
+    :class:`~lightly_glare.weights.NonFiniteWeightsError` naming the
     file and the keys. A positional embedding of another image size is
     resampled to ``img_size``. A UDI checkpoint (two class tokens) needs
     ``arch=dict(..., reg_tokens=1)``: the second class token is carried as a
@@ -107,7 +108,7 @@ class GlareViT(BaseModule):
             :meth:`init_weights`. None keeps timm's random initialisation (with
             a warning). Defaults to None.
         checkpoint_type (str): ``'glare'`` for a file written by
-            :func:`~lightly_glare.models.export_adapted_backbone`, ``'ssl'`` for
+            :func:`~lightly_glare.weights.export_adapted_backbone`, ``'ssl'`` for
             a plain SSL checkpoint read by
             :func:`~lightly_glare.weights.load_ssl_checkpoint`.
             Defaults to ``'glare'``.
@@ -132,7 +133,7 @@ class GlareViT(BaseModule):
         img_size: int | Sequence[int] = 512,
         out_indices: Sequence[int] = (2, 5, 8, 11),
         adapter_bottleneck: int | None = None,
-        adapter_scale: float = 0.1,
+        adapter_scale: float = ADAPTER_SCALE,
         drop_path_rate: float = 0.0,
         checkpoint: str | None = None,
         checkpoint_type: str = "glare",

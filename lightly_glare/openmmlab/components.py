@@ -41,6 +41,7 @@ from lightly_glare.models import (
     GlareProjectionHead,
 )
 from lightly_glare.models import UniAdapterViT as _UniAdapterViT
+from lightly_glare.models.defaults import ADAPTER_SCALE
 from lightly_glare.openmmlab.config_validation import (
     validate_arguments,
     validate_function_arguments,
@@ -80,7 +81,7 @@ def UniAdapterViT(  # noqa: N802  (registered under the class's name)
     checkpoint: str | Mapping[str, Any] | None = None,
     checkpoint_key: str | None = None,
     adapter_bottleneck: int | None = None,
-    adapter_scale: float = 0.1,
+    adapter_scale: float = ADAPTER_SCALE,
     vit_cfg: dict[str, Any] | None = None,
     checkpoint_source: str | None = None,
 ) -> _UniAdapterViT:

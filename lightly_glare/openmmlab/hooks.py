@@ -24,10 +24,11 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
-from lightly_glare.models.export import replace_durably
+from lightly_glare.models.defaults import MOMENTUM_END, MOMENTUM_START
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.openmmlab.pretrainer import GlarePretrainer
 from lightly_glare.pretraining.loop import NonFiniteLossError, NoTrainingStepsError
+from lightly_glare.weights.checkpoint_io import replace_durably
 
 #: Suffix of the files :class:`AtomicCheckpointHook` writes before renaming them.
 PARTIAL_SUFFIX = ".partial"
@@ -88,7 +89,9 @@ class GlareTeacherEMAHook(Hook):
     priority = "NORMAL"  # before the CheckpointHook (VERY_LOW) saves the teacher
 
     def __init__(
-        self, momentum_start: float = 0.996, momentum_end: float = 1.0
+        self,
+        momentum_start: float = MOMENTUM_START,
+        momentum_end: float = MOMENTUM_END,
     ) -> None:
         if not 0.0 <= momentum_start <= 1.0 or not 0.0 <= momentum_end <= 1.0:
             raise ValueError(

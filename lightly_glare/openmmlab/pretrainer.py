@@ -36,7 +36,7 @@ from lightly_glare.models import (
     HeadInitialization,
     initialize_heads_from_data,
 )
-from lightly_glare.models.glare import LocalPatches, RegionMatch
+from lightly_glare.models.glare_terms import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
 from lightly_glare.pretraining.job import (

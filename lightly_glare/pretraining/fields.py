@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from lightly_glare.models import parse_patch_count
-
 #: ``collections.abc.Callable`` as the runtime class ``get_origin`` returns.
 _CALLABLE: Any = Callable
 #: Text a command line takes for True / False.
@@ -261,6 +259,33 @@ def drop_rate(text: str) -> float:
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"expected a number in [0, 1), got {text}")
     return rate
+
+
+def parse_patch_count(value: str) -> int | None:
+    """A ``local_patches_per_view`` as typed: a positive integer, or ``all``.
+
+    The one parser of the tools' ``--local-patches-per-view K`` (argparse shows
+    the message of a ``ValueError`` re-raised as ``ArgumentTypeError``).
+
+    Args:
+        value: E.g. ``"4"`` or ``"all"``.
+
+    Returns:
+        The count; None for ``all`` (every valid patch, see :class:`GLARE`).
+
+    Raises:
+        ValueError: ``value`` is neither a positive integer nor ``all``; the
+            message names it.
+    """
+    if value == ALL_PATCHES:
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0  # not an integer: refused below with the same message
+    if count < 1:
+        raise ValueError(f"expected a positive integer or 'all', got {value!r}")
+    return count
 
 
 #: Fields whose typed text is checked beyond their type, by the same parser on

@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from lightly_glare.models import GLARE, save_atomic
-from lightly_glare.models.export import architecture_of
+from lightly_glare.models import GLARE
 from lightly_glare.pretraining.folder import export_job
 from lightly_glare.pretraining.job import FolderPretraining
 from lightly_glare.pretraining.loop import PretrainHistory, StepCallback, StepEvent
@@ -30,6 +29,8 @@ from lightly_glare.pretraining.monitoring import (
     plot_losses,
     read_metrics,
 )
+from lightly_glare.weights import save_atomic
+from lightly_glare.weights.export import architecture_of
 
 #: The files of a run in ``out/``.
 CHECKPOINT = "checkpoint.pth"

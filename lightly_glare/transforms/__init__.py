@@ -12,7 +12,11 @@ re-exported here as well, because users pick one when they build
 ``from lightly_glare.transforms import PatchBlur`` keeps working.
 """
 
-from lightly_glare.models.geometry import GEOMETRY_SIZE, view_geometry
+from lightly_glare.models.geometry import (
+    GEOMETRY_SIZE,
+    patch_grid_mask_to_pixels,
+    view_geometry,
+)
 from lightly_glare.models.patch_augmentations import (
     PATCH_AUGMENTATIONS,
     PatchAugmentation,
@@ -21,7 +25,6 @@ from lightly_glare.models.patch_augmentations import (
     PatchMasking,
     PatchNoise,
     build_patch_augmentation,
-    patch_grid_mask_to_pixels,
 )
 from lightly_glare.transforms.glare_transform import (
     Box,

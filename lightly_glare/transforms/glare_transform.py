@@ -12,6 +12,7 @@ from lightly.transforms.utils import IMAGENET_NORMALIZE
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 
+from lightly_glare.models.defaults import BLUR_SIGMAS
 from lightly_glare.models.geometry import view_geometry
 
 __all__ = [
@@ -56,7 +57,7 @@ class RandomGaussianBlur:
         sigmas: (min, max) of the uniform sigma, in pixels.
     """
 
-    def __init__(self, prob: float, sigmas: tuple[float, float] = (0.1, 2.0)) -> None:
+    def __init__(self, prob: float, sigmas: tuple[float, float] = BLUR_SIGMAS) -> None:
         self.prob = prob
         self.sigmas = sigmas
 
@@ -199,7 +200,7 @@ class GlareTransform(MultiViewTransform):
         cj_hue: float = 0.1,
         random_gray_scale: float = 0.2,
         gaussian_blur: tuple[float, float] = (1.0, 0.1),
-        sigmas: tuple[float, float] = (0.1, 2.0),
+        sigmas: tuple[float, float] = BLUR_SIGMAS,
         solarization_prob: float = 0.2,
         normalize: dict[str, list[float]] | None = IMAGENET_NORMALIZE,
         min_overlap: float = 0.25,

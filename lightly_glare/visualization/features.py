@@ -28,6 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from lightly_glare.models.adapted_vit import UniAdapterViT
+from lightly_glare.models.defaults import REGION_MASS
 from lightly_glare.models.region_sampler import attention_mass_masks
 
 #: ImageNet channel mean and standard deviation (timm / torchvision convention).
@@ -151,7 +152,7 @@ def patch_tokens(
     return tokens[backbone.num_prefix_tokens :].float().cpu(), grid  # (N, D)
 
 
-def attention_mass_mask(maps: Tensor, mass: float = 0.6) -> Tensor:
+def attention_mass_mask(maps: Tensor, mass: float = REGION_MASS) -> Tensor:
     """DINO's mask: per head, the fewest patches holding ``mass`` of the attention.
 
     Args:
@@ -213,6 +214,35 @@ def _border(grid: tuple[int, int]) -> Tensor:
     border = torch.zeros(h, w, dtype=torch.bool)
     border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
     return border.flatten()
+
+
+def _checked_grids(
+    tokens_list: Sequence[Tensor],
+    grid: tuple[int, int] | Sequence[tuple[int, int]],
+) -> list[tuple[int, int]]:
+    """One (h, w) per image, refusing tensors that do not fit (see pca_rgb)."""
+    if not tokens_list:
+        raise ValueError("pca_rgb needs at least one image's patch tokens.")
+    if all(not isinstance(size, Sequence) for size in grid):  # one (h, w)
+        grids = [(int(grid[0]), int(grid[1]))] * len(tokens_list)  # type: ignore[arg-type]
+    else:
+        grids = [(int(g[0]), int(g[1])) for g in grid]  # type: ignore[index]
+    if len(grids) != len(tokens_list):
+        raise ValueError(
+            f"Got {len(tokens_list)} token tensors but {len(grids)} grids."
+        )
+    for index, (tokens, (h, w)) in enumerate(zip(tokens_list, grids, strict=True)):
+        if tokens.ndim != 2 or tokens.shape[0] != h * w:
+            raise ValueError(
+                f"Image {index}: expected tokens of shape ({h * w}, D) for grid "
+                f"{(h, w)}, got {tuple(tokens.shape)}."
+            )
+        if tokens.shape[1] != tokens_list[0].shape[1]:
+            raise ValueError(
+                f"Image {index} has token dimension {tokens.shape[1]}, image 0 "
+                f"has {tokens_list[0].shape[1]}."
+            )
+    return grids
 
 
 @overload
@@ -278,27 +308,7 @@ def pca_rgb(
     """
     single = isinstance(patch_tokens, Tensor)
     tokens_list = [patch_tokens] if isinstance(patch_tokens, Tensor) else patch_tokens
-    if not tokens_list:
-        raise ValueError("pca_rgb needs at least one image's patch tokens.")
-    if all(not isinstance(size, Sequence) for size in grid):  # one (h, w)
-        grids = [(int(grid[0]), int(grid[1]))] * len(tokens_list)  # type: ignore[arg-type]
-    else:
-        grids = [(int(g[0]), int(g[1])) for g in grid]  # type: ignore[index]
-    if len(grids) != len(tokens_list):
-        raise ValueError(
-            f"Got {len(tokens_list)} token tensors but {len(grids)} grids."
-        )
-    for index, (tokens, (h, w)) in enumerate(zip(tokens_list, grids, strict=True)):
-        if tokens.ndim != 2 or tokens.shape[0] != h * w:
-            raise ValueError(
-                f"Image {index}: expected tokens of shape ({h * w}, D) for grid "
-                f"{(h, w)}, got {tuple(tokens.shape)}."
-            )
-        if tokens.shape[1] != tokens_list[0].shape[1]:
-            raise ValueError(
-                f"Image {index} has token dimension {tokens.shape[1]}, image 0 "
-                f"has {tokens_list[0].shape[1]}."
-            )
+    grids = _checked_grids(tokens_list, grid)
     features = torch.cat([t.detach().cpu().double() for t in tokens_list])  # (M, D)
     foreground = torch.ones(features.shape[0], dtype=torch.bool)  # (M,)
     if remove_background and features.shape[0] > 1:

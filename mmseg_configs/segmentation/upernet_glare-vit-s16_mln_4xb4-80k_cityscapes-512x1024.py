@@ -1,9 +1,12 @@
-# The ViT-S/16 variant of ../glare_cityscapes.py: the same dataset, crops, schedule and
+# The ViT-S/16 variant of ./upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.py: the same dataset, crops, schedule and
 # 4 GPUs x 4 images, with the ViT-S/16 backbone, neck and head channels of
 # ../_base_/models/upernet_glare-vit-s16_mln.py.
 #
 #   bash tools/dist_train.sh mmseg_configs/segmentation/upernet_glare-vit-s16_mln_4xb4-80k_cityscapes-512x1024.py 4 --amp \
 #       --cfg-options model.backbone.checkpoint=pretrain/glare_vit-s16.pth
-_base_ = ['../glare_cityscapes.py', '../_base_/models/upernet_glare-vit-s16_mln.py']
+_base_ = [
+    './upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.py',
+    '../_base_/models/upernet_glare-vit-s16_mln.py',
+]
 
 model = {{_base_.vit_s16_model}}

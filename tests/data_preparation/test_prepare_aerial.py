@@ -24,9 +24,11 @@ from lightly_glare.data_preparation import (
 from lightly_glare.data_preparation.aerial import (
     AERIAL_SCENES,
     num_val_rows,
+    read_scene_mask,
+)
+from lightly_glare.data_preparation.geotiff import (
     rasterize_footprints,
     read_pixel_grid,
-    read_scene_mask,
     read_tiff_bytes,
 )
 

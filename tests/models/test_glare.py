@@ -19,11 +19,11 @@ from lightly_glare.models import (
     GLARE,
     CrossAttentionRegionPooling,
     GlareProjectionHead,
-    parse_patch_count,
 )
 from lightly_glare.models.adapted_vit import BackboneOutput
 from lightly_glare.models.geometry import bilinear_gather, map_patch_centers
-from lightly_glare.models.glare import _sample_patches, _TokenPair
+from lightly_glare.models.glare_terms import TokenPair, sample_patches
+from lightly_glare.pretraining.fields import parse_patch_count
 from lightly_glare.transforms import GlareTransform, PatchBlur
 from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 
@@ -138,7 +138,7 @@ def test_backbone_weights_exist_once() -> None:
 
 
 def separate_projections(
-    model: GLARE, tokens: Mapping[str, _TokenPair]
+    model: GLARE, tokens: Mapping[str, TokenPair]
 ) -> dict[str, MatchedPair]:
     """The previous projection: each term through the heads in a call of its own."""
     pairs = {}
@@ -455,7 +455,7 @@ def test_sampled_local_pairs_are_uniform_among_candidates() -> None:
     candidates = torch.zeros(2000, 6, dtype=torch.bool)
     candidates[:, 1:5] = True  # 4 candidates, 2 drawn per row
     generator = torch.Generator().manual_seed(0)
-    index, valid = _sample_patches(candidates, 2, generator)
+    index, valid = sample_patches(candidates, 2, generator)
     assert index.shape == valid.shape == (2000, 2) and valid.all()
     frequency = torch.bincount(index.flatten(), minlength=6) / index.numel()
     torch.testing.assert_close(
@@ -543,7 +543,7 @@ def test_seeded_training_step_breaks_only_at_the_generator_draws() -> None:
     explanation = explain_training_step(small_glare(), generator)
     assert explanation.graph_break_count > 0
     frames = {reason.user_stack[-1].name for reason in explanation.break_reasons}
-    assert frames == {"_rand"}, explanation.break_reasons
+    assert frames == {"random_tensor"}, explanation.break_reasons
 
 
 def test_every_valid_patch_needs_data_dependent_shapes() -> None:

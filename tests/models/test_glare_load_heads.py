@@ -1,6 +1,6 @@
 """GLARE starts from the projection heads of DINO / iBOT checkpoints.
 
-The checkpoints are built in the official layouts (tests.weights.test_heads)
+The checkpoints are built in the official layouts (tests.weights.test_checkpoint_heads)
 and each loaded head is compared with the official head's forward written out
 from the DINO / iBOT source.
 """
@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightly_glare.models import GLARE, CheckpointMismatchError, GlareProjectionHead
+from lightly_glare.models import GLARE, GlareProjectionHead
 from lightly_glare.weights import load_projection_heads
+from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
 from tests.conftest import make_vit
-from tests.weights.test_heads import (
+from tests.weights.test_checkpoint_heads import (
     BOTTLENECK,
     DIM,
     HIDDEN,

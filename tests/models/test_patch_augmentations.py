@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+from lightly_glare.models.geometry import patch_grid_mask_to_pixels
 from lightly_glare.models.patch_augmentations import (
     PATCH_AUGMENTATIONS,
     PatchAugmentation,
@@ -12,7 +13,6 @@ from lightly_glare.models.patch_augmentations import (
     PatchMasking,
     PatchNoise,
     build_patch_augmentation,
-    patch_grid_mask_to_pixels,
 )
 from tests.conftest import DEVICES
 

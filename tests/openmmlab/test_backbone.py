@@ -11,13 +11,13 @@ from timm.layers.pos_embed import resample_abs_pos_embed
 from torch import Tensor
 
 import lightly_glare.openmmlab  # noqa: F401  (mmcv fallback before mmseg)
-from lightly_glare.models import (
-    CheckpointMismatchError,
-    UniAdapterViT,
-    export_adapted_backbone,
-)
-from lightly_glare.models.export import NonFiniteWeightsError
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.openmmlab.backbone import GlareViT
+from lightly_glare.weights.checkpoint_io import (
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+)
+from lightly_glare.weights.export import export_adapted_backbone
 from tests.conftest import VIT_VARIANTS, make_vit
 
 TINY = {"embed_dim": 48, "depth": 4, "num_heads": 3}

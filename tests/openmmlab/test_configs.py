@@ -25,10 +25,17 @@ from lightly_glare.data import (
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "mmseg_configs"
-#: The paper's entry configs (ViT-B/16 UperNet), named after their dataset.
-ENTRY_CONFIGS = [
-    f"glare_{key}.py" for key in ("ade20k", "cityscapes", "loveda", "pascal_context")
-]
+#: The paper's ViT-B/16 UperNet recipes, by dataset (mmseg's naming).
+VIT_B16 = {
+    "ade20k": "segmentation/upernet_glare-vit-b16_mln_4xb4-160k_ade20k-512x512.py",
+    "pascal_context": "segmentation/"
+    "upernet_glare-vit-b16_mln_4xb4-80k_pascal-context-59-480x480.py",
+    "cityscapes": "segmentation/"
+    "upernet_glare-vit-b16_mln_4xb4-80k_cityscapes-512x1024.py",
+    "loveda": "segmentation/upernet_glare-vit-b16_mln_4xb4-80k_loveda-512x512.py",
+}
+#: The README's short names of those recipes: ``glare_<dataset>.py`` aliases.
+ENTRY_CONFIGS = [f"glare_{key}.py" for key in VIT_B16]
 #: Every config except the ``_base_`` pieces, relative to CONFIG_DIR.
 ALL_CONFIGS = sorted(
     str(p.relative_to(CONFIG_DIR))
@@ -91,6 +98,7 @@ BENCHMARK_CONFIGS = {
     for key, s16 in VIT_S16.items()
     for name, arch in (
         (f"glare_{key}.py", "vit_base_patch16_224"),
+        (VIT_B16[key], "vit_base_patch16_224"),
         (s16, "vit_small_patch16_224"),
     )
 }
@@ -127,7 +135,7 @@ OFFLINE_CONFIGS = {
 
 def test_every_config_is_covered() -> None:
     assert set(BENCHMARK_CONFIGS) | set(OFFLINE_CONFIGS) == set(SEG_CONFIGS)
-    assert len(SEG_CONFIGS) == 11
+    assert len(SEG_CONFIGS) == 15  # 4 short aliases, 4 ViT-B/16, 4 ViT-S/16, 3 CPU
 
 
 def test_layout_entry_configs_and_folders_by_purpose() -> None:
@@ -174,9 +182,13 @@ def test_no_config_is_a_bare_alias() -> None:
             for target in stmt.targets
             if isinstance(target, ast.Name)
         ]
+        if path.relative_to(CONFIG_DIR).as_posix() in ENTRY_CONFIGS:
+            continue  # the README's short names: aliases by design (below)
         assert targets != ["_base_"], f"{path} is a bare alias of its _base_"
     resolved: dict[str, str] = {}
     for name in ALL_CONFIGS:
+        if name in ENTRY_CONFIGS:
+            continue  # equal to its recipe: test_short_names_are_aliases_of_recipes
         text = load(name).pretty_text
         assert text not in resolved, f"{name} duplicates {resolved.get(text)}"
         resolved[text] = name
@@ -189,9 +201,25 @@ def test_vit_s16_configs_are_their_entry_config_plus_the_vit_s16_piece() -> None
         base = statements[0]
         assert isinstance(base, ast.Assign)
         assert ast.literal_eval(base.value) == [
-            f"../glare_{key}.py",
+            "./" + VIT_B16[key].removeprefix("segmentation/"),
             "../_base_/models/upernet_glare-vit-s16_mln.py",
         ]
+
+
+@pytest.mark.parametrize("key", sorted(VIT_B16))
+def test_short_names_are_aliases_of_recipes(key: str) -> None:
+    """``glare_<dataset>.py`` only names its mmseg-named recipe (a comment and
+    ``_base_``, nothing else) and resolves to exactly the recipe's settings."""
+    statements = _statements(CONFIG_DIR / f"glare_{key}.py")
+    assert len(statements) == 1
+    base = statements[0]
+    assert isinstance(base, ast.Assign)
+    assert [ast.unparse(target) for target in base.targets] == ["_base_"]
+    assert ast.literal_eval(base.value) == ["./" + VIT_B16[key]]
+    recipe = load(VIT_B16[key])
+    alias = load(f"glare_{key}.py")
+    assert alias.to_dict() == recipe.to_dict()
+    assert alias.pretty_text == recipe.pretty_text
 
 
 @pytest.mark.parametrize("name", SEG_CONFIGS)

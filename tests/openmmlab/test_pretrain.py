@@ -30,11 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 import lightly_glare.openmmlab  # noqa: F401  (registers the modules)
-from lightly_glare.models import (
-    CheckpointMismatchError,
-    UniAdapterViT,
-    load_adapted_backbone,
-)
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.openmmlab.backbone import GlareViT
 from lightly_glare.openmmlab.config_validation import ConfigArgumentError
 from lightly_glare.openmmlab.hooks import GlareTeacherEMAHook
@@ -50,9 +46,11 @@ from lightly_glare.pretraining.loop import (
 )
 from lightly_glare.transforms import PatchNoise
 from lightly_glare.weights import load_projection_heads
+from lightly_glare.weights.checkpoint_io import CheckpointMismatchError
+from lightly_glare.weights.export import load_adapted_backbone
 from lightly_glare.weights.ssl_checkpoints import create_vit
 from tests.conftest import load_tool, real_photo
-from tests.weights.test_heads import official_head, reference
+from tests.weights.test_checkpoint_heads import official_head, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The CPU-sized aerial pre-training config (not an ablation of it).

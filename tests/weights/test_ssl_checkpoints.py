@@ -16,12 +16,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from lightly_glare.models import CheckpointMismatchError, UniAdapterViT
-from lightly_glare.models.export import (
-    LISTED_KEYS,
-    NonFiniteWeightsError,
-    export_adapted_backbone,
-)
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.weights import (
     create_vit,
     describe_state_dict,
@@ -29,6 +24,12 @@ from lightly_glare.weights import (
     normalize_state_dict,
     read_ssl_checkpoint,
 )
+from lightly_glare.weights.checkpoint_io import (
+    LISTED_KEYS,
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+)
+from lightly_glare.weights.export import export_adapted_backbone
 from tests.conftest import make_vit
 
 # ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from pathlib import Path
 from backbone_args import add_backbone_arguments, backbones_from_args
 from PIL import Image
 
+from lightly_glare.models.defaults import REGION_MASS
 from lightly_glare.visualization import (
     attention_grid_figure,
     attention_maps,
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--mass",
         type=float,
-        default=0.6,
+        default=REGION_MASS,
         help="attention mass outlined per head, in (0, 1] (default: %(default)s, "
         "DINO's visualisation threshold)",
     )

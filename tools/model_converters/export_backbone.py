@@ -7,7 +7,7 @@ without reading its SSL checkpoint (every weight comes from the mmengine
 checkpoint, loaded strictly) and writes the frozen ViT + the teacher's
 (default) or the student's UniAdapters. The result loads with strict key
 checks into ``lightly_glare.models.UniAdapterViT`` via
-``lightly_glare.models.load_adapted_backbone`` and into the mmseg backbone
+``lightly_glare.weights.load_adapted_backbone`` and into the mmseg backbone
 ``GlareViT(checkpoint=..., checkpoint_type='glare')``.
 
 Examples:
@@ -29,8 +29,11 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import lightly_glare.openmmlab  # noqa: F401  (registers modules, safe globals)
-from lightly_glare.models.export import CheckpointMismatchError, check_state_dict
 from lightly_glare.openmmlab.pretrainer import GlarePretrainer
+from lightly_glare.weights.checkpoint_io import (
+    CheckpointMismatchError,
+    check_state_dict,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

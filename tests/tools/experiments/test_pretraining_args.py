@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from lightly_glare.models import DEFAULT_STUDENT_DROP_PATH, AttentionRegionSampler
+from lightly_glare.models import (
+    DEFAULT_STUDENT_DROP_PATH,
+    AttentionRegionSampler,
+    glare_terms,
+)
 from lightly_glare.models import adapted_vit as adapted_vit_module
-from lightly_glare.models import glare as glare_module
 from lightly_glare.pretraining.folder import pretrain_folder
 from lightly_glare.pretraining.job import FolderPretraining
 from tests.conftest import load_tool
@@ -107,13 +110,13 @@ def test_student_drop_path_reaches_the_job_and_the_model(
     assert job.student_drop_path == 0.5
     rows: list[int] = []
     folder_job = _folder_job(tmp_path, student_drop_path=job.student_drop_path)
-    original = adapted_vit_module._add_sampled_residual
+    original = adapted_vit_module.add_sampled_residual
 
     def counting(x: Tensor, branch: Any, kept: int | None, *rest: Any) -> Tensor:
         rows.append(x.shape[0] if kept is None else kept)
         return original(x, branch, kept, *rest)
 
-    monkeypatch.setattr(adapted_vit_module, "_add_sampled_residual", counting)
+    monkeypatch.setattr(adapted_vit_module, "add_sampled_residual", counting)
     pretrain_folder(folder_job, tmp_path / "dp.pth", log=lambda _: None)
     # teacher: 2 views x batch 2 rows per branch; student: half of them
     assert set(rows) == {4, 2}
@@ -154,14 +157,14 @@ def test_pretrain_folder_samples_local_patches_per_view(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     drawn: list[tuple[int, ...]] = []
-    sample = glare_module._sample_patches
+    sample = glare_terms.sample_patches
 
     def spy(candidates: Tensor, count: int, *args: Any) -> tuple[Tensor, Tensor]:
         index, valid = sample(candidates, count, *args)
         drawn.append(tuple(index.shape))
         return index, valid
 
-    monkeypatch.setattr(glare_module, "_sample_patches", spy)
+    monkeypatch.setattr(glare_terms, "sample_patches", spy)
     tool, parser = pretraining_parser()
     assert parser.parse_args([]).local_patches_per_view == 2  # the default
     assert (

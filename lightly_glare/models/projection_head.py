@@ -10,10 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-#: Default output size K of GLARE's heads (ours; DINO uses 65,536, too large
-#: for dense terms on a small target domain). The loss takes its centres' size
-#: from the heads, so this is the one place that defines it.
-DEFAULT_OUTPUT_DIM = 8192
+from lightly_glare.loss.glare_output import DEFAULT_OUTPUT_DIM
 
 #: Checkpoint key forms of the weight-normalised last layer, mapped to the
 #: parametrised form this head stores (``original0`` = g, ``original1`` = v).

@@ -15,14 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_glare.models import CheckpointMismatchError, GlareProjectionHead
-from lightly_glare.models.export import NonFiniteWeightsError
+from lightly_glare.models import GlareProjectionHead
 from lightly_glare.weights import (
     CheckpointHeads,
     HeadSizes,
     head_sizes,
     load_projection_heads,
     read_ssl_checkpoint,
+)
+from lightly_glare.weights.checkpoint_io import (
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
 )
 
 #: A tiny head: D -> hidden -> hidden -> bottleneck -> K (patch head: K_PATCH).

@@ -27,6 +27,7 @@ Every head state dict returned loads with ``strict=True`` into
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -34,19 +35,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightly_glare.models.export import (
+from lightly_glare.models.projection_head import GlareProjectionHead, head_state_dict
+from lightly_glare.weights.checkpoint_io import (
     CheckpointMismatchError,
     check_finite,
     listed,
 )
-from lightly_glare.models.heads import GlareProjectionHead, head_state_dict
-from lightly_glare.weights.ssl_checkpoints import (
-    loaded_checkpoint,
-    network_state_dict,
-    strip_prefixes,
-)
+from lightly_glare.weights.ssl_checkpoints import loaded_checkpoint
+from lightly_glare.weights.ssl_layouts import network_state_dict, strip_prefixes
 
 #: Names of the heads of :class:`CheckpointHeads`.
 HeadName = Literal["student", "teacher", "student_patch", "teacher_patch"]
@@ -371,3 +369,61 @@ def _check_requested(
             f"{source}: its {kind} heads have {field} {found} but {argument}="
             f"{value} was requested: {fix}."
         )
+
+
+def _describe_sizes(head: nn.Module) -> str:
+    """``input_dim=..., output_dim=...`` of a head, for messages."""
+    names = ("input_dim", "hidden_dim", "bottleneck_dim", "output_dim", "num_layers")
+    sizes = [f"{name}={getattr(head, name)}" for name in names if hasattr(head, name)]
+    return ", ".join(sizes) or type(head).__name__
+
+
+def load_heads_into(
+    targets: Mapping[tuple[str, str], nn.Module], heads: CheckpointHeads
+) -> list[str]:
+    """Loads a checkpoint's heads into a model's heads, all or nothing.
+
+    The rules of :meth:`GLARE.load_heads <lightly_glare.models.GLARE.load_heads>`:
+    each network's head takes that network's checkpoint head, or the other
+    network's where the checkpoint holds only one; patch heads take the
+    checkpoint's separate patch heads, or its [CLS] heads where it has none.
+
+    Args:
+        targets: The modules to load, by ``(network, kind)`` with network
+            ``"student"`` / ``"teacher"`` and kind ``"head"`` / ``"patch_head"``
+            (no patch heads where the model shares its [CLS] head).
+        heads: From :func:`load_projection_heads`.
+
+    Returns:
+        What was loaded, e.g. ``["student head <- student", ...]``.
+
+    Raises:
+        CheckpointMismatchError: A head has other sizes than the checkpoint's;
+            nothing is loaded.
+    """
+    other = {"student": "teacher", "teacher": "student"}
+    separate_patch_heads = (heads.student_patch or heads.teacher_patch) is not None
+    plan = []
+    for (network, kind), module in targets.items():
+        use_patch = kind == "patch_head" and separate_patch_heads
+        suffix = "_patch" if use_patch else ""
+        source = network if getattr(heads, network + suffix) else other[network]
+        state = getattr(heads, source + suffix)
+        if state is not None:
+            label = f"{network} {kind.replace('_', ' ')}"
+            plan.append((module, state, label, f"{source}{suffix} head"))
+    for module, state, label, source in plan:  # all or nothing
+        try:
+            copy.deepcopy(module).load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            sizes = heads.patch_sizes if "patch" in source else heads.sizes
+            raise CheckpointMismatchError(
+                f"{heads.source}: the checkpoint's {source} has sizes "
+                f"{sizes}, which this model's {label} ({_describe_sizes(module)}) "
+                "cannot hold. Build the head with the checkpoint's sizes "
+                f"(output_dim={getattr(sizes, 'output_dim', '?')}) or do not "
+                "load the checkpoint's heads."
+            ) from error
+    for module, state, _, _ in plan:
+        module.load_state_dict(state, strict=True)
+    return [f"{label} <- {source}" for _, _, label, source in plan]

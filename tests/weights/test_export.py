@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightly_glare.models import (
+from lightly_glare.models import UniAdapterViT
+from lightly_glare.weights.checkpoint_io import (
+    LISTED_KEYS,
     CheckpointMismatchError,
-    UniAdapterViT,
+    NonFiniteWeightsError,
     check_state_dict,
-    export_adapted_backbone,
-    load_adapted_backbone,
     save_atomic,
 )
-from lightly_glare.models.export import LISTED_KEYS, NonFiniteWeightsError
+from lightly_glare.weights.export import export_adapted_backbone, load_adapted_backbone
 from tests.conftest import make_vit
 
 

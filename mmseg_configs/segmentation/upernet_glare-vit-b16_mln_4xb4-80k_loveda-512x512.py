@@ -1,0 +1,24 @@
+# GLARE paper protocol on LoveDA (7 aerial land-cover classes): the GLARE-adapted
+# ViT-B/16 + MultiLevelNeck + UperNet, 512x512 crops, 80k iterations, 4 GPUs x 4
+# images.
+# Short alias: mmseg_configs/glare_loveda.py.
+#
+#   bash tools/dist_train.sh mmseg_configs/segmentation/upernet_glare-vit-b16_mln_4xb4-80k_loveda-512x512.py 4 --amp \
+#       --cfg-options model.backbone.checkpoint=pretrain/glare_vit-b16.pth
+_base_ = [
+    '../_base_/models/upernet_glare-vit-b16_mln.py',
+    'mmseg::_base_/datasets/loveda.py',
+    'mmseg::_base_/default_runtime.py',
+    '../_base_/schedules/adamw-poly_80k.py',
+]
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(img_size=crop_size),
+    decode_head=dict(num_classes=7),
+    auxiliary_head=dict(num_classes=7))
+
+train_dataloader = dict(batch_size=4)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader
