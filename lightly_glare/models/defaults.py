@@ -18,6 +18,10 @@ PATCH_RATIO = 0.3
 MOMENTUM_START = 0.996
 #: Teacher EMA momentum at the last step.
 MOMENTUM_END = 1.0
+#: Hidden size of the projection heads' MLP (DINO's).
+HIDDEN_DIM = 2048
+#: A region with fewer patches than this in either view is not matched.
+MIN_REGION_PATCHES = 2
 #: (min, max) Gaussian blur sigma in pixels, of the image and the patch blur
 #: (DINO's range).
 BLUR_SIGMAS = (0.1, 2.0)

@@ -24,7 +24,7 @@ from lightly_glare.models.adapted_vit import (
     BackboneOutput,
     UniAdapterViT,
 )
-from lightly_glare.models.defaults import ADAPTER_SCALE
+from lightly_glare.models.defaults import ADAPTER_SCALE, MIN_REGION_PATCHES
 from lightly_glare.models.glare_parts import (
     build_heads,
     check_options,
@@ -210,7 +210,7 @@ class GLARE(nn.Module):
         region_sampler: AttentionRegionSampler | None = None,
         region_pooling: CrossAttentionRegionPooling | None = None,
         region_match: RegionMatch = "geometry",
-        min_region_patches: int = 2,
+        min_region_patches: int = MIN_REGION_PATCHES,
         local_distortion_patches: LocalPatches = "distorted",
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
         student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,

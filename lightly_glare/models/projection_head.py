@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from lightly_glare.loss.glare_output import DEFAULT_OUTPUT_DIM
+from lightly_glare.models.defaults import HIDDEN_DIM
 
 #: Checkpoint key forms of the weight-normalised last layer, mapped to the
 #: parametrised form this head stores (``original0`` = g, ``original1`` = v).
@@ -65,7 +66,7 @@ class GlareProjectionHead(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        hidden_dim: int = 2048,
+        hidden_dim: int = HIDDEN_DIM,
         bottleneck_dim: int = 256,
         output_dim: int = DEFAULT_OUTPUT_DIM,
         num_layers: int = 3,

@@ -36,6 +36,7 @@ from lightly_glare.models import (
     HeadInitialization,
     initialize_heads_from_data,
 )
+from lightly_glare.models.defaults import MIN_REGION_PATCHES
 from lightly_glare.models.glare_terms import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
@@ -258,7 +259,7 @@ class GlarePretrainer(BaseModel):
         patch_augmentation: dict[str, Any] | None = None,
         loss: dict[str, Any] | None = None,
         region_match: RegionMatch = "geometry",
-        min_region_patches: int = 2,
+        min_region_patches: int = MIN_REGION_PATCHES,
         local_distortion_patches: LocalPatches = "distorted",
         local_patches_per_view: int | None = DEFAULT_LOCAL_PATCHES_PER_VIEW,
         student_drop_path: float = DEFAULT_STUDENT_DROP_PATH,

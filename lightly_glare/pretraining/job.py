@@ -31,7 +31,7 @@ from lightly_glare.models import (
     GlareProjectionHead,
     UniAdapterViT,
 )
-from lightly_glare.models.defaults import MOMENTUM_START
+from lightly_glare.models.defaults import HIDDEN_DIM, MOMENTUM_START
 from lightly_glare.models.patch_augmentations import PatchAugmentation
 from lightly_glare.precision import resolve_amp
 from lightly_glare.pretraining.loop import BASE_LR, PretrainConfig
@@ -40,8 +40,6 @@ from lightly_glare.weights import load_projection_heads
 
 #: Images per step of a job.
 BATCH_SIZE = 16
-#: Hidden size of the projection heads (DINO's).
-HIDDEN_DIM = 2048
 #: DataLoader worker processes of a job.
 WORKERS = 2
 #: The student's patch distortion for L_loc1, by name.

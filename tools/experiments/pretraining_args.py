@@ -33,7 +33,8 @@ OPTION_HELP = {
     "10x for the few dozen steps a CPU affords)",
     "momentum_start": "teacher EMA momentum at step 0, cosine to 1 (DINO: 0.996 for "
     "long schedules; over a few dozen steps the exported teacher would then keep "
-    "~1 %% of what the student learned)",
+    "~1 %% of what the student learned; from a few hundred steps on, 0.9 lets the "
+    "teacher collapse to uniform: use 0.996, docs/results_log.md)",
     "output_dim": "head output size (default: %(default)s; library default: "
     f"{DEFAULT_OUTPUT_DIM})",
     "hidden_dim": "head hidden size (DINO: 2048)",
