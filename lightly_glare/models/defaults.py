@@ -18,6 +18,8 @@ PATCH_RATIO = 0.3
 MOMENTUM_START = 0.996
 #: Teacher EMA momentum at the last step.
 MOMENTUM_END = 1.0
+#: Input size of the ViT and of the views, in pixels (the paper's and timm's).
+IMG_SIZE = 224
 #: Hidden size of the projection heads' MLP (DINO's).
 HIDDEN_DIM = 2048
 #: A region with fewer patches than this in either view is not matched.

@@ -41,7 +41,7 @@ from lightly_glare.models import (
     GlareProjectionHead,
 )
 from lightly_glare.models import UniAdapterViT as _UniAdapterViT
-from lightly_glare.models.defaults import ADAPTER_SCALE
+from lightly_glare.models.defaults import ADAPTER_SCALE, IMG_SIZE
 from lightly_glare.openmmlab.config_validation import (
     validate_arguments,
     validate_function_arguments,
@@ -77,7 +77,7 @@ TRANSFORMS.register_module(module=validate_arguments(GlareTransform))
 @validate_function_arguments
 def UniAdapterViT(  # noqa: N802  (registered under the class's name)
     arch: str,
-    img_size: int = 224,
+    img_size: int = IMG_SIZE,
     checkpoint: str | Mapping[str, Any] | None = None,
     checkpoint_key: str | None = None,
     adapter_bottleneck: int | None = None,

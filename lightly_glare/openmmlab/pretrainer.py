@@ -36,7 +36,7 @@ from lightly_glare.models import (
     HeadInitialization,
     initialize_heads_from_data,
 )
-from lightly_glare.models.defaults import MIN_REGION_PATCHES
+from lightly_glare.models.defaults import IMG_SIZE, MIN_REGION_PATCHES
 from lightly_glare.models.glare_terms import LocalPatches, RegionMatch
 from lightly_glare.openmmlab import components  # registers the parts
 from lightly_glare.openmmlab.config_validation import validate_arguments
@@ -403,7 +403,7 @@ class GlarePretrainer(BaseModel):
         """Meta information stored with an exported backbone."""
         return {
             "arch": self.backbone_cfg.get("arch"),
-            "img_size": self.backbone_cfg.get("img_size", 224),
+            "img_size": self.backbone_cfg.get("img_size", IMG_SIZE),
         }
 
     def _eager_loss(

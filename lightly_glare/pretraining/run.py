@@ -51,6 +51,7 @@ from torch.utils.data import Subset
 from lightly_glare.data import ImageReadError
 from lightly_glare.loss import GlareLoss
 from lightly_glare.models import GLARE
+from lightly_glare.models.defaults import IMG_SIZE
 from lightly_glare.pretraining.folder import build_folder_job, train_job
 from lightly_glare.pretraining.job import FolderPretraining
 from lightly_glare.pretraining.loop import (
@@ -93,8 +94,6 @@ NAMED_FIELDS = ("model", "checkpoint", "data", "img_size", "steps")
 OPTIONS = tuple(
     f.name for f in dataclasses.fields(FolderPretraining) if f.name not in NAMED_FIELDS
 )
-#: Input size of the views of a run.
-IMG_SIZE = 224
 #: Optimizer steps of a run.
 STEPS = 1000
 #: A run writes its checkpoint every this many steps (and at the end).

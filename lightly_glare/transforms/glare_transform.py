@@ -12,7 +12,7 @@ from lightly.transforms.utils import IMAGENET_NORMALIZE
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 
-from lightly_glare.models.defaults import BLUR_SIGMAS
+from lightly_glare.models.defaults import BLUR_SIGMAS, IMG_SIZE
 from lightly_glare.models.geometry import view_geometry
 
 __all__ = [
@@ -189,7 +189,7 @@ class GlareTransform(MultiViewTransform):
 
     def __init__(
         self,
-        input_size: int | tuple[int, int] = 224,
+        input_size: int | tuple[int, int] = IMG_SIZE,
         crop_scale: tuple[float, float] = (0.25, 1.0),
         crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
         hf_prob: float = 0.5,

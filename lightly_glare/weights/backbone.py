@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from lightly_glare.models.adapted_vit import UniAdapterViT
-from lightly_glare.models.defaults import ADAPTER_SCALE
+from lightly_glare.models.defaults import ADAPTER_SCALE, IMG_SIZE
 from lightly_glare.weights.checkpoint_io import check_state_dict
 from lightly_glare.weights.export import check_architecture, load_exported_checkpoint
 from lightly_glare.weights.ssl_checkpoints import create_vit, load_ssl_checkpoint
@@ -130,7 +130,7 @@ def build_backbone(
     arch: str,
     checkpoint: str | Path | None,
     checkpoint_type: str = CHECKPOINT_TYPES[0],
-    img_size: int = 224,
+    img_size: int = IMG_SIZE,
 ) -> UniAdapterViT:
     """Builds a :class:`UniAdapterViT` from a timm name and a local checkpoint.
 
