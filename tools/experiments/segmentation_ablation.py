@@ -499,17 +499,16 @@ def summarize(args: argparse.Namespace) -> str:
     if differences:
         lines += ["", *difference_lines(differences)]
         plot_differences(differences, args.work_dir / "differences.png")
+    if any(len(record.get("evaluations", [])) > 1 for record in records):
+        curve = step_curve(records)
+        lines += ["", *step_curve_lines(curve)]
+        (args.work_dir / "steps.json").write_text(json.dumps(curve, indent=1))
+        plot_step_curve(curve, args.work_dir / "steps.png")
     table = "\n".join(lines)
     (args.work_dir / "summary.md").write_text(table + "\n")
     (args.work_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     (args.work_dir / "differences.json").write_text(json.dumps(differences, indent=1))
     plot_summary(rows, args.work_dir / "miou.png")
-    if any(len(record.get("evaluations", [])) > 1 for record in records):
-        curve = step_curve(records)
-        (args.work_dir / "steps.json").write_text(json.dumps(curve, indent=1))
-        table += "\n\n" + "\n".join(step_curve_lines(curve))
-        (args.work_dir / "summary.md").write_text(table + "\n")
-        plot_step_curve(curve, args.work_dir / "steps.png")
     return table
 
 
@@ -607,9 +606,9 @@ def plot_step_curve(curve: Sequence[dict[str, Any]], path: Path) -> None:
                            s=10, alpha=0.4)  # fmt: skip
         if start:
             ax.axhline(start[0], color="k", ls="--", lw=1, label="none (start model)")
-        steps = sorted({0, *(p["step"] for p in points)})
-        ax.set_xscale("symlog", linthresh=max(steps[1:2] or [1]))
-        ax.set_xticks(steps, [str(step) for step in steps])
+        ticks = sorted({0, *(p["step"] for p in points)})
+        ax.set_xscale("symlog", linthresh=max(ticks[1:2] or [1]))
+        ax.set_xticks(ticks, [str(step) for step in ticks])
         ax.set_xlabel("pre-training steps (evaluations inside one schedule)")
         ax.set_ylabel(f"{points[0]['split']} mIoU (linear probe)")
         ax.set_title(f"{domain}: probe mIoU against pre-training steps")
