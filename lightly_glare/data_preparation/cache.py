@@ -15,6 +15,7 @@ copying the file there by hand.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "LIGHTLY_GLARE_CACHE"
 
@@ -33,6 +35,28 @@ _PYPI_SIMPLE = "https://pypi.org/simple/{project}/"
 
 class DataDownloadError(RuntimeError):
     """A data package could not be obtained or read; says how to supply it."""
+
+
+def import_data_extra(module: str, purpose: str) -> Any:
+    """Imports an optional reader of the ``[data]`` extra, or says how to get it.
+
+    Args:
+        module: The module, e.g. ``"tifffile"``.
+        purpose: What needs it, e.g. ``"Reading the solaris GeoTIFFs"``.
+
+    Returns:
+        The imported module.
+
+    Raises:
+        ImportError: ``module`` is missing; the message names the pip command.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:  # pragma: no cover - in the [data] extra
+        raise ImportError(
+            f"{purpose} needs {module}: "
+            f"pip install 'lightly-glare[data]' (or pip install {module})."
+        ) from error
 
 
 def default_cache_dir() -> Path:

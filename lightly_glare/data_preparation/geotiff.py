@@ -13,16 +13,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from lightly_glare.data_preparation.cache import import_data_extra
+
 
 def _tifffile() -> Any:
-    try:
-        import tifffile
-    except ImportError as error:  # pragma: no cover - in the [data] extra
-        raise ImportError(
-            "Reading the solaris GeoTIFFs needs tifffile: "
-            "pip install 'lightly-glare[data]' (or pip install tifffile)."
-        ) from error
-    return tifffile
+    return import_data_extra("tifffile", "Reading the solaris GeoTIFFs")
 
 
 def read_tiff_bytes(data: bytes) -> tuple[NDArray[Any], float | None]:

@@ -48,7 +48,11 @@ from numpy.typing import NDArray
 
 from lightly_glare.data.image_io import stretch_to_uint8
 from lightly_glare.data.metainfo import MRI_METAINFO
-from lightly_glare.data_preparation.cache import fetch_distribution, read_member
+from lightly_glare.data_preparation.cache import (
+    fetch_distribution,
+    import_data_extra,
+    read_member,
+)
 from lightly_glare.data_preparation.manifest import (
     PREPARATION_VERSION,
     Printer,
@@ -65,14 +69,7 @@ _MEMBER = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.g
 
 
 def _nibabel() -> Any:
-    try:
-        import nibabel
-    except ImportError as error:  # pragma: no cover - in the [data] extra
-        raise ImportError(
-            "Reading the MNI template needs nibabel: "
-            "pip install 'lightly-glare[data]' (or pip install nibabel)."
-        ) from error
-    return nibabel
+    return import_data_extra("nibabel", "Reading the MNI template")
 
 
 def read_nifti_bytes(data: bytes) -> NDArray[Any]:

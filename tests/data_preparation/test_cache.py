@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,10 @@ from lightly_glare.data_preparation import (
     read_member,
 )
 from lightly_glare.data_preparation import cache as cache_module
-from lightly_glare.data_preparation.cache import find_cached_distribution
+from lightly_glare.data_preparation.cache import (
+    find_cached_distribution,
+    import_data_extra,
+)
 
 
 def _wheel(path: Path, members: dict[str, bytes]) -> Path:
@@ -127,3 +131,13 @@ def test_data_package_imports_no_openmmlab() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"  # optional readers load lazily too
+
+
+def test_a_missing_data_extra_names_the_pip_command() -> None:
+    assert import_data_extra("json", "Reading") is json  # present: the module
+    with pytest.raises(ImportError) as raised:
+        import_data_extra("no_such_reader_module", "Reading the scans")
+    assert str(raised.value) == (
+        "Reading the scans needs no_such_reader_module: pip install "
+        "'lightly-glare[data]' (or pip install no_such_reader_module)."
+    )
