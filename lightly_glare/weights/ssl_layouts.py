@@ -26,12 +26,8 @@ The official layouts are recognised and re-keyed to timm's
 - timm state dicts, with or without ``module.`` (DDP) prefixes.
 
 The position embedding is resampled (bicubic, no antialiasing) to the model's
-patch grid. A different patch size is an error, never a resize. Every load is
-strict: missing or unexpected keys and shape mismatches raise
-:class:`~lightly_glare.weights.CheckpointMismatchError` (a ``ValueError``) that
-leads with the architecture the file seems to hold and lists the first of
-them, and weights holding NaN or inf raise
-:class:`~lightly_glare.weights.NonFiniteWeightsError`.
+patch grid. A different patch size is an error, never a resize. The strict
+loading of the re-keyed weights is :mod:`lightly_glare.weights.ssl_checkpoints`'s.
 """
 
 from __future__ import annotations
